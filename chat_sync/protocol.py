@@ -1,0 +1,378 @@
+"""The chat_sync wire protocol: every message type, limit and error code, defined once.
+
+Theory of operation
+-------------------
+A peer sends UTF-8 JSON objects, one per line (TCP) or one per datagram (UDP).
+This module turns one such unit of bytes into a validated, frozen request
+object, or raises ``ProtocolError`` whose ``code`` is one of ``ErrorCode``.
+It never touches a socket or a clock, so tests feed it bytes directly.
+
+Rules:
+- Only what validation has checked is ever copied into an outgoing message.
+  A request's unknown keys are ignored, never echoed, so nothing odd that
+  ``json`` let through (a lone surrogate, a huge number) reaches a broadcast.
+- Python's ``json`` accepts things JSON does not: ``NaN``/``Infinity``,
+  duplicate keys (last one wins), and raises ``RecursionError`` (not
+  ``ValueError``) on deep nesting. Each of these is a typed ``bad_json``.
+- Names are NFKC-normalised, so look-alike full-width letters collapse to
+  the plain ones, and compared case-folded (see ``name_key``).
+
+The server-to-client builders at the bottom are the only places that spell
+an outgoing message's keys; the server and the clients use them.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import unicodedata
+from dataclasses import dataclass
+from typing import Any, Union
+
+PROTOCOL_VERSION = 1
+
+# -- Defaults and limits (the one place each number is written) -------------
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_TCP_PORT = 7420
+DEFAULT_UDP_PORT = 7421
+DEFAULT_ROOM = "lobby"
+
+MAX_LINE_BYTES = 64 * 1024          # one TCP line, newline excluded
+MAX_TEXT_CHARS = 4000               # text of a message or whisper
+MAX_USER_CHARS = 24
+MAX_ROOM_CHARS = 32
+MAX_ID_CHARS = 64                   # a string request id
+MAX_DATAGRAM_BYTES = 1200           # one UDP datagram, both ways
+HISTORY_SIZE = 20                   # broadcasts replayed per room on join
+MAX_SEND_BUFFER_BYTES = 1024 * 1024 # unsent bytes held for one TCP client
+MAX_CLIENTS = 1000
+MAX_ROOMS = 1000
+
+
+class MessageType(enum.StrEnum):
+    """Every ``type`` value on the wire, both directions."""
+
+    # client -> server
+    JOIN = "join"
+    MESSAGE = "message"      # also server -> client, as the room broadcast
+    LEAVE = "leave"
+    ROOMS = "rooms"          # also the reply
+    WHO = "who"              # also the reply
+    WHISPER = "whisper"      # also the delivery
+    PING = "ping"
+    # server -> client
+    WELCOME = "welcome"
+    SYSTEM = "system"
+    PONG = "pong"
+    ERROR = "error"
+    ACK = "ack"              # UDP only, both ways
+
+
+class SystemEvent(enum.StrEnum):
+    JOIN = "join"
+    LEAVE = "leave"
+    SHUTDOWN = "shutdown"
+
+
+class ErrorCode(enum.StrEnum):
+    """Codes of the ``error`` message. The peer misbehaved or asked the impossible."""
+
+    BAD_JSON = "bad_json"            # not a JSON object (syntax, NaN, duplicate keys, nesting)
+    BAD_UTF8 = "bad_utf8"            # bytes are not UTF-8
+    BAD_MESSAGE = "bad_message"      # a field is missing, of the wrong type or out of range
+    UNKNOWN_TYPE = "unknown_type"
+    NOT_JOINED = "not_joined"        # the request needs a room (or a name) first
+    NAME_TAKEN = "name_taken"
+    NO_SUCH_USER = "no_such_user"
+    LINE_TOO_LONG = "line_too_long"  # the connection is closed after this one
+    DATAGRAM_TOO_LARGE = "datagram_too_large"
+    SERVER_FULL = "server_full"      # the connection is closed after this one
+    SLOW_READER = "slow_reader"      # the connection is closed after this one
+
+
+class ProtocolError(Exception):
+    """The peer sent something the protocol forbids; answer with ``to_message()``.
+
+    ``field`` names the offending key where there is one; ``id`` is the
+    request's id when it was readable, so the error can answer it.
+    """
+
+    def __init__(self, code: ErrorCode, text: str, *, field: str | None = None,
+                 id: int | str | None = None) -> None:
+        super().__init__(f"{code}: {text}")
+        self.code = code
+        self.text = text
+        self.field = field
+        self.id = id
+
+    def to_message(self) -> dict[str, Any]:
+        return error(self.code, self.text, field=self.field, id=self.id)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits a server enforces; the welcome message tells clients."""
+
+    max_line_bytes: int = MAX_LINE_BYTES
+    max_text_chars: int = MAX_TEXT_CHARS
+    max_user_chars: int = MAX_USER_CHARS
+    max_room_chars: int = MAX_ROOM_CHARS
+
+    def to_dict(self) -> dict[str, int]:
+        return {"max_line_bytes": self.max_line_bytes,
+                "max_text_chars": self.max_text_chars,
+                "max_user_chars": self.max_user_chars,
+                "max_room_chars": self.max_room_chars}
+
+
+# -- Requests (client -> server), validated when built ----------------------
+RequestId = Union[int, str, None]
+
+
+@dataclass(frozen=True)
+class Join:
+    room: str
+    user: str
+    since: int | None = None
+    id: RequestId = None
+
+
+@dataclass(frozen=True)
+class Message:
+    text: str
+    room: str | None = None
+    id: RequestId = None
+
+
+@dataclass(frozen=True)
+class Leave:
+    id: RequestId = None
+
+
+@dataclass(frozen=True)
+class ListRooms:
+    id: RequestId = None
+
+
+@dataclass(frozen=True)
+class Who:
+    id: RequestId = None
+
+
+@dataclass(frozen=True)
+class Whisper:
+    to: str
+    text: str
+    id: RequestId = None
+
+
+@dataclass(frozen=True)
+class Ping:
+    id: RequestId = None
+
+
+Request = Union[Join, Message, Leave, ListRooms, Who, Whisper, Ping]
+
+
+# -- Bytes -> dict ------------------------------------------------------------
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"duplicate key {key!r}")
+        obj[key] = value
+    return obj
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    """Parse one line or datagram (without its newline) into a JSON object.
+
+    Raises ProtocolError(BAD_UTF8 or BAD_JSON).
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(ErrorCode.BAD_UTF8,
+                            f"invalid UTF-8 at byte {exc.start}") from None
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys,
+                         parse_constant=_reject_constant)
+    except RecursionError:
+        raise ProtocolError(ErrorCode.BAD_JSON, "JSON nested too deeply") from None
+    except ValueError as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, str(exc)) from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_JSON,
+                            f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One message as a newline-terminated UTF-8 JSON line."""
+    return (json.dumps(message, ensure_ascii=False, separators=(",", ":"),
+                       allow_nan=False) + "\n").encode("utf-8")
+
+
+def encode_datagram(message: dict[str, Any]) -> bytes:
+    """One message as a UDP datagram: the same JSON, no newline."""
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"),
+                      allow_nan=False).encode("utf-8")
+
+
+# -- Field checks -------------------------------------------------------------
+def _bad(field: str, text: str, rid: RequestId) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_MESSAGE, f"{field}: {text}", field=field, id=rid)
+
+
+def _request_id(obj: dict[str, Any]) -> RequestId:
+    rid = obj.get("id")
+    if rid is None:
+        return None
+    if isinstance(rid, bool) or not isinstance(rid, (int, str)):
+        raise _bad("id", "must be an integer or a string", None)
+    if isinstance(rid, int) and not -2**53 < rid < 2**53:
+        raise _bad("id", "integer out of range", None)
+    if isinstance(rid, str) and (len(rid) > MAX_ID_CHARS or not _encodable(rid)):
+        raise _bad("id", f"must be at most {MAX_ID_CHARS} characters of valid Unicode", None)
+    return rid
+
+
+def _encodable(text: str) -> bool:
+    """False for strings holding lone surrogates ("\\ud800" parses, then cannot be sent)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _text(obj: dict[str, Any], field: str, limit: int, rid: RequestId) -> str:
+    value = obj.get(field)
+    if not isinstance(value, str):
+        raise _bad(field, "must be a string" if field in obj else "is required", rid)
+    if not 1 <= len(value) <= limit:
+        raise _bad(field, f"must be 1 to {limit} characters, got {len(value)}", rid)
+    if not _encodable(value):
+        raise _bad(field, "holds a lone surrogate", rid)
+    return value
+
+
+def check_name(value: object, field: str, limit: int, rid: RequestId = None) -> str:
+    """Return the NFKC form of a user or room name, or raise BAD_MESSAGE.
+
+    A name is 1..limit letters, digits, '_' or '-'. Letters may be any
+    script's; control, format (bidi overrides) and symbol characters may not.
+    """
+    if not isinstance(value, str):
+        raise _bad(field, "must be a string", rid)
+    if not _encodable(value):
+        raise _bad(field, "holds a lone surrogate", rid)
+    name = unicodedata.normalize("NFKC", value)
+    if not 1 <= len(name) <= limit:
+        raise _bad(field, f"must be 1 to {limit} characters, got {len(name)}", rid)
+    for char in name:
+        if not (char.isalnum() or char in "_-"):
+            raise _bad(field, f"may hold only letters, digits, '_' and '-', not {char!r}", rid)
+    return name
+
+
+def name_key(name: str) -> str:
+    """The form in which two names are compared: 'Alice' and 'ALICE' clash."""
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def parse_request(obj: dict[str, Any], limits: Limits = Limits()) -> Request:
+    """Validate a decoded object as a client request.
+
+    Raises ProtocolError(BAD_MESSAGE or UNKNOWN_TYPE), carrying the request's id.
+    """
+    rid = _request_id(obj)
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise _bad("type", "must be a string" if "type" in obj else "is required", rid)
+    if kind == MessageType.JOIN:
+        since = obj.get("since")
+        if since is not None and (isinstance(since, bool) or not isinstance(since, int)
+                                  or since < 0):
+            raise _bad("since", "must be a non-negative integer", rid)
+        return Join(room=check_name(obj.get("room"), "room", limits.max_room_chars, rid),
+                    user=check_name(obj.get("user"), "user", limits.max_user_chars, rid),
+                    since=since, id=rid)
+    if kind == MessageType.MESSAGE:
+        room = obj.get("room")
+        if room is not None:
+            room = check_name(room, "room", limits.max_room_chars, rid)
+        return Message(text=_text(obj, "text", limits.max_text_chars, rid), room=room, id=rid)
+    if kind == MessageType.WHISPER:
+        return Whisper(to=check_name(obj.get("to"), "to", limits.max_user_chars, rid),
+                       text=_text(obj, "text", limits.max_text_chars, rid), id=rid)
+    if kind == MessageType.LEAVE:
+        return Leave(id=rid)
+    if kind == MessageType.ROOMS:
+        return ListRooms(id=rid)
+    if kind == MessageType.WHO:
+        return Who(id=rid)
+    if kind == MessageType.PING:
+        return Ping(id=rid)
+    shown = kind if len(kind) <= 32 and _encodable(kind) else kind[:32].encode(
+        "utf-8", "backslashreplace").decode("ascii", "replace") + "…"
+    raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown type {shown!r}", field="type", id=rid)
+
+
+# -- Server -> client builders ------------------------------------------------
+def _with_id(message: dict[str, Any], rid: RequestId) -> dict[str, Any]:
+    if rid is not None:
+        message["id"] = rid
+    return message
+
+
+def welcome(version: str, limits: Limits, seq: int) -> dict[str, Any]:
+    return {"type": MessageType.WELCOME.value, "server": "chat_sync", "version": version,
+            "protocol": PROTOCOL_VERSION, "limits": limits.to_dict(), "seq": seq}
+
+
+def chat_message(room: str, user: str, text: str, seq: int, ts: float) -> dict[str, Any]:
+    return {"type": MessageType.MESSAGE.value, "room": room, "user": user, "text": text,
+            "seq": seq, "ts": round(ts, 3)}
+
+
+def system(room: str | None, event: SystemEvent, user: str | None, text: str,
+           seq: int | None, ts: float) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": MessageType.SYSTEM.value, "event": event.value,
+                               "text": text, "ts": round(ts, 3)}
+    if room is not None:
+        message["room"] = room
+    if user is not None:
+        message["user"] = user
+    if seq is not None:
+        message["seq"] = seq
+    return message
+
+
+def whisper(sender: str, to: str, text: str, ts: float, rid: RequestId = None) -> dict[str, Any]:
+    return _with_id({"type": MessageType.WHISPER.value, "from": sender, "to": to,
+                     "text": text, "ts": round(ts, 3)}, rid)
+
+
+def rooms_reply(rooms: list[tuple[str, int]], rid: RequestId = None) -> dict[str, Any]:
+    return _with_id({"type": MessageType.ROOMS.value,
+                     "rooms": [{"name": name, "members": count} for name, count in rooms]}, rid)
+
+
+def who_reply(room: str, users: list[str], rid: RequestId = None) -> dict[str, Any]:
+    return _with_id({"type": MessageType.WHO.value, "room": room, "users": users}, rid)
+
+
+def pong(rid: RequestId = None) -> dict[str, Any]:
+    return _with_id({"type": MessageType.PONG.value}, rid)
+
+
+def error(code: ErrorCode, text: str, *, field: str | None = None,
+          id: RequestId = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": MessageType.ERROR.value, "code": code.value, "text": text}
+    if field is not None:
+        message["field"] = field
+    return _with_id(message, id)
