@@ -341,14 +341,16 @@ def chat_message(room: str, user: str, text: str, seq: int, ts: float) -> dict[s
 
 def system(room: str | None, event: SystemEvent, user: str | None, text: str,
            seq: int | None, ts: float) -> dict[str, Any]:
-    message: dict[str, Any] = {"type": MessageType.SYSTEM.value, "event": event.value,
-                               "text": text, "ts": round(ts, 3)}
+    message: dict[str, Any] = {"type": MessageType.SYSTEM.value}
     if room is not None:
         message["room"] = room
+    message["event"] = event.value
     if user is not None:
         message["user"] = user
+    message["text"] = text
     if seq is not None:
         message["seq"] = seq
+    message["ts"] = round(ts, 3)
     return message
 
 

@@ -1,0 +1,77 @@
+"""The chat log: every room broadcast, one line each, written off the event loop.
+
+Theory of operation
+-------------------
+The event loop must never wait for a disk. ``ChatLog.write`` only puts a
+tuple on a queue; one writer thread formats it and hands it to a
+``RotatingFileHandler`` (path, size and backup count from config). ``close``
+puts a sentinel, and the thread drains everything before it and exits.
+
+Every field is passed through ``escape`` first: a user who types
+``"hi\\n2026-01-01 lobby system: server owned"`` gets one log line showing a
+literal ``\\n``, not two lines. Control characters (C0, C1, DEL), line and
+paragraph separators and bidi/format characters are all escaped. The same
+function makes peer-supplied text safe in the operational log on stderr.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import logging.handlers
+import queue
+import re
+import threading
+
+# Cc: control, Cf: format (bidi overrides, zero-width), Zl/Zp: line/paragraph separators.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u00ad\u061c\u200b-\u200f\u2028-\u202e"
+                     "\u2060-\u206f\ufeff\ufff9-\ufffb]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or f"\\u{ord(char):04x}"
+
+
+def escape(text: str) -> str:
+    """``text`` with every character that could forge or disguise a line escaped."""
+    return _UNSAFE.sub(_escape_char, text)
+
+
+def format_entry(ts: float, room: str, user: str | None, text: str) -> str:
+    """One chat-log line: ``{timestamp} {room} {user|system}: {text}``."""
+    stamp = datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
+    who = escape(user) if user is not None else "system"
+    return f"{stamp.isoformat(timespec='milliseconds')} {escape(room)} {who}: {escape(text)}"
+
+
+class ChatLog:
+    """A rotating chat log written by its own thread."""
+
+    def __init__(self, path: str, max_bytes: int, backups: int) -> None:
+        self._handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+        self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self._queue: queue.SimpleQueue[tuple[float, str, str | None, str] | None] = (
+            queue.SimpleQueue())
+        self._thread = threading.Thread(target=self._run, name="chat-log", daemon=True)
+        self._thread.start()
+
+    def write(self, ts: float, room: str, user: str | None, text: str) -> None:
+        """Queue one entry; returns at once. ``user`` None marks a system notice."""
+        self._queue.put((ts, room, user, text))
+
+    def close(self) -> None:
+        """Write everything queued so far, then stop the thread and close the file."""
+        self._queue.put(None)
+        self._thread.join()
+        self._handler.close()
+
+    def _run(self) -> None:
+        while True:
+            entry = self._queue.get()
+            if entry is None:
+                return
+            record = logging.LogRecord("chat_sync.chat", logging.INFO, __file__, 0,
+                                       format_entry(*entry), None, None)
+            self._handler.handle(record)

@@ -1,0 +1,264 @@
+"""Rooms, names, history and the server-wide ``seq``, with no I/O.
+
+Theory of operation
+-------------------
+``ChatCore`` is the whole chat logic of a server. It knows connections only
+by an opaque, hashable id (an ``int`` for TCP, a ``(host, port)`` for UDP)
+and returns what to send as a list of outputs:
+
+- ``Reply(to, message)``: one message for one connection.
+- ``Broadcast(to, message, room)``: one message for many. The shell encodes
+  it once and hands the same bytes to every member, and writes it to the
+  chat log. ``to`` may be empty (a message to a room of one still counts).
+
+Invariants:
+
+- ``seq`` is one counter for the whole server; every room broadcast (a chat
+  message, a join or leave notice) takes the next value, so every client
+  sees strictly increasing ``seq`` on live broadcasts.
+- A user name is fixed at the first join of a connection and unique on the
+  server, compared with ``protocol.name_key`` (case-folded NFKC).
+- A room keeps its last ``history_size`` broadcasts. A join replays those
+  after ``since`` (marked ``"history": true``) to the joiner, then announces
+  the join, so a client that reconnects with ``since`` = the last seq it
+  saw gets no gap and no repeat while history still covers the outage.
+- Rooms are created on demand and kept while empty (their history is still
+  useful); at ``max_rooms`` the oldest empty room is dropped to make space.
+- A request carrying ``id`` is answered by a message carrying that ``id``:
+  the reply, the error, or the sender's own copy of its broadcast.
+
+Time is an input: every call that stamps a message takes ``now``.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Union
+
+from . import __version__
+from . import protocol as p
+
+ConnId = Hashable
+
+
+@dataclass(frozen=True)
+class Reply:
+    to: ConnId
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    to: tuple[ConnId, ...]
+    message: dict[str, Any]
+    room: str | None
+
+
+Output = Union[Reply, Broadcast]
+
+
+@dataclass
+class Member:
+    """What the core knows of one connection."""
+
+    conn: ConnId
+    user: str | None = None      # fixed at the first join
+    room: Room | None = None     # None: not in a room
+
+
+@dataclass
+class Room:
+    name: str
+    history: collections.deque[dict[str, Any]]
+    members: dict[ConnId, str] = field(default_factory=dict)   # conn -> user, in join order
+
+
+class ChatCore:
+    """The chat logic of one server: feed it requests, send what it returns."""
+
+    def __init__(self, limits: p.Limits = p.Limits(), history_size: int = p.HISTORY_SIZE,
+                 max_rooms: int = p.MAX_ROOMS) -> None:
+        self.limits = limits
+        self.history_size = history_size
+        self.max_rooms = max_rooms
+        self.seq = 0
+        self.members: dict[ConnId, Member] = {}
+        self.rooms: dict[str, Room] = {}          # name_key -> room; insertion order = age
+        self._names: dict[str, ConnId] = {}       # name_key(user) -> conn
+
+    # -- connection life -----------------------------------------------------
+    def connect(self, conn: ConnId) -> list[Output]:
+        """Register a new connection; returns its welcome."""
+        if conn in self.members:
+            raise ValueError(f"connection {conn!r} is already connected")
+        self.members[conn] = Member(conn)
+        return [Reply(conn, p.welcome(__version__, self.limits, self.seq))]
+
+    def disconnect(self, conn: ConnId, now: float) -> list[Output]:
+        """Forget a connection; its room hears that it left."""
+        member = self.members.pop(conn)
+        outputs = self._leave_room(member, now, notify_self=False)
+        if member.user is not None:
+            del self._names[p.name_key(member.user)]
+        return outputs
+
+    def shutdown_notice(self, now: float) -> Broadcast:
+        """The notice every connection gets when the server stops."""
+        message = p.system(None, p.SystemEvent.SHUTDOWN, None, "server shutting down", None, now)
+        return Broadcast(tuple(self.members), message, None)
+
+    # -- requests --------------------------------------------------------------
+    def receive(self, conn: ConnId, data: bytes, now: float) -> list[Output]:
+        """Handle one line or datagram of a connection: decode, validate, act.
+
+        A ProtocolError becomes an error reply; the connection stays usable.
+        """
+        try:
+            request = p.parse_request(p.decode(data), self.limits)
+            return self.handle(conn, request, now)
+        except p.ProtocolError as exc:
+            return [Reply(conn, exc.to_message())]
+
+    def handle(self, conn: ConnId, request: p.Request, now: float) -> list[Output]:
+        """Act on one validated request. Raises ProtocolError for refusals."""
+        member = self.members[conn]
+        if isinstance(request, p.Join):
+            return self._join(member, request, now)
+        if isinstance(request, p.Message):
+            return self._message(member, request, now)
+        if isinstance(request, p.Leave):
+            self._require_room(member, request.id)
+            return self._leave_room(member, now, notify_self=True, rid=request.id)
+        if isinstance(request, p.Whisper):
+            return self._whisper(member, request, now)
+        if isinstance(request, p.Who):
+            room = self._require_room(member, request.id)
+            users = sorted(room.members.values(), key=p.name_key)
+            return [Reply(conn, p.who_reply(room.name, users, request.id))]
+        if isinstance(request, p.ListRooms):
+            listing = [(r.name, len(r.members)) for r in self.rooms.values() if r.members]
+            listing.sort(key=lambda item: p.name_key(item[0]))
+            return [Reply(conn, p.rooms_reply(listing, request.id))]
+        if isinstance(request, p.Ping):
+            return [Reply(conn, p.pong(request.id))]
+        raise TypeError(f"not a request: {request!r}")
+
+    # -- the actions -----------------------------------------------------------
+    def _join(self, member: Member, request: p.Join, now: float) -> list[Output]:
+        self._claim_name(member, request)
+        if member.room is not None and member.room is self.rooms.get(p.name_key(request.room)):
+            raise p.ProtocolError(p.ErrorCode.BAD_MESSAGE,
+                                  f"room: already in room {member.room.name!r}",
+                                  field="room", id=request.id)
+        room = self._room(request.room, request.id)
+        outputs = self._leave_room(member, now, notify_self=True)
+        since = request.since if request.since is not None else -1
+        for old in room.history:
+            if old["seq"] > since:
+                outputs.append(Reply(member.conn, {**old, "history": True}))
+        assert member.user is not None
+        room.members[member.conn] = member.user
+        member.room = room
+        notice = p.system(room.name, p.SystemEvent.JOIN, member.user,
+                          f"{member.user} joined", self._next_seq(), now)
+        outputs += self._broadcast(room, notice, member.conn, request.id)
+        return outputs
+
+    def _claim_name(self, member: Member, request: p.Join) -> None:
+        key = p.name_key(request.user)
+        if member.user is not None:
+            if p.name_key(member.user) != key:
+                raise p.ProtocolError(
+                    p.ErrorCode.BAD_MESSAGE,
+                    f"user: this connection is {member.user!r}; a name is fixed at the first join",
+                    field="user", id=request.id)
+            return
+        if key in self._names:
+            raise p.ProtocolError(p.ErrorCode.NAME_TAKEN, f"the name {request.user!r} is taken",
+                                  field="user", id=request.id)
+        self._names[key] = member.conn
+        member.user = request.user
+
+    def _room(self, name: str, rid: p.RequestId) -> Room:
+        """The room called ``name`` (compared like user names), created on demand."""
+        key = p.name_key(name)
+        room = self.rooms.get(key)
+        if room is not None:
+            return room
+        if len(self.rooms) >= self.max_rooms:
+            empty = next((k for k, r in self.rooms.items() if not r.members), None)
+            if empty is None:
+                raise p.ProtocolError(p.ErrorCode.SERVER_FULL,
+                                      f"room limit {self.max_rooms} reached", field="room", id=rid)
+            del self.rooms[empty]
+        room = Room(name, collections.deque(maxlen=self.history_size))
+        self.rooms[key] = room
+        return room
+
+    def _message(self, member: Member, request: p.Message, now: float) -> list[Output]:
+        room = self._require_room(member, request.id)
+        if request.room is not None and p.name_key(request.room) != p.name_key(room.name):
+            raise p.ProtocolError(p.ErrorCode.BAD_MESSAGE,
+                                  f"room: {request.room!r} is not your room {room.name!r}",
+                                  field="room", id=request.id)
+        assert member.user is not None
+        message = p.chat_message(room.name, member.user, request.text, self._next_seq(), now)
+        return self._broadcast(room, message, member.conn, request.id)
+
+    def _whisper(self, member: Member, request: p.Whisper, now: float) -> list[Output]:
+        if member.user is None:
+            raise p.ProtocolError(p.ErrorCode.NOT_JOINED, "join a room to get a name first",
+                                  id=request.id)
+        target = self._names.get(p.name_key(request.to))
+        if target is None:
+            raise p.ProtocolError(p.ErrorCode.NO_SUCH_USER, f"no user called {request.to!r}",
+                                  field="to", id=request.id)
+        target_user = self.members[target].user
+        assert target_user is not None
+        delivery = p.whisper(member.user, target_user, request.text, now)
+        outputs: list[Output] = []
+        if target != member.conn:
+            outputs.append(Reply(target, delivery))
+        outputs.append(Reply(member.conn, p.whisper(member.user, target_user, request.text,
+                                                    now, request.id)))
+        return outputs
+
+    def _leave_room(self, member: Member, now: float, *, notify_self: bool,
+                    rid: p.RequestId = None) -> list[Output]:
+        """Take ``member`` out of its room, if any; returns the leave notice."""
+        if member.room is None:
+            return []
+        room = member.room
+        assert member.user is not None
+        notice = p.system(room.name, p.SystemEvent.LEAVE, member.user,
+                          f"{member.user} left", self._next_seq(), now)
+        if notify_self:
+            outputs = self._broadcast(room, notice, member.conn, rid)
+        else:
+            del room.members[member.conn]
+            outputs = self._broadcast(room, notice, None, None)
+        room.members.pop(member.conn, None)
+        member.room = None
+        return outputs
+
+    # -- helpers ---------------------------------------------------------------
+    def _require_room(self, member: Member, rid: p.RequestId) -> Room:
+        if member.room is None:
+            raise p.ProtocolError(p.ErrorCode.NOT_JOINED, "join a room first", id=rid)
+        return member.room
+
+    def _next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def _broadcast(self, room: Room, message: dict[str, Any], sender: ConnId | None,
+                   rid: p.RequestId) -> list[Output]:
+        """Record ``message`` in the room's history and send it to every member.
+
+        When the request had an id, the sender gets its own copy carrying it.
+        """
+        room.history.append(message)
+        if rid is None or sender is None:
+            return [Broadcast(tuple(room.members), message, room.name)]
+        others = tuple(conn for conn in room.members if conn != sender)
+        return [Broadcast(others, message, room.name), Reply(sender, {**message, "id": rid})]
