@@ -1,0 +1,27 @@
+"""Install chat_sync: ``pip install .`` for the server and client, ``pip install -e '.[test]'`` to test."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+VERSION = re.search(r'__version__ = "([^"]+)"',
+                    Path(__file__).with_name("chat_sync").joinpath("__init__.py").read_text()
+                    ).group(1)
+
+setup(
+    name="chat_sync",
+    version=VERSION,
+    description="A small real chat server over TCP and UDP, and a course kit for building one",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["chat_sync", "chat_sync.*"]),
+    python_requires=">=3.11",
+    install_requires=["pyyaml"],
+    extras_require={
+        "test": [
+            "pytest",
+            "pytest-timeout",
+        ],
+    },
+    entry_points={"console_scripts": ["chat-sync=chat_sync.cli:main"]},
+)
