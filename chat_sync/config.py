@@ -157,6 +157,8 @@ class UdpServerConfig:
                                  "measured round trips")
     min_rto: float = setting(0.2, "smallest adaptive retransmit timeout",
                              above=0.0, not_above="max_delay")
+    shutdown_grace_s: float = setting(2.0, "seconds to wait for acks of the shutdown "
+                                      "notice", min=0.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -216,6 +218,15 @@ def load(cls: type[C], path: str | os.PathLike[str] | None = None,
     config = cls(**values)
     _check_order(config, origin)
     return config
+
+
+def replace(config: C, **changes: Any) -> C:
+    """``config`` with ``changes`` applied, checked like command-line values.
+
+    Raises ConfigError as ``load`` does; ``serve(port=0)`` uses it.
+    """
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    return load(type(config), None, {**values, **changes})
 
 
 def _where(source: str, name: object) -> str:

@@ -31,7 +31,6 @@ byte to a socketpair the selector watches, never by polling a flag.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import heapq
 import itertools
 import logging
@@ -48,7 +47,8 @@ from . import config as cfg
 from . import protocol as p
 from .framing import LineBuffer
 from .logs import ChatLog
-from .rooms import Broadcast, ChatCore, Output, Reply
+from .rooms import ChatCore, Output, Reply
+from .wakeup import Wakeup
 
 log = logging.getLogger("chat_sync.tcp_server")
 
@@ -73,32 +73,6 @@ class Connection:
         self.drained = 0              # bytes discarded while closing
 
 
-class _Wakeup:
-    """A socketpair that wakes ``select()`` from another thread or a signal handler."""
-
-    def __init__(self) -> None:
-        self.reader, self.writer = socket.socketpair()
-        self.reader.setblocking(False)
-        self.writer.setblocking(False)
-
-    def wake(self) -> None:
-        try:
-            self.writer.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass  # already full of wake-ups, or closing: either way the loop will see it
-
-    def drain(self) -> None:
-        try:
-            while self.reader.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
-
-    def close(self) -> None:
-        self.reader.close()
-        self.writer.close()
-
-
 class TcpServer:
     """A chat server bound at construction, so ``address`` is known before serving."""
 
@@ -112,7 +86,7 @@ class TcpServer:
         self.address: tuple[str, int] = self.listener.getsockname()[:2]
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, "listener")
-        self._wakeup = _Wakeup()
+        self._wakeup = Wakeup()
         self.selector.register(self._wakeup.reader, selectors.EVENT_READ, "wakeup")
         self.chat_log = (ChatLog(config.log_file, config.log_max_bytes, config.log_backups)
                          if config.log_file else None)
@@ -381,7 +355,7 @@ def serve(config: cfg.TcpServerConfig = cfg.TcpServerConfig(), **overrides: Any)
 
     ``overrides`` replace config fields, e.g. ``serve(port=0)``.
     """
-    return ServerHandle(TcpServer(dataclasses.replace(config, **overrides)))
+    return ServerHandle(TcpServer(cfg.replace(config, **overrides)))
 
 
 def setup_logging(level: str) -> None:

@@ -1,0 +1,225 @@
+"""The UDP chat server: a thin shell around ``UdpChat`` and a retransmit timer.
+
+Theory of operation
+-------------------
+Two threads, each with one job:
+
+- The **loop thread** owns the socket's receiving side and all chat state.
+  It waits in ``select()`` until a datagram arrives, another thread wakes it,
+  or the quietest peer's silence deadline passes; it feeds each datagram to
+  ``UdpChat.receive`` and performs the actions that come back.
+- The **timer thread** (``retransmit.TimerThread``) resends what peers have
+  not acked, waiting on a ``threading.Condition`` until the earliest
+  deadline. It only calls ``sendto``; when it gives up on a datagram it
+  hands the key to the loop thread (a queue plus the wake-up socketpair),
+  because only the loop thread may touch chat state.
+
+A reliable datagram is registered with the timer *before* its first
+``sendto``, so an ack that comes back at once always finds it.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+from . import config as cfg
+from . import protocol as p
+from .datagrams import Acked, Action, Key, Log, Send, UdpChat
+from .logs import ChatLog
+from .retransmit import RetransmitQueue, TimerThread
+from .rooms import ChatCore
+from .tcp_server import setup_logging
+from .wakeup import Wakeup
+
+log = logging.getLogger("chat_sync.udp_server")
+
+DATAGRAMS_PER_TURN = 256     # bound one turn's work, so a flood cannot starve timeouts
+UNACKED_TOTAL = 64 * 1024    # the timer's bound on pending datagrams, all peers together
+
+
+class UdpServer:
+    """A UDP chat server, bound at construction so ``address`` is known before serving."""
+
+    def __init__(self, config: cfg.UdpServerConfig = cfg.UdpServerConfig()) -> None:
+        self.config = config
+        core = ChatCore(p.Limits(max_text_chars=config.max_text_chars), config.history_size,
+                        config.max_rooms)
+        retransmit = RetransmitQueue(base_delay=config.base_delay, max_delay=config.max_delay,
+                                     max_retries=config.max_retries,
+                                     adaptive_rto=config.adaptive_rto, min_rto=config.min_rto,
+                                     max_pending=UNACKED_TOTAL)
+        self.chat = UdpChat(core, max_datagram_bytes=config.max_datagram_bytes,
+                            max_clients=config.max_clients,
+                            client_timeout_s=config.client_timeout_s, stats=retransmit.stats)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((config.host, config.port))
+        self.sock.setblocking(False)
+        self.address: tuple[str, int] = self.sock.getsockname()[:2]
+        self.timer = TimerThread(self._transmit, self._on_give_up, queue=retransmit,
+                                 name="udp-server-timer")
+        self.selector = selectors.DefaultSelector()
+        self._wakeup = Wakeup()
+        self.selector.register(self.sock, selectors.EVENT_READ, "socket")
+        self.selector.register(self._wakeup.reader, selectors.EVENT_READ, "wakeup")
+        self._given_up: queue.SimpleQueue[Key] = queue.SimpleQueue()
+        self.chat_log = (ChatLog(config.log_file, config.log_max_bytes, config.log_backups)
+                         if config.log_file else None)
+        self._stop = threading.Event()
+        self.send_errors = 0
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Retransmit counters plus datagrams dropped, for tests and the bench."""
+        return {**self.timer.stats.as_dict(), "dropped": sum(self.chat.dropped.values())}
+
+    def stop(self) -> None:
+        """Ask the loop to shut down; safe from any thread or signal handler."""
+        self._stop.set()
+        self._wakeup.wake()
+
+    def serve_forever(self) -> None:
+        log.info("listening on %s:%d (udp)", *self.address)
+        self.timer.start()
+        try:
+            while not self._stop.is_set():
+                self._turn(self._timeout())
+            self._shutdown()
+        finally:
+            self.timer.stop()
+            self.selector.close()
+            self.sock.close()
+            self._wakeup.close()
+            if self.chat_log is not None:
+                self.chat_log.close()
+            log.info("stopped")
+
+    # -- the loop ----------------------------------------------------------------
+    def _timeout(self) -> float | None:
+        expiry = self.chat.next_expiry()
+        return None if expiry is None else max(0.0, expiry - time.monotonic())
+
+    def _turn(self, timeout: float | None) -> None:
+        for key, _ in self.selector.select(timeout):
+            if key.data == "socket":
+                self._read()
+            else:
+                self._wakeup.drain()
+        while not self._given_up.empty():
+            self._perform(self.chat.give_up(self._given_up.get(), time.time()))
+        self._perform(self.chat.expire(time.monotonic(), time.time()))
+
+    def _read(self) -> None:
+        for _ in range(DATAGRAMS_PER_TURN):
+            try:
+                data, addr = self.sock.recvfrom(self.config.max_datagram_bytes + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:      # e.g. an ICMP error queued for an earlier send
+                log.debug("recvfrom: %s", exc)
+                continue
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("[%s:%d] -> %r", addr[0], addr[1], data)
+            self._perform(self.chat.receive(addr[:2], data, time.monotonic(), time.time()))
+
+    def _perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                if action.key is not None:
+                    self.timer.send(action.key, action.payload)
+                self._sendto(action.payload, action.addr)
+            elif isinstance(action, Acked):
+                self.timer.ack(action.key)
+            elif isinstance(action, Log) and self.chat_log is not None:
+                self.chat_log.write(action.ts, action.room, action.user, action.text)
+
+    def _sendto(self, payload: bytes, addr: tuple[str, int]) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("[%s:%d] <- %r", addr[0], addr[1], payload)
+        try:
+            self.sock.sendto(payload, addr)
+        except OSError as exc:          # a full buffer is a lost datagram: the timer resends
+            self.send_errors += 1
+            log.debug("sendto %s:%d: %s", addr[0], addr[1], exc)
+
+    # -- the timer thread's callbacks ------------------------------------------------
+    def _transmit(self, key: Any, payload: bytes) -> None:
+        self._sendto(payload, key[0])
+
+    def _on_give_up(self, key: Any, payload: bytes) -> None:
+        self._given_up.put(key)
+        self._wakeup.wake()
+
+    def _shutdown(self) -> None:
+        """Tell every peer, then wait up to ``shutdown_grace_s`` for their acks."""
+        log.info("shutting down: %d clients", len(self.chat.peers))
+        self._perform(self.chat.shutdown(time.time()))
+        deadline = time.monotonic() + self.config.shutdown_grace_s
+        while self.timer.pending and time.monotonic() < deadline:
+            self._turn(max(0.0, deadline - time.monotonic()))
+
+
+class UdpServerHandle:
+    """A UDP server running in a background thread: ``port``, ``stop()``, a context manager."""
+
+    def __init__(self, server: UdpServer) -> None:
+        self.server = server
+        self.host, self.port = server.address
+        self._thread = threading.Thread(target=server.serve_forever, name="udp-server",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.stop()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise RuntimeError(f"server thread did not stop within {timeout} s")
+
+    def __enter__(self) -> UdpServerHandle:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def serve(config: cfg.UdpServerConfig = cfg.UdpServerConfig(), **overrides: Any
+          ) -> UdpServerHandle:
+    """Start a UDP server in a background thread; ``overrides`` replace config fields."""
+    return UdpServerHandle(UdpServer(cfg.replace(config, **overrides)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chat-sync udp-server",
+                                     description="Run the chat_sync UDP chat server.")
+    cfg.add_arguments(parser, cfg.UdpServerConfig)
+    args = parser.parse_args(argv)
+    try:
+        config = cfg.from_args(cfg.UdpServerConfig, args)
+    except cfg.ConfigError as exc:
+        print(f"chat-sync: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    try:
+        server = UdpServer(config)
+    except OSError as exc:
+        print(f"chat-sync: cannot bind {config.host}:{config.port}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: server.stop())
+    print(f"listening on {server.address[0]}:{server.address[1]}", flush=True)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
