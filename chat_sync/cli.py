@@ -14,6 +14,8 @@ from . import __version__
 PROGRAMS: dict[str, tuple[str, str]] = {
     "tcp-server": ("chat_sync.tcp_server", "run the TCP chat server"),
     "tcp-client": ("chat_sync.tcp_client", "chat over TCP from this terminal"),
+    "udp-server": ("chat_sync.udp_server", "run the UDP chat server"),
+    "udp-client": ("chat_sync.udp_client", "chat over UDP from this terminal"),
 }
 
 
