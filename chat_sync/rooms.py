@@ -145,12 +145,15 @@ class ChatCore:
 
     # -- the actions -----------------------------------------------------------
     def _join(self, member: Member, request: p.Join, now: float) -> list[Output]:
-        self._claim_name(member, request)
+        key = self._check_name(member, request)
         if member.room is not None and member.room is self.rooms.get(p.name_key(request.room)):
             raise p.ProtocolError(p.ErrorCode.BAD_MESSAGE,
                                   f"room: already in room {member.room.name!r}",
                                   field="room", id=request.id)
-        room = self._room(request.room, request.id)
+        room = self._room(request.room, request.id, leaving=member.room)
+        if member.user is None:     # claimed only now: a refused join fixes no name
+            self._names[key] = member.conn
+            member.user = request.user
         outputs = self._leave_room(member, now, notify_self=True)
         since = request.since if request.since is not None else -1
         for old in room.history:
@@ -164,7 +167,8 @@ class ChatCore:
         outputs += self._broadcast(room, notice, member.conn, request.id)
         return outputs
 
-    def _claim_name(self, member: Member, request: p.Join) -> None:
+    def _check_name(self, member: Member, request: p.Join) -> str:
+        """Return the key of the name the join asks for, or raise if it may not have it."""
         key = p.name_key(request.user)
         if member.user is not None:
             if p.name_key(member.user) != key:
@@ -172,21 +176,24 @@ class ChatCore:
                     p.ErrorCode.BAD_MESSAGE,
                     f"user: this connection is {member.user!r}; a name is fixed at the first join",
                     field="user", id=request.id)
-            return
+            return key
         if key in self._names:
             raise p.ProtocolError(p.ErrorCode.NAME_TAKEN, f"the name {request.user!r} is taken",
                                   field="user", id=request.id)
-        self._names[key] = member.conn
-        member.user = request.user
+        return key
 
-    def _room(self, name: str, rid: p.RequestId) -> Room:
-        """The room called ``name`` (compared like user names), created on demand."""
+    def _room(self, name: str, rid: p.RequestId, leaving: Room | None = None) -> Room:
+        """The room called ``name`` (compared like user names), created on demand.
+
+        ``leaving`` is the joiner's current room: empty once it moves, so it may make way.
+        """
         key = p.name_key(name)
         room = self.rooms.get(key)
         if room is not None:
             return room
         if len(self.rooms) >= self.max_rooms:
-            empty = next((k for k, r in self.rooms.items() if not r.members), None)
+            empty = next((k for k, r in self.rooms.items()
+                          if not r.members or (r is leaving and len(r.members) == 1)), None)
             if empty is None:
                 raise p.ProtocolError(p.ErrorCode.SERVER_FULL,
                                       f"room limit {self.max_rooms} reached", field="room", id=rid)
