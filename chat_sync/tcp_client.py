@@ -1,0 +1,640 @@
+"""The TCP chat client: a sans-IO core, a socket shell that reconnects, a terminal shell.
+
+Theory of operation
+-------------------
+Three layers, each testable alone:
+
+1. ``ClientCore`` holds the client's state and no I/O: the room it is in,
+   the join it is waiting for, the last ``seq`` it saw in each room. Feed
+   it each decoded server message with ``receive``; it answers with actions
+   (``Show``, ``Send``, ``Joined``, ``JoinRefused``, ``ServerShutdown``, ``Note``).
+2. ``ChatClient`` owns one socket and one reader thread. ``connect`` opens
+   the connection and joins; the reader thread then turns incoming lines
+   into events (``Received``, ``Notice``, ``Closed``) for ``on_event``, or
+   for a queue that tests and notebooks read with ``next_event``. Any
+   thread may send commands. ``close`` sends ``leave`` and shuts the socket
+   down, which wakes the blocked ``recv``, so the reader thread always ends.
+3. ``main`` is the terminal program: the main thread waits for the client
+   to finish (and catches Ctrl-C), a stdin thread turns typed lines into
+   commands, the reader thread prints. Neither reader blocks the other.
+
+Reconnection, and why nothing is missed or shown twice:
+
+- ``seq`` is one counter for the whole server and each room broadcast takes
+  the next value. The core remembers, per room, the highest ``seq`` it saw.
+  When the connection is lost (EOF, an error, or a ``shutdown`` notice) the
+  client reconnects and joins again with ``since`` = that seq; the server
+  replays exactly the broadcasts after it, as long as its history still
+  covers the outage. As a second line of defence, a broadcast whose seq is
+  not above the last one seen in its room is dropped.
+- A restarted server counts from 0 again, so its ``welcome`` carries a seq
+  lower than ours: the old numbers mean nothing there, and the core forgets
+  them and joins without ``since``. Trade-off: if the new server has already
+  counted past our old seq when we arrive, the restart cannot be seen, and
+  its first broadcasts, up to our old seq, are not replayed.
+- Attempt ``n`` (from 0) waits a random time in ``[cap/2, cap]`` with
+  ``cap = min(max_delay, base_delay * 2**n)`` ("equal jitter"): the wait
+  grows exponentially, never exceeds the maximum, and the clients that a
+  restart dropped all at once do not all come back at the same instant.
+  After ``reconnect_tries`` failed attempts the client gives up: exit code 2.
+- The first connection is not retried, and a refused first join
+  (``name_taken``, a bad name) ends the program with exit code 2: asking
+  again would get the same answer.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import itertools
+import logging
+import os
+import queue
+import random
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, Union
+
+from . import commands as cmd
+from . import config as cfg
+from . import protocol as p
+from .framing import LineBuffer
+from .terminal import Terminal, escape, main_streams, render
+
+log = logging.getLogger("chat_sync.tcp_client")
+
+RECV_BYTES = 64 * 1024
+EXIT_OK = 0
+EXIT_FAILED = 2
+
+
+# -- Back-off (pure) ------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+    """How long to wait before each reconnect attempt; see the module comment."""
+
+    base_delay_s: float
+    max_delay_s: float
+    tries: int
+
+    def delay(self, attempt: int, random_fraction: float) -> float:
+        """Seconds to wait before attempt ``attempt`` (0 for the first).
+
+        ``random_fraction`` is in [0, 1), e.g. ``random.random()``; passing it
+        in keeps this function pure. Returns a value in [cap/2, cap].
+        """
+        if attempt < 0:
+            raise ValueError(f"attempt must be >= 0, got {attempt}")
+        # 2.0 ** 1024 overflows a float; the cap is reached long before 60 doublings.
+        cap = min(self.max_delay_s, self.base_delay_s * 2.0 ** min(attempt, 60))
+        return cap / 2 + cap / 2 * random_fraction
+
+
+# -- The core (no I/O) -------------------------------------------------------------
+class ClientState(enum.Enum):
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"    # socket open, waiting for the welcome
+    JOINING = "joining"          # this connection's first join sent, waiting for its answer
+    JOINED = "joined"            # in a room; chat and commands may be sent
+
+
+@dataclasses.dataclass(frozen=True)
+class Show:
+    """Show this server message to the user."""
+
+    message: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Send:
+    """Send this request to the server."""
+
+    request: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Joined:
+    room: str
+
+
+@dataclasses.dataclass(frozen=True)
+class JoinRefused:
+    """The join that opens a connection was refused; the connection is useless."""
+
+    code: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerShutdown:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Note:
+    """Something the user should know that no server message says."""
+
+    text: str
+
+
+Action = Union[Show, Send, Joined, JoinRefused, ServerShutdown, Note]
+
+
+class ClientCore:
+    """The client's state machine: messages in, actions out. Not thread-safe."""
+
+    def __init__(self, user: str, room: str) -> None:
+        self.user = user
+        self.room = room                  # the room we are in, or are about to join
+        self.state = ClientState.DISCONNECTED
+        self.last_seq: dict[str, int] = {}   # name_key(room) -> highest seq seen there
+        self._ids = itertools.count(1)
+        self._pending_join: tuple[int, str] | None = None   # (request id, room)
+
+    def connection_made(self) -> None:
+        self.state = ClientState.CONNECTING
+        self._pending_join = None
+
+    def connection_lost(self) -> None:
+        self.state = ClientState.DISCONNECTED
+        self._pending_join = None
+
+    def join(self, room: str) -> dict[str, Any]:
+        """The request that joins ``room``, with ``since`` if we have been there before.
+
+        Its ``id`` lets ``receive`` tell the answer to this join from other traffic.
+        """
+        rid = next(self._ids)
+        self._pending_join = (rid, room)
+        return cmd.join_request(room, self.user, self.last_seq.get(p.name_key(room)), rid)
+
+    def receive(self, message: dict[str, Any]) -> list[Action]:
+        """Act on one decoded server message."""
+        kind = message.get("type")
+        if self.state is ClientState.CONNECTING:
+            if kind == p.MessageType.WELCOME:
+                return self._welcome(message)
+            return [Show(message)]        # e.g. server_full; the server closes next
+        if kind == p.MessageType.SYSTEM and message.get("event") == p.SystemEvent.SHUTDOWN:
+            return [Show(message), ServerShutdown(str(message.get("text", "")))]
+        pending = self._pending_join
+        if pending is not None and message.get("id") == pending[0]:
+            return self._join_answer(message)
+        if not self._is_new(message):
+            return []
+        return [Show(message)]
+
+    def _welcome(self, message: dict[str, Any]) -> list[Action]:
+        actions: list[Action] = [Show(message)]
+        if message.get("protocol") != p.PROTOCOL_VERSION:
+            actions.append(Note(f"the server speaks protocol {escape(str(message.get('protocol')))}"
+                                f", this client {p.PROTOCOL_VERSION}; expect trouble"))
+        seq = message.get("seq")
+        if isinstance(seq, int) and self.last_seq and seq < max(self.last_seq.values()):
+            self.last_seq.clear()
+            actions.append(Note("the server has restarted; its history starts afresh"))
+        self.state = ClientState.JOINING
+        actions.append(Send(self.join(self.room)))
+        return actions
+
+    def _join_answer(self, message: dict[str, Any]) -> list[Action]:
+        """``message`` carries the id of our pending join: an error, or our join notice."""
+        assert self._pending_join is not None
+        room = self._pending_join[1]
+        self._pending_join = None
+        if message.get("type") == p.MessageType.ERROR:
+            if self.state is ClientState.JOINING:
+                return [JoinRefused(str(message.get("code")), str(message.get("text")))]
+            return [Show(message)]        # a /join refused: we stay where we were
+        room_name = message.get("room")
+        self.room = room_name if isinstance(room_name, str) else room
+        self.state = ClientState.JOINED
+        self._is_new(message)             # record its seq
+        return [Joined(self.room), Show(message)]
+
+    def _is_new(self, message: dict[str, Any]) -> bool:
+        """False for a room broadcast we have already seen; records the seq of a new one."""
+        room, seq = message.get("room"), message.get("seq")
+        if not isinstance(room, str) or not isinstance(seq, int) or isinstance(seq, bool):
+            return True                   # not a room broadcast: replies, whispers...
+        key = p.name_key(room)
+        last = self.last_seq.get(key)
+        if last is not None and seq <= last:
+            return False
+        self.last_seq[key] = seq
+        return True
+
+
+# -- Events for the user of ChatClient -------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Received:
+    """A server message to show (duplicates already dropped)."""
+
+    message: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Notice:
+    """Local news: connection lost, reconnecting, help text, a command's usage."""
+
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Closed:
+    """The client has finished; this is always its last event."""
+
+    exit_code: int
+    reason: str
+
+
+ClientEvent = Union[Received, Notice, Closed]
+
+
+class JoinError(Exception):
+    """The server refused the join that opens a connection."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(f"error {code}: {text}")
+        self.code = code
+        self.text = text
+
+
+class _Lost(Exception):
+    """The connection is gone (EOF, an error, a shutdown notice); reconnect."""
+
+
+# -- The socket shell ------------------------------------------------------------------
+class ChatClient:
+    """A chat connection with a reader thread, usable without a terminal.
+
+    ``on_event`` is called from the reader thread (and from the thread that
+    calls ``connect``, ``execute`` or ``close``) with each ``ClientEvent``;
+    without it, events go to a queue read by ``next_event``. ``random``
+    supplies the back-off jitter; tests pass a fixed one.
+    """
+
+    def __init__(self, config: cfg.TcpClientConfig, *,
+                 on_event: Callable[[ClientEvent], None] | None = None,
+                 random: Callable[[], float] = random.random) -> None:
+        if config.user is None:
+            raise ValueError("TcpClientConfig.user is required")
+        self.config = config
+        self.core = ClientCore(config.user, config.room)
+        self.backoff = Backoff(config.reconnect_base_delay_s, config.reconnect_max_delay_s,
+                               config.reconnect_tries)
+        self._random = random
+        self._events: queue.Queue[ClientEvent] = queue.Queue()
+        self._on_event = on_event if on_event is not None else self._events.put
+        self._core_lock = threading.Lock()     # the core is used by the reader and callers
+        self._send_lock = threading.Lock()     # one sendall at a time
+        self._sock: socket.socket | None = None
+        self._lines = LineBuffer()
+        self._closing = threading.Event()      # close() was called
+        self._finished = threading.Event()     # Closed has been emitted
+        self._reader: threading.Thread | None = None
+        self.exit_code: int | None = None
+        self.peer = f"{config.host}:{config.port}"
+
+    # -- public -------------------------------------------------------------------
+    @property
+    def user(self) -> str:
+        return self.core.user
+
+    @property
+    def room(self) -> str:
+        return self.core.room
+
+    def connect(self) -> None:
+        """Connect, join ``config.room``, then start the reader thread.
+
+        Returns once joined (history replays are already queued as events).
+        Raises OSError if the server cannot be reached or goes silent for
+        ``connect_timeout_s``, and JoinError if it refuses the join.
+        """
+        if self._reader is not None:
+            raise RuntimeError("connect() may be called only once")
+        self._open()
+        self._reader = threading.Thread(target=self._run, name=f"tcp-client-{self.user}",
+                                        daemon=True)
+        self._reader.start()
+
+    def execute(self, command: cmd.Command) -> bool:
+        """Carry out one parsed command; returns False once the client is closed.
+
+        Chat text and server commands are sent; ``/help`` and usage hints
+        become a Notice; ``Quit`` closes the client.
+        """
+        if isinstance(command, cmd.Quit):
+            self.close()
+            return False
+        if isinstance(command, cmd.Help):
+            self._emit(Notice(cmd.HELP))
+        elif isinstance(command, cmd.Usage):
+            self._emit(Notice(command.text))
+        elif isinstance(command, cmd.Say):
+            self.send(cmd.message_request(command.text))
+        elif isinstance(command, cmd.Whisper):
+            self.send(cmd.whisper_request(command.to, command.text))
+        elif isinstance(command, cmd.ListRooms):
+            self.send(cmd.rooms_request())
+        elif isinstance(command, cmd.WhoIsHere):
+            self.send(cmd.who_request())
+        elif isinstance(command, cmd.JoinRoom):
+            with self._core_lock:
+                joined = self.core.state is ClientState.JOINED
+                request = self.core.join(command.room) if joined else None
+            if request is None:
+                self._emit(Notice("not connected: cannot join now"))
+            else:
+                self._send_or_notice(request)
+        return not self._finished.is_set()
+
+    def send_line(self, line: str) -> bool:
+        """Parse and carry out one typed line; returns False once the client is closed."""
+        command = cmd.parse_command(line)
+        if command is None:
+            return not self._finished.is_set()
+        return self.execute(command)
+
+    def send(self, request: dict[str, Any]) -> None:
+        """Send one request if we are in a room; otherwise say why not (a Notice)."""
+        if self.core.state is not ClientState.JOINED:
+            self._emit(Notice("not connected: not sent"))
+            return
+        self._send_or_notice(request)
+
+    def close(self, timeout: float = 5.0) -> int:
+        """Leave the room, close the connection, wait for the reader thread.
+
+        Returns the exit code: 0, unless the client had already given up.
+        Safe to call more than once and from any thread.
+        """
+        self._closing.set()
+        sock = self._sock
+        if sock is not None:
+            if self.core.state is ClientState.JOINED:
+                try:
+                    self._send_raw(sock, cmd.leave_request())
+                except OSError:
+                    pass          # the server is gone already; nothing to say goodbye to
+            try:
+                sock.shutdown(socket.SHUT_RDWR)    # wakes the reader's recv with EOF
+            except OSError:
+                pass
+        reader = self._reader
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(timeout)
+            if reader.is_alive():
+                raise RuntimeError(f"reader thread did not stop within {timeout} s")
+        self._disconnect()
+        self._finish(EXIT_OK, "closed")
+        assert self.exit_code is not None
+        return self.exit_code
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait until the client has finished; returns its exit code, or None on timeout."""
+        self._finished.wait(timeout)
+        return self.exit_code
+
+    def next_event(self, timeout: float = 5.0) -> ClientEvent:
+        """The next event from the queue (only without ``on_event``).
+
+        Raises TimeoutError if none arrives within ``timeout`` seconds.
+        """
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no event within {timeout} s") from None
+
+    # -- connecting ------------------------------------------------------------------
+    def _open(self) -> None:
+        """Connect and join, in the calling thread. Raises OSError or JoinError."""
+        sock = socket.create_connection((self.config.host, self.config.port),
+                                        timeout=self.config.connect_timeout_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._core_lock:
+            if self._closing.is_set():
+                sock.close()
+                raise ConnectionAbortedError("the client is closing")
+            self._sock = sock
+            self._lines = LineBuffer()
+            self.core.connection_made()
+        try:
+            # The socket still has the connect timeout: a server that accepts
+            # but never answers cannot hang the handshake.
+            while self.core.state is not ClientState.JOINED:
+                self._receive_once(sock)
+        except _Lost as exc:
+            self._disconnect()
+            raise ConnectionError(str(exc)) from None
+        except BaseException:
+            self._disconnect()
+            raise
+        sock.settimeout(None)
+
+    def _disconnect(self) -> None:
+        with self._core_lock:
+            sock, self._sock = self._sock, None
+            self.core.connection_lost()
+        if sock is not None:
+            sock.close()
+
+    # -- the reader thread ------------------------------------------------------------
+    def _run(self) -> None:
+        code, reason = EXIT_OK, "closed"
+        try:
+            while not self._closing.is_set():
+                sock = self._sock
+                try:
+                    if sock is None:
+                        raise _Lost("not connected")
+                    while True:
+                        self._receive_once(sock)
+                except (_Lost, OSError) as exc:
+                    if self._closing.is_set():
+                        break
+                    self._emit(Notice(f"connection to {self.peer} lost: {exc}"))
+                self._disconnect()
+                failure = self._reconnect()
+                if failure is not None:
+                    code, reason = EXIT_FAILED, failure
+                    break
+        except BaseException as exc:      # a bug: still end with a Closed event
+            code, reason = EXIT_FAILED, f"internal error: {exc!r}"
+            raise
+        finally:
+            self._finish(code, reason)
+
+    def _reconnect(self) -> str | None:
+        """Try to reconnect with back-off; returns why it gave up, or None."""
+        tries = self.backoff.tries
+        for attempt in range(tries):
+            delay = self.backoff.delay(attempt, self._random())
+            self._emit(Notice(f"reconnecting in {delay:.1f} s (try {attempt + 1} of {tries})"))
+            if self._closing.wait(delay):
+                return None       # close() was called: stop trying, without failing
+            try:
+                self._open()
+            except JoinError as exc:
+                if exc.code != p.ErrorCode.NAME_TAKEN:
+                    return f"rejoin refused: {exc}"   # asking again gets the same answer
+                self._emit(Notice(f"rejoin refused: {exc}"))
+                # name_taken: our old connection may still linger on the server.
+            except OSError as exc:
+                if self._closing.is_set():
+                    return None
+                self._emit(Notice(f"reconnect failed: {exc}"))
+            else:
+                self._emit(Notice(f"reconnected to {self.peer}, back in {self.room}"))
+                return None
+        return f"gave up reconnecting to {self.peer} after {tries} tries"
+
+    def _receive_once(self, sock: socket.socket) -> None:
+        """One ``recv``; every complete line is decoded and handed to the core.
+
+        Raises _Lost at EOF, on a line too long or a shutdown notice; OSError
+        on a socket error or timeout; JoinError if the opening join is refused.
+        """
+        data = sock.recv(RECV_BYTES)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("[%s] <- %r", self.peer, data)
+        if not data:
+            raise _Lost("the server closed the connection")
+        try:
+            lines = self._lines.feed(data)
+        except p.ProtocolError as exc:
+            raise _Lost(str(exc)) from None
+        for line in lines:
+            try:
+                message = p.decode(line)
+            except p.ProtocolError as exc:
+                self._emit(Notice(f"ignored a bad line from the server: {exc}"))
+                continue
+            with self._core_lock:
+                actions = self.core.receive(message)
+            self._act(sock, actions)
+
+    def _act(self, sock: socket.socket, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Show):
+                self._emit(Received(action.message))
+            elif isinstance(action, Note):
+                self._emit(Notice(action.text))
+            elif isinstance(action, Send):
+                self._send_raw(sock, action.request)
+            elif isinstance(action, JoinRefused):
+                raise JoinError(action.code, action.text)
+            elif isinstance(action, ServerShutdown):
+                raise _Lost("the server is shutting down")
+            # Joined needs nothing here: the join notice itself is shown.
+
+    # -- sending ----------------------------------------------------------------------
+    def _send_or_notice(self, request: dict[str, Any]) -> None:
+        sock = self._sock
+        try:
+            if sock is None:
+                raise ConnectionError("not connected")
+            self._send_raw(sock, request)
+        except OSError as exc:
+            self._emit(Notice(f"not sent: {exc}"))
+
+    def _send_raw(self, sock: socket.socket, request: dict[str, Any]) -> None:
+        data = p.encode(request)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("[%s] -> %r", self.peer, data)
+        with self._send_lock:
+            sock.sendall(data)
+
+    def _emit(self, event: ClientEvent) -> None:
+        self._on_event(event)
+
+    def _finish(self, code: int, reason: str) -> None:
+        with self._core_lock:
+            if self.exit_code is not None:
+                return
+            self.exit_code = code
+        self._emit(Closed(code, reason))
+        self._finished.set()
+
+
+# -- The terminal program ------------------------------------------------------------------
+def show_event(terminal: Terminal, user: str, event: ClientEvent) -> None:
+    """Print one client event on the terminal."""
+    if isinstance(event, Received):
+        terminal.show(render(event.message, me=user, colour=terminal.colour))
+    elif isinstance(event, Notice):
+        for line in event.text.splitlines():
+            terminal.show("-- " + escape(line))
+    elif isinstance(event, Closed) and event.exit_code != EXIT_OK:
+        terminal.show("-- " + escape(event.reason))
+
+
+def pump_stdin(client: ChatClient, terminal: Terminal) -> None:
+    """The stdin thread: each typed line becomes a command; EOF or /quit closes the client."""
+    while True:
+        line = terminal.read_line()
+        if line is None:
+            client.close()
+            return
+        if not client.send_line(line):
+            return
+
+
+def run(client: ChatClient, terminal: Terminal) -> int:
+    """Chat until /quit, end of input, Ctrl-C, or giving up; returns the exit code.
+
+    ``client`` must be connected. The stdin thread is a daemon: when the
+    client gives up, the program ends even though a ``read`` is still blocked.
+    """
+    stdin_thread = threading.Thread(target=pump_stdin, args=(client, terminal),
+                                    name="stdin", daemon=True)
+    stdin_thread.start()
+    try:
+        code = client.wait()
+    except KeyboardInterrupt:
+        code = client.close()
+    assert code is not None
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chat-sync tcp-client",
+                                     description="Chat on a chat_sync TCP server.")
+    cfg.add_arguments(parser, cfg.TcpClientConfig)
+    args = parser.parse_args(argv)
+    try:
+        config = cfg.from_args(cfg.TcpClientConfig, args)
+    except cfg.ConfigError as exc:
+        print(f"chat-sync: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if config.user is None:
+        print("chat-sync: a user name is required: --user NAME, or user: in the config file",
+              file=sys.stderr)
+        return EXIT_FAILED
+    stdin, stdout = main_streams()
+    terminal = Terminal.open(stdin, stdout, plain=config.plain, environ=os.environ)
+    user = config.user
+    client = ChatClient(config, on_event=lambda event: show_event(terminal, user, event))
+    try:
+        try:
+            client.connect()
+        except JoinError as exc:
+            print(f"chat-sync: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except OSError as exc:
+            print(f"chat-sync: cannot connect to {client.peer}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            client.close()
+            return EXIT_OK
+        return run(client, terminal)
+    finally:
+        terminal.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
