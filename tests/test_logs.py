@@ -1,0 +1,120 @@
+"""The chat log: escaping, one line per entry, the writer thread, rotation."""
+from __future__ import annotations
+
+import sys
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+from chat_sync.logs import ChatLog, escape, format_entry
+
+pytestmark = pytest.mark.timeout(10)
+
+UNSAFE = {
+    "newline": ("\n", "\\n"),
+    "carriage return": ("\r", "\\r"),
+    "tab": ("\t", "\\t"),
+    "nul": ("\x00", "\\u0000"),
+    "escape": ("\x1b", "\\u001b"),
+    "delete": ("\x7f", "\\u007f"),
+    "next line (C1)": ("\x85", "\\u0085"),
+    "csi (C1)": ("\x9b", "\\u009b"),
+    "soft hyphen": ("\u00ad", "\\u00ad"),
+    "arabic letter mark": ("\u061c", "\\u061c"),
+    "zero width space": ("\u200b", "\\u200b"),
+    "right-to-left mark": ("\u200f", "\\u200f"),
+    "line separator": ("\u2028", "\\u2028"),
+    "paragraph separator": ("\u2029", "\\u2029"),
+    "left-to-right embedding": ("\u202a", "\\u202a"),
+    "right-to-left override": ("\u202e", "\\u202e"),
+    "first strong isolate": ("\u2068", "\\u2068"),
+    "pop directional isolate": ("\u2069", "\\u2069"),
+    "byte order mark": ("\ufeff", "\\ufeff"),
+}
+
+
+@pytest.mark.parametrize("char, shown", UNSAFE.values(), ids=UNSAFE.keys())
+def test_escape_makes_unsafe_characters_visible(char: str, shown: str) -> None:
+    assert escape(f"a{char}b") == f"a{shown}b"
+
+
+def test_escape_covers_every_control_format_and_separator_character() -> None:
+    missed = [f"U+{cp:04X}" for cp in range(sys.maxunicode + 1)
+              if unicodedata.category(chr(cp)) in ("Cc", "Cf", "Zl", "Zp")
+              and escape(chr(cp)) == chr(cp)]
+    assert missed == []
+
+
+def test_escape_shows_astral_characters_with_eight_digits() -> None:
+    assert escape("a\U000e0041b") == "a\\U000e0041b"            # an invisible tag "A"
+
+
+def test_escape_leaves_ordinary_text_alone() -> None:
+    text = "Hello, wörld! 你好 👋 «quotes» \"' \\ ~"
+    assert escape(text) == text
+
+
+def test_escape_result_is_one_printable_line() -> None:
+    nasty = "".join(chr(c) for c in range(0x00, 0xA0)) + "\u2028\u2029\u202e\u2066\ufeff"
+    escaped = escape(nasty)
+    assert escaped.isprintable()
+    assert len(escaped.splitlines()) == 1
+
+
+def test_format_entry_layout() -> None:
+    assert format_entry(0.0, "lobby", "alice", "hi") == (
+        "1970-01-01T00:00:00.000+00:00 lobby alice: hi")
+    assert format_entry(1_700_000_000.123, "dev", None, "bob joined") == (
+        "2023-11-14T22:13:20.123+00:00 dev system: bob joined")
+
+
+def test_format_entry_cannot_be_forged_into_two_lines() -> None:
+    forged = "hi\n2026-01-01T00:00:00.000+00:00 lobby system: server owned\r"
+    entry = format_entry(0.0, "lobby", "mallory", forged)
+    assert entry.splitlines() == [entry]
+    assert entry.endswith("hi\\n2026-01-01T00:00:00.000+00:00 lobby system: server owned\\r")
+
+
+def test_format_entry_escapes_every_field() -> None:
+    entry = format_entry(0.0, "lob\x1bby", "al\u202eice", "x\u2028y")
+    assert entry == "1970-01-01T00:00:00.000+00:00 lob\\u001bby al\\u202eice: x\\u2028y"
+
+
+def test_chat_log_writes_one_line_per_entry(tmp_path: Path) -> None:
+    path = tmp_path / "chat.log"
+    log = ChatLog(str(path), max_bytes=1_000_000, backups=1)
+    log.write(0.0, "lobby", None, "alice joined")
+    log.write(1.5, "lobby", "alice", "hi\nthere 👋")
+    log.write(2.0, "lobby", "alice", "100% sure %s %(x)s")      # no %-formatting
+    log.close()                     # returns once everything queued is on disk
+    assert path.read_text(encoding="utf-8").splitlines() == [
+        "1970-01-01T00:00:00.000+00:00 lobby system: alice joined",
+        "1970-01-01T00:00:01.500+00:00 lobby alice: hi\\nthere 👋",
+        "1970-01-01T00:00:02.000+00:00 lobby alice: 100% sure %s %(x)s",
+    ]
+
+
+def test_chat_log_rotates_and_keeps_backups(tmp_path: Path) -> None:
+    path = tmp_path / "chat.log"
+    log = ChatLog(str(path), max_bytes=120, backups=2)
+    entries = [format_entry(float(i), "lobby", "alice", f"message {i:02d}") for i in range(12)]
+    for i in range(12):
+        log.write(float(i), "lobby", "alice", f"message {i:02d}")
+    log.close()
+    files = [path, tmp_path / "chat.log.1", tmp_path / "chat.log.2"]
+    assert not (tmp_path / "chat.log.3").exists()
+    kept: list[str] = []
+    for file in reversed(files):                      # oldest backup first
+        lines = file.read_text(encoding="utf-8").splitlines()
+        assert lines and len(file.read_bytes()) <= 120
+        kept += lines
+    assert kept == entries[-len(kept):]               # the newest, in order, whole lines
+    assert len(kept) >= 3
+
+
+def test_chat_log_close_with_nothing_written(tmp_path: Path) -> None:
+    path = tmp_path / "chat.log"
+    log = ChatLog(str(path), max_bytes=100, backups=0)
+    log.close()
+    assert path.read_text() == ""
