@@ -16,6 +16,7 @@ PROGRAMS: dict[str, tuple[str, str]] = {
     "tcp-client": ("chat_sync.tcp_client", "chat over TCP from this terminal"),
     "udp-server": ("chat_sync.udp_server", "run the UDP chat server"),
     "udp-client": ("chat_sync.udp_client", "chat over UDP from this terminal"),
+    "bench": ("chat_sync.bench", "benchmarks that verify what they measure"),
 }
 
 
