@@ -378,6 +378,7 @@ class CuttingRelay:
         self._lock = threading.Lock()
         self._open = True
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._every_socket: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
         self._start(self._accept)
 
@@ -398,6 +399,7 @@ class CuttingRelay:
                     continue
                 upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
                 self._pairs.append((downstream, upstream))
+                self._every_socket += [downstream, upstream]
             self._start(self._pump, downstream, upstream, True)
             self._start(self._pump, upstream, downstream, False)
 
@@ -440,9 +442,8 @@ class CuttingRelay:
         self.listener.close()
         for thread in self._threads:
             thread.join(TIMEOUT_S)
-        for pair in self._pairs:
-            for sock in pair:
-                sock.close()
+        for sock in self._every_socket:
+            sock.close()
 
 
 @pytest.mark.timeout(20)
@@ -569,6 +570,15 @@ def _client_process(port: int, *flags: str) -> subprocess.Popen[str]:
         text=True, encoding="utf-8", env=env, cwd=REPO)
 
 
+def _reap(proc: subprocess.Popen[str]) -> None:
+    """Make sure the child is gone and its pipes are closed."""
+    proc.kill()
+    proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
 @pytest.mark.timeout(20)
 def test_subprocess_client_chats_and_exits_0_on_eof(server: ServerHandle,
                                                     clients: Clients) -> None:
@@ -588,8 +598,7 @@ def test_subprocess_client_chats_and_exits_0_on_eof(server: ServerHandle,
         until(bob, lambda e: isinstance(e, Received) and e.message.get("event") == "leave")
         assert "\x1b" not in out.rest()
     finally:
-        proc.kill()
-        proc.wait()
+        _reap(proc)
 
 
 @pytest.mark.timeout(20)
@@ -607,8 +616,7 @@ def test_subprocess_client_gives_up_with_exit_code_2() -> None:
         assert "-- gave up reconnecting" in out.rest()
     finally:
         handle.stop()
-        proc.kill()
-        proc.wait()
+        _reap(proc)
 
 
 @pytest.mark.timeout(20)
@@ -627,8 +635,7 @@ def test_config_file_settings_reach_the_client(server: ServerHandle, clients: Cl
         until(bob, message_from("filed", "from a file"))
         assert "[lobby] * filed joined" in stdout
     finally:
-        proc.kill()
-        proc.wait()
+        _reap(proc)
 
 
 @pytest.mark.timeout(20)
