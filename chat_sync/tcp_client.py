@@ -376,6 +376,8 @@ class ChatClient:
         sock = self._sock
         if sock is not None:
             if self.core.state is ClientState.JOINED:
+                # A few bytes into an idle connection's send buffer: this does not
+                # block unless the server had long stopped reading us.
                 try:
                     self._send_raw(sock, cmd.leave_request())
                 except OSError:
@@ -473,7 +475,7 @@ class ChatClient:
         tries = self.backoff.tries
         for attempt in range(tries):
             delay = self.backoff.delay(attempt, self._random())
-            self._emit(Notice(f"reconnecting in {delay:.1f} s (try {attempt + 1} of {tries})"))
+            self._emit(Notice(f"reconnecting in {delay:.2f} s (try {attempt + 1} of {tries})"))
             if self._closing.wait(delay):
                 return None       # close() was called: stop trying, without failing
             try:
