@@ -1,0 +1,348 @@
+"""The TCP server end to end: real sockets on 127.0.0.1, port 0, a timeout on every read.
+
+The logic is tested without sockets in test_rooms.py; these tests check
+what only the I/O shell can get wrong: framing on a live stream, slow and
+hostile peers, bounds, the chat log, shutdown and the command line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import LineClient, StreamLines, connect, wait_for
+
+from chat_sync.tcp_server import serve
+
+pytestmark = pytest.mark.timeout(20)
+
+REPO = Path(__file__).resolve().parent.parent
+TYPED_ERRORS = {"bad_json", "bad_utf8", "bad_message", "unknown_type"}
+
+
+def is_event(event: str, user: str | None = None) -> Any:
+    def matches(message: dict[str, Any]) -> bool:
+        return (message["type"] == "system" and message["event"] == event
+                and (user is None or message.get("user") == user))
+    return matches
+
+
+def messages_line(texts: list[str]) -> bytes:
+    return b"".join(json.dumps({"type": "message", "text": t}).encode() + b"\n" for t in texts)
+
+
+# -- chatting --------------------------------------------------------------------
+
+def test_two_clients_chat() -> None:
+    with serve(port=0) as server:
+        with connect(server.host, server.port) as alice, \
+                connect(server.host, server.port) as bob:
+            alice.join("lobby", "alice")
+            seen = bob.join("lobby", "bob")
+            assert [m["user"] for m in seen if m.get("history")] == ["alice"]
+            assert alice.recv_message() == seen[-1]           # alice sees bob arrive
+
+            alice.send(type="message", text="hi bob 👋", id="m1")
+            own, heard = alice.recv_message(), bob.recv_message()
+            assert own == {**heard, "id": "m1"}
+            assert (heard["user"], heard["text"], heard["room"]) == ("alice", "hi bob 👋", "lobby")
+            assert heard["seq"] > seen[-1]["seq"]
+
+            bob.send(type="whisper", to="alice", text="psst", id=2)
+            assert alice.recv_message()["text"] == "psst"
+            assert bob.recv_message()["id"] == 2
+
+            bob.send(type="who", id=3)
+            assert bob.recv_message() == {"type": "who", "room": "lobby",
+                                          "users": ["alice", "bob"], "id": 3}
+
+
+def test_several_requests_in_one_send_and_one_request_in_many() -> None:
+    with serve(port=0) as server, connect(server.host, server.port) as alice:
+        alice.send_raw(b'{"type":"join","room":"lobby","user":"alice","id":1}\n'
+                       b'{"type":"message","text":"one","id":2}\r\n'
+                       b'\n'
+                       b'{"type":"ping","id":3}\n'
+                       b'{"type":"who","id":4}\n')
+        replies = [alice.recv_message() for _ in range(4)]
+        assert [r.get("id") for r in replies] == [1, 2, 3, 4]
+        assert [r["type"] for r in replies] == ["system", "message", "pong", "who"]
+
+        alice.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for byte in b'{"type":"ping","id":"split"}\n':
+            alice.send_raw(bytes([byte]))
+        assert alice.recv_message() == {"type": "pong", "id": "split"}
+
+
+# -- bounds and hostile peers ----------------------------------------------------------
+
+def test_a_client_that_never_reads_is_dropped_and_the_others_keep_up() -> None:
+    with serve(port=0, max_send_buffer_bytes=64 * 1024) as server:
+        # The kernel buffers a few MB for a loopback peer; a small receive
+        # buffer on the sleeper keeps its share small, so the server's own
+        # bound is what trips.
+        with LineClient(server.host, server.port, rcvbuf=4096) as sleeper, \
+                connect(server.host, server.port) as reader:
+            assert sleeper.recv_message()["type"] == "welcome"
+            sleeper.join("lobby", "sleeper")            # then it never reads again
+            reader.join("lobby", "reader")
+
+            text = "x" * 1000
+            sent = 0
+            left_after = None
+            while left_after is None:
+                assert sent < 16_000, "the sleeper was never dropped (16 MB sent)"
+                batch = [f"{sent + i} {text}" for i in range(16)]
+                reader.send_raw(messages_line(batch))
+                for expected in batch:
+                    message = reader.recv_message(timeout=2.0)
+                    if is_event("leave", "sleeper")(message):
+                        left_after = sent
+                        message = reader.recv_message(timeout=2.0)
+                    assert message["type"] == "message" and message["text"] == expected
+                sent += len(batch)
+
+            # Gone: its name is free again and the room has one member.
+            reader.send(type="who")
+            assert reader.recv_message()["users"] == ["reader"]
+
+
+def test_a_mebibyte_line_without_newline_is_line_too_long_then_closed() -> None:
+    with serve(port=0) as server, connect(server.host, server.port) as bob:
+        bob.join("lobby", "bob")
+        with connect(server.host, server.port) as flooder:
+            flooder.join("lobby", "flooder")
+            bob.recv_until(is_event("join", "flooder"))
+            try:
+                flooder.send_raw(b"a" * (1024 * 1024))
+            except (BrokenPipeError, ConnectionResetError):
+                pass            # the server may hang up before taking it all
+            rest = flooder.recv_until_closed()
+            assert rest[0]["type"] == "error" and rest[0]["code"] == "line_too_long"
+            assert [m["type"] for m in rest[1:]] == []
+        bob.recv_until(is_event("leave", "flooder"))
+        bob.send(type="ping", id=1)
+        assert bob.recv_message() == {"type": "pong", "id": 1}
+
+
+def garbage_burst(seed: int) -> bytes:
+    rng = random.Random(seed)
+    lines = [
+        bytes(rng.randrange(256) for _ in range(3000)),           # random bytes
+        b"{not json",
+        b'{"type":"message","text":"\xff\xfe"}',                  # bad UTF-8
+        b'{"type":"message","text":NaN}',
+        b'{"type":"message","text":"a","text":"b"}',
+        b'{"type":"message","text":"\\ud800"}',
+        b"[" * 20000,
+        b'{"type":"shout","text":"HI"}',
+        b'{"type":"message"}',
+        b"\x00\x01\x02",
+        bytes(rng.randrange(256) for _ in range(3000)),
+    ]
+    return b"\n".join(lines) + b"\n"
+
+
+def expected_line_count(burst: bytes) -> int:
+    """How many lines the server sees: the framing rules, restated."""
+    count = 0
+    for line in burst.split(b"\n")[:-1]:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if line:
+            count += 1
+    return count
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_garbage_from_one_client_leaves_the_others_unaffected(seed: int) -> None:
+    with serve(port=0) as server, connect(server.host, server.port) as alice, \
+            connect(server.host, server.port) as bob, \
+            connect(server.host, server.port) as mallory:
+        alice.join("lobby", "alice")
+        bob.join("lobby", "bob")
+        mallory.join("lobby", "mallory")        # in the room, so a leak would show
+        alice.recv_until(is_event("join", "mallory"))
+        bob.recv_until(is_event("join", "mallory"))
+
+        burst = garbage_burst(seed)
+        expected_errors = expected_line_count(burst)
+        texts = [f"message {i}" for i in range(20)]
+        for i, text in enumerate(texts):
+            alice.send_raw(messages_line([text]))
+            if i % 5 == 0:
+                mallory.send_raw(burst)
+        bursts = len(range(0, len(texts), 5))
+
+        assert [m["text"] for m in alice.recv_until(lambda m: m.get("text") == texts[-1])] \
+            == texts
+        heard = bob.recv_until(lambda m: m.get("text") == texts[-1])
+        assert [(m["type"], m["user"], m["text"]) for m in heard] == [
+            ("message", "alice", t) for t in texts]
+
+        mallory.send(type="ping", id="still here")
+        replies = mallory.recv_until(lambda m: m.get("id") == "still here")
+        errors = [m for m in replies if m["type"] == "error"]
+        assert len(errors) == bursts * expected_errors
+        assert {m["code"] for m in errors} <= TYPED_ERRORS
+        assert [m for m in replies if m["type"] not in ("error", "message", "pong")] == []
+
+
+def test_beyond_max_clients_a_client_gets_server_full_then_close() -> None:
+    with serve(port=0, max_clients=2) as server:
+        first = connect(server.host, server.port)
+        with connect(server.host, server.port):
+            with LineClient(server.host, server.port) as third:
+                refused = third.recv_until_closed()
+                assert [(m["type"], m["code"]) for m in refused] == [("error", "server_full")]
+            first.close()
+            wait_for(lambda: len(server.server.conns) == 1, what="the server to see both go")
+            with connect(server.host, server.port) as fourth:   # room again
+                fourth.send(type="ping")
+                assert fourth.recv_message() == {"type": "pong"}
+
+
+# -- the chat log ------------------------------------------------------------------------
+
+def test_the_chat_log_gets_one_escaped_line_per_broadcast(tmp_path: Path) -> None:
+    log_file = tmp_path / "chat.log"
+    with serve(port=0, log_file=str(log_file)) as server:
+        with connect(server.host, server.port) as alice:
+            alice.join("lobby", "alice")
+            with connect(server.host, server.port) as bob:
+                bob.join("lobby", "bob")
+                alice.send(type="message", text="hi\nthere \x1b[2J\u202eevil")
+                alice.send(type="whisper", to="bob", text="not for the log")
+                bob.recv_until(lambda m: m["type"] == "whisper")
+            alice.recv_until(is_event("leave", "bob"))
+            alice.send(type="leave", id=1)
+            alice.recv_until(lambda m: m.get("id") == 1)
+    # Leaving the with block stopped the server, which closes the log: all on disk.
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00"
+    lines = log_file.read_text(encoding="utf-8").splitlines()
+    expected = [
+        "lobby system: alice joined",
+        "lobby system: bob joined",
+        "lobby alice: hi\\nthere \\u001b[2J\\u202eevil",
+        "lobby system: bob left",
+        "lobby system: alice left",
+    ]
+    assert len(lines) == len(expected), lines
+    for line, tail in zip(lines, expected):
+        assert re.fullmatch(f"{stamp} {re.escape(tail)}", line), line
+
+
+def test_a_client_that_resets_is_gone_and_the_server_carries_on() -> None:
+    with serve(port=0) as server, connect(server.host, server.port) as alice:
+        alice.join("lobby", "alice")
+        rude = connect(server.host, server.port)
+        rude.join("lobby", "rude")
+        rude.send_raw(b'{"type":"message","text":"half a')
+        rude.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        rude.close()                                     # RST, not FIN
+        alice.recv_until(is_event("leave", "rude"))
+        alice.send(type="ping", id=1)
+        assert alice.recv_message() == {"type": "pong", "id": 1}
+
+
+# -- stopping -------------------------------------------------------------------------------
+
+def test_graceful_stop_tells_every_client_then_closes() -> None:
+    server = serve(port=0)
+    try:
+        joined = connect(server.host, server.port)
+        joined.join("lobby", "alice")
+        lurker = connect(server.host, server.port)            # connected, never joined
+        server.stop()
+        for client in (joined, lurker):
+            rest = client.recv_until_closed()
+            assert [(m["type"], m["event"]) for m in rest] == [("system", "shutdown")]
+            client.close()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((server.host, server.port), timeout=2).close()
+    finally:
+        server.stop()
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+def run_server(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "chat_sync.tcp_server", *args],
+                            cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def listening_port(out: StreamLines) -> int:
+    line = out.readline(timeout=10)
+    assert line is not None
+    found = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
+    assert found, line
+    return int(found.group(1))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_main_serves_and_exits_0_on_a_signal(signum: signal.Signals) -> None:
+    proc = run_server("--port", "0")
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = StreamLines(proc.stdout), StreamLines(proc.stderr)
+        port = listening_port(out)
+        with connect("127.0.0.1", port) as alice:
+            alice.join("lobby", "alice")
+            alice.send(type="ping", id=1)
+            assert alice.recv_message() == {"type": "pong", "id": 1}
+            proc.send_signal(signum)
+            assert alice.recv_until_closed()[-1]["event"] == "shutdown"
+        assert proc.wait(timeout=10) == 0
+        assert "Traceback" not in err.rest()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--port", "-1"], "--port"),
+    (["--max-clients", "0"], "--max-clients"),
+    (["--log-level", "loud"], "--log-level"),
+    (["--no-such-flag"], "--no-such-flag"),
+])
+def test_a_bad_flag_exits_2_with_a_message(args: list[str], says: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "chat_sync.tcp_server", *args],
+                          cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=15)
+    assert done.returncode == 2
+    assert says in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "listening" not in done.stdout
+
+
+def test_debug_log_shows_raw_bytes_per_peer() -> None:
+    proc = run_server("--port", "0", "--log-level", "debug")
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = StreamLines(proc.stdout), StreamLines(proc.stderr)
+        port = listening_port(out)
+        with connect("127.0.0.1", port) as client:
+            peer = "%s:%d" % client.sock.getsockname()[:2]
+            client.send_raw(b'{"type":"ping","id":1}\n')
+            assert client.recv_message() == {"type": "pong", "id": 1}
+            err.wait_for_line(lambda line: f"[{peer}] -> b'{{\"type\":\"ping\",\"id\":1}}\\n'"
+                              in line)
+            err.wait_for_line(lambda line: f"[{peer}] <- b'{{\"type\":\"pong\",\"id\":1}}\\n'"
+                              in line)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
