@@ -23,8 +23,9 @@ import re
 import threading
 
 # Cc: control, Cf: format (bidi overrides, zero-width, invisible tags), Zl/Zp: line and
-# paragraph separators. Matches every code point of those categories in Unicode 14.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891"
+# paragraph separators. Matches every code point of those categories in Unicode 14. Also
+# Cs: lone surrogates, which JSON can carry and no file or terminal encoding can write.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u00ad\ud800-\udfff\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891"
                      "\u08e2\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb"
                      "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
                      "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f]")

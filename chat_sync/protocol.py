@@ -329,9 +329,11 @@ def _with_id(message: dict[str, Any], rid: RequestId) -> dict[str, Any]:
     return message
 
 
-def welcome(version: str, limits: Limits, seq: int) -> dict[str, Any]:
+def welcome(version: str, limits: Limits, seq: int, epoch: str) -> dict[str, Any]:
+    """``epoch`` names this run of the server: a new one means ``seq`` started afresh."""
     return {"type": MessageType.WELCOME.value, "server": "chat_sync", "version": version,
-            "protocol": PROTOCOL_VERSION, "limits": limits.to_dict(), "seq": seq}
+            "protocol": PROTOCOL_VERSION, "limits": limits.to_dict(), "seq": seq,
+            "epoch": epoch}
 
 
 def chat_message(room: str, user: str, text: str, seq: int, ts: float) -> dict[str, Any]:

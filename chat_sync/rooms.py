@@ -24,6 +24,8 @@ Invariants:
   saw gets no gap and no repeat while history still covers the outage.
 - Rooms are created on demand and kept while empty (their history is still
   useful); at ``max_rooms`` the oldest empty room is dropped to make space.
+- ``epoch``, random per ChatCore, tells clients in the welcome which run of
+  the server this is: ``seq`` and ``since`` mean nothing across a restart.
 - A request carrying ``id`` is answered by a message carrying that ``id``:
   the reply, the error, or the sender's own copy of its broadcast.
 
@@ -32,6 +34,7 @@ Time is an input: every call that stamps a message takes ``now``.
 from __future__ import annotations
 
 import collections
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Union
 
@@ -77,8 +80,9 @@ class ChatCore:
     """The chat logic of one server: feed it requests, send what it returns."""
 
     def __init__(self, limits: p.Limits = p.Limits(), history_size: int = p.HISTORY_SIZE,
-                 max_rooms: int = p.MAX_ROOMS) -> None:
+                 max_rooms: int = p.MAX_ROOMS, epoch: str | None = None) -> None:
         self.limits = limits
+        self.epoch = epoch if epoch is not None else secrets.token_hex(4)
         self.history_size = history_size
         self.max_rooms = max_rooms
         self.seq = 0
@@ -92,7 +96,7 @@ class ChatCore:
         if conn in self.members:
             raise ValueError(f"connection {conn!r} is already connected")
         self.members[conn] = Member(conn)
-        return [Reply(conn, p.welcome(__version__, self.limits, self.seq))]
+        return [Reply(conn, p.welcome(__version__, self.limits, self.seq, self.epoch))]
 
     def disconnect(self, conn: ConnId, now: float) -> list[Output]:
         """Forget a connection; its room hears that it left."""

@@ -27,11 +27,9 @@ Reconnection, and why nothing is missed or shown twice:
   replays exactly the broadcasts after it, as long as its history still
   covers the outage. As a second line of defence, a broadcast whose seq is
   not above the last one seen in its room is dropped.
-- A restarted server counts from 0 again, so its ``welcome`` carries a seq
-  lower than ours: the old numbers mean nothing there, and the core forgets
-  them and joins without ``since``. Trade-off: if the new server has already
-  counted past our old seq when we arrive, the restart cannot be seen, and
-  its first broadcasts, up to our old seq, are not replayed.
+- A restarted server counts from 0 again. Its ``welcome`` names a new
+  ``epoch``: the old numbers mean nothing there, so the core forgets them
+  and joins without ``since``.
 - Attempt ``n`` (from 0) waits a random time in ``[cap/2, cap]`` with
   ``cap = min(max_delay, base_delay * 2**n)`` ("equal jitter"): the wait
   grows exponentially, never exceeds the maximum, and the clients that a
@@ -150,6 +148,7 @@ class ClientCore:
         self.room = room                  # the room we are in, or are about to join
         self.state = ClientState.DISCONNECTED
         self.last_seq: dict[str, int] = {}   # name_key(room) -> highest seq seen there
+        self.epoch: object = None            # the server run those seqs belong to
         self._ids = itertools.count(1)
         self._pending_join: tuple[int, str] | None = None   # (request id, room)
 
@@ -191,10 +190,11 @@ class ClientCore:
         if message.get("protocol") != p.PROTOCOL_VERSION:
             actions.append(Note(f"the server speaks protocol {escape(str(message.get('protocol')))}"
                                 f", this client {p.PROTOCOL_VERSION}; expect trouble"))
-        seq = message.get("seq")
-        if isinstance(seq, int) and self.last_seq and seq < max(self.last_seq.values()):
+        epoch = message.get("epoch")
+        if self.epoch is not None and epoch != self.epoch:
             self.last_seq.clear()
             actions.append(Note("the server has restarted; its history starts afresh"))
+        self.epoch = epoch
         self.state = ClientState.JOINING
         actions.append(Send(self.join(self.room)))
         return actions

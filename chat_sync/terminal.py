@@ -29,7 +29,6 @@ sequences are the only ones that ever reach the terminal.
 """
 from __future__ import annotations
 
-import re
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -49,18 +48,14 @@ _YELLOW = "33"
 _MAGENTA = "35"
 _CYAN = "36"
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def escape(text: str) -> str:
     """``text`` made safe to print: control, format and separator characters escaped.
 
-    Uses the chat log's escaping (one rule for everything a peer sends us)
-    and also escapes lone surrogates, which JSON can carry but no terminal
-    encoding can print.
+    The chat log's escaping: one rule for everything a peer sends us.
     """
-    text = _escape_line(text)
-    return _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+    return _escape_line(text)
 
 
 def colour_wanted(stream: TextIO, environ: Mapping[str, str], plain: bool = False) -> bool:

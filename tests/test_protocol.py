@@ -96,7 +96,7 @@ def test_decode_returns_the_object() -> None:
     p.chat_message("lobby", "alice", "line one\nline two \u2028 \"quoted\" 👋", 7, 1700000000.1234),
     p.system("lobby", p.SystemEvent.JOIN, "bob", "bob joined", 8, 1.0),
     p.system(None, p.SystemEvent.SHUTDOWN, None, "bye", None, 2.0),
-    p.welcome("0.1.0", p.Limits(), 0),
+    p.welcome("0.1.0", p.Limits(), 0, "run1"),
     p.whisper("alice", "bob", "psst", 3.0, "req-1"),
     p.rooms_reply([("lobby", 2), ("dev", 1)], 5),
     p.who_reply("lobby", ["alice", "bob"]),

@@ -3,7 +3,8 @@
 A ``transcript`` block is a conversation: ``NAME --> JSON`` is sent by the
 client NAME (connected when first named), ``NAME <-- JSON`` is the next
 message NAME must receive. ``ts`` and the server ``version`` vary and are not
-compared; everything else must match exactly, in order.
+compared, nor the ``epoch`` of the server run; everything else must match
+exactly, in order.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def blocks(kind: str) -> list[str]:
 
 
 def comparable(message: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in message.items() if k not in ("ts", "version")}
+    return {k: v for k, v in message.items() if k not in ("ts", "version", "epoch")}
 
 
 class Peer:

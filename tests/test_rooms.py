@@ -89,7 +89,12 @@ def test_welcome_tells_version_limits_and_current_seq() -> None:
     welcome = chat.connect(2)
     assert welcome == {"type": "welcome", "server": "chat_sync", "version": __version__,
                        "protocol": p.PROTOCOL_VERSION, "limits": p.Limits().to_dict(),
-                       "seq": 1}
+                       "seq": 1, "epoch": chat.core.epoch}
+
+
+def test_each_core_is_a_new_epoch() -> None:
+    assert ChatCore().epoch != ChatCore().epoch
+    assert ChatCore(epoch="run1").connect(1)[0].message["epoch"] == "run1"
 
 
 def test_connecting_the_same_id_twice_is_our_bug() -> None:

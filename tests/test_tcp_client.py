@@ -74,7 +74,7 @@ def _joined_core(user: str = "alice", room: str = "lobby", seq: int = 0) -> Clie
     """A core that has had its welcome and the answer to its join."""
     core = ClientCore(user, room)
     core.connection_made()
-    actions = core.receive(p.welcome("0.1.0", p.Limits(), seq))
+    actions = core.receive(p.welcome("0.1.0", p.Limits(), seq, "run1"))
     join = next(a.request for a in actions if isinstance(a, Send))
     notice = p.system(room, p.SystemEvent.JOIN, user, f"{user} joined", seq + 1, 1.0)
     actions = core.receive({**notice, "id": join["id"]})
@@ -87,7 +87,7 @@ def test_core_joins_after_the_welcome_and_knows_the_answer_by_its_id() -> None:
     core = ClientCore("alice", "lobby")
     core.connection_made()
     assert core.state is ClientState.CONNECTING
-    welcome = p.welcome("0.1.0", p.Limits(), 0)
+    welcome = p.welcome("0.1.0", p.Limits(), 0, "run1")
     actions = core.receive(welcome)
     assert actions[0] == Show(welcome)
     (send,) = [a for a in actions if isinstance(a, Send)]
@@ -110,7 +110,7 @@ def test_core_joins_after_the_welcome_and_knows_the_answer_by_its_id() -> None:
 def test_core_reports_a_refused_first_join() -> None:
     core = ClientCore("alice", "lobby")
     core.connection_made()
-    join = [a for a in core.receive(p.welcome("0.1.0", p.Limits(), 0)) if isinstance(a, Send)]
+    join = [a for a in core.receive(p.welcome("0.1.0", p.Limits(), 0, "run1")) if isinstance(a, Send)]
     refusal = p.error(p.ErrorCode.NAME_TAKEN, "the name 'alice' is taken", field="user",
                       id=join[0].request["id"])
     assert core.receive(refusal) == [JoinRefused("name_taken", "the name 'alice' is taken")]
@@ -152,7 +152,7 @@ def test_core_rejoins_with_since_the_last_seq_seen() -> None:
     core.connection_lost()
     assert core.state is ClientState.DISCONNECTED
     core.connection_made()
-    actions = core.receive(p.welcome("0.1.0", p.Limits(), 9))
+    actions = core.receive(p.welcome("0.1.0", p.Limits(), 9, "run1"))
     (send,) = [a for a in actions if isinstance(a, Send)]
     assert send.request["since"] == 5 and send.request["room"] == "lobby"
     # Going back to a room visited before also asks only for what was missed.
@@ -168,7 +168,7 @@ def test_core_forgets_seqs_when_the_server_has_restarted() -> None:
     core.receive(p.chat_message("lobby", "bob", "one", 7, 1.0))
     core.connection_lost()
     core.connection_made()
-    actions = core.receive(p.welcome("0.1.0", p.Limits(), 2))   # counting from 0 again
+    actions = core.receive(p.welcome("0.1.0", p.Limits(), 2, "run2"))   # a new run
     assert any(isinstance(a, Note) and "restarted" in a.text for a in actions)
     (send,) = [a for a in actions if isinstance(a, Send)]
     assert "since" not in send.request

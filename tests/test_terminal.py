@@ -82,7 +82,7 @@ def test_request_builders_are_what_the_server_parses(request_: dict[str, Any],
 
 # -- Rendering -------------------------------------------------------------------------
 
-WELCOME = p.welcome("0.1.0", p.Limits(), 0)
+WELCOME = p.welcome("0.1.0", p.Limits(), 0, "run1")
 
 
 @pytest.mark.timeout(20)
