@@ -81,15 +81,21 @@ class TcpServer:
         limits = p.Limits(max_line_bytes=config.max_line_bytes,
                           max_text_chars=config.max_text_chars)
         self.core = ChatCore(limits, config.history_size, config.max_rooms)
-        self.listener = socket.create_server((config.host, config.port), backlog=1024)
+        # The chat log first: if its file cannot be opened, no socket is left bound.
+        self.chat_log = (ChatLog(config.log_file, config.log_max_bytes, config.log_backups)
+                         if config.log_file else None)
+        try:
+            self.listener = socket.create_server((config.host, config.port), backlog=1024)
+        except OSError:
+            if self.chat_log is not None:
+                self.chat_log.close()
+            raise
         self.listener.setblocking(False)
         self.address: tuple[str, int] = self.listener.getsockname()[:2]
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, "listener")
         self._wakeup = Wakeup()
         self.selector.register(self._wakeup.reader, selectors.EVENT_READ, "wakeup")
-        self.chat_log = (ChatLog(config.log_file, config.log_max_bytes, config.log_backups)
-                         if config.log_file else None)
         self.conns: dict[int, Connection] = {}
         self._ids = itertools.count(1)
         self._dirty: set[Connection] = set()        # got output this turn
@@ -378,8 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = TcpServer(config)
     except OSError as exc:
-        print(f"chat-sync: cannot listen on {config.host}:{config.port}: {exc.strerror}",
-              file=sys.stderr)
+        if exc.filename is not None:        # the chat log's file, not the socket
+            print(f"chat-sync: cannot open chat log {exc.filename}: {exc.strerror}",
+                  file=sys.stderr)
+        else:
+            print(f"chat-sync: cannot listen on {config.host}:{config.port}: {exc.strerror}",
+                  file=sys.stderr)
         return 1
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: server.stop())

@@ -317,14 +317,35 @@ def test_main_serves_and_exits_0_on_a_signal(signum: signal.Signals) -> None:
     (["--no-such-flag"], "--no-such-flag"),
 ])
 def test_a_bad_flag_exits_2_with_a_message(args: list[str], says: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "chat_sync.tcp_server", *args],
-                          cwd=REPO, env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=15)
+    done = run_to_exit(*args)
     assert done.returncode == 2
     assert says in done.stderr
     assert "Traceback" not in done.stderr
     assert "listening" not in done.stdout
+
+
+def run_to_exit(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "chat_sync.tcp_server", *args],
+                          cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=15)
+
+
+def test_a_port_in_use_exits_1_saying_so() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = run_to_exit("--port", str(port))
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_unopenable_chat_log_exits_1_naming_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "no such dir" / "chat.log"
+    done = run_to_exit("--port", "0", "--log-file", str(missing))
+    assert done.returncode == 1
+    assert f"cannot open chat log {missing}" in done.stderr
+    assert "listen" not in done.stderr and "Traceback" not in done.stderr
 
 
 def test_debug_log_shows_raw_bytes_per_peer() -> None:
