@@ -1,0 +1,110 @@
+"""Lesson 02: ``LineBuffer`` fed every way a stream can split, and held to its bound.
+
+The package's own ``chat_sync.framing.LineBuffer`` is the oracle: on any
+split of the same stream, yours must return the same lines.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from chat_sync import framing
+from chat_sync.protocol import ErrorCode, ProtocolError
+from lesson_target import load
+
+target = load(__file__)
+
+STREAM = (b'{"type":"join","room":"lobby","user":"alice"}\r\n'
+          b"\n"
+          b'{"type":"message","text":"caf\xc3\xa9 \xe2\x98\x95"}\n'
+          b"\r\n"
+          b"a\rb\n"
+          b'{"type":"ping"}\n'
+          b"tail without newline")
+
+
+def feed_in_pieces(buffer: framing.LineBuffer, stream: bytes, cuts: list[int]) -> list[bytes]:
+    lines: list[bytes] = []
+    start = 0
+    for cut in [*cuts, len(stream)]:
+        lines += buffer.feed(stream[start:cut])
+        start = cut
+    return lines
+
+
+def test_complete_lines_come_out_in_order() -> None:
+    assert target.LineBuffer().feed(b"one\ntwo\n") == [b"one", b"two"]
+
+
+def test_a_partial_line_waits_for_the_rest() -> None:
+    lines = target.LineBuffer()
+    assert lines.feed(b'{"type":"pi') == []
+    assert lines.feed(b'ng"}\n{"ty') == [b'{"type":"ping"}']
+    assert lines.feed(b'pe":"who"}\n') == [b'{"type":"who"}']
+
+
+def test_crlf_is_a_line_ending_and_empty_lines_are_skipped() -> None:
+    assert target.LineBuffer().feed(b"a\r\n\r\n\nb\n") == [b"a", b"b"]
+
+
+def test_a_lone_cr_is_part_of_the_line() -> None:
+    assert target.LineBuffer().feed(b"a\rb\n\r\rc\n") == [b"a\rb", b"\r\rc"]
+
+
+def test_lines_are_bytes() -> None:
+    assert all(type(line) is bytes for line in target.LineBuffer().feed(b"a\nb\n"))
+
+
+def test_byte_at_a_time_matches_the_package() -> None:
+    expected = framing.LineBuffer().feed(STREAM)
+    assert feed_in_pieces(target.LineBuffer(), STREAM, list(range(1, len(STREAM)))) == expected
+
+
+def test_every_two_way_split_matches_the_package() -> None:
+    expected = framing.LineBuffer().feed(STREAM)
+    for cut in range(len(STREAM) + 1):
+        assert feed_in_pieces(target.LineBuffer(), STREAM, [cut]) == expected, cut
+
+
+def test_random_splits_match_the_package() -> None:
+    rng = random.Random(2)
+    expected = framing.LineBuffer().feed(STREAM)
+    for _ in range(200):
+        cuts = sorted(rng.sample(range(1, len(STREAM)), rng.randint(1, 12)))
+        assert feed_in_pieces(target.LineBuffer(), STREAM, cuts) == expected, cuts
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
+def test_a_line_of_exactly_the_limit_is_fine(ending: bytes) -> None:
+    line = b"x" * 8 + ending
+    assert feed_in_pieces(target.LineBuffer(8), line, list(range(1, len(line)))) == [b"x" * 8]
+
+
+def test_a_longer_line_is_refused() -> None:
+    with pytest.raises(ProtocolError) as caught:
+        target.LineBuffer(8).feed(b"x" * 9 + b"\n")
+    assert caught.value.code == ErrorCode.LINE_TOO_LONG
+
+
+def test_too_long_is_refused_before_the_newline_comes() -> None:
+    lines = target.LineBuffer(8)
+    assert lines.feed(b"ok\n" + b"x" * 8) == [b"ok"]
+    with pytest.raises(ProtocolError) as caught:
+        lines.feed(b"x")
+    assert caught.value.code == ErrorCode.LINE_TOO_LONG
+
+
+def test_a_megabyte_without_newline_is_refused_on_the_chunk_that_crosses_the_limit() -> None:
+    lines = target.LineBuffer(64 * 1024)
+    chunk = b"x" * 4096
+    for _ in range(16):
+        assert lines.feed(chunk) == []
+    with pytest.raises(ProtocolError):
+        lines.feed(chunk)
+
+
+def test_end_of_stream_adds_no_line() -> None:
+    lines = target.LineBuffer()
+    assert lines.feed(b"half a line") == []
+    assert lines.feed(b"") == []
