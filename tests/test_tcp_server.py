@@ -199,8 +199,7 @@ def test_garbage_from_one_client_leaves_the_others_unaffected(seed: int) -> None
 
 def test_beyond_max_clients_a_client_gets_server_full_then_close() -> None:
     with serve(port=0, max_clients=2) as server:
-        first = connect(server.host, server.port)
-        with connect(server.host, server.port):
+        with connect(server.host, server.port) as first, connect(server.host, server.port):
             with LineClient(server.host, server.port) as third:
                 refused = third.recv_until_closed()
                 assert [(m["type"], m["code"]) for m in refused] == [("error", "server_full")]
