@@ -9,7 +9,8 @@ a datagram (or the time) and return actions for the shell:
 
 - ``Send(addr, payload, key)``: send ``payload`` to ``addr``. With a ``key``
   it is reliable: register it with the retransmit timer first.
-- ``Acked(key)``: the peer acked ``key``; cancel its retransmission.
+- ``Acked(key)``: the peer acked ``key``, or was dropped; cancel its
+  retransmission.
 - ``Log(room, user, text, ts)``: a room broadcast for the chat log.
 
 Rules (the README's UDP section is the spec):
@@ -190,8 +191,11 @@ class UdpChat:
             request = p.parse_request(obj, self.core.limits)
             if isinstance(request, p.Leave):
                 # The peer is forgotten before the notices go out: nothing is sent
-                # (and retransmitted) to an address that said goodbye.
-                outputs = self.core.handle(peer.addr, request, wall)
+                # (and retransmitted) to an address that said goodbye. A leave ends
+                # the session even outside a room (say, after a refused first join):
+                # otherwise the address would linger until client_timeout_s.
+                in_room = self.core.members[peer.addr].room is not None
+                outputs = self.core.handle(peer.addr, request, wall) if in_room else []
                 return self._perform(outputs, drop=peer) + self._drop(peer, wall)
             self._check_fits(peer, request, wall)
             return self._perform(self.core.handle(peer.addr, request, wall))
@@ -219,7 +223,12 @@ class UdpChat:
 
     def _drop(self, peer: Peer, wall: float) -> list[Action]:
         self.peers.pop(peer.addr, None)
-        return self._perform(self.core.disconnect(peer.addr, wall))
+        # Stop retransmitting to a forgotten peer. Should the address come back,
+        # its new stream starts again at n=1; old datagrams still being resent
+        # would pass for the new ones, and the acks for them would cancel them.
+        cancelled: list[Action] = [Acked((peer.addr, n)) for n in sorted(peer.unacked)]
+        peer.unacked.clear()
+        return cancelled + self._perform(self.core.disconnect(peer.addr, wall))
 
     def _reap(self, actions: list[Action], wall: float) -> list[Action]:
         """Drop the peers that stopped acking; their rooms hear that they left."""
