@@ -10,9 +10,12 @@ call. Rules:
 - A line ends at ``\\n``; a ``\\r`` just before it is dropped (telnet and
   netcat users send CRLF). Empty lines are skipped.
 - The buffer is bounded: a line longer than ``max_line_bytes`` raises
-  ``ProtocolError(LINE_TOO_LONG)`` as soon as that is certain, before the
-  newline arrives, so a peer cannot make the server hold a gigabyte.
-  After that error the stream cannot be re-synchronised: close it.
+  ``LineTooLong`` (a ``ProtocolError`` with code ``line_too_long``) as soon
+  as that is certain, before the newline arrives, so a peer cannot make the
+  server hold a gigabyte. The complete lines that came before it in the same
+  read ride on the error (``.lines``): how TCP split the bytes must not decide
+  which requests are answered. After the error the stream cannot be
+  re-synchronised: close it.
 - ``feed(b"")`` means end of stream; an unterminated tail is dropped and
   reported by ``pending``.
 - Each byte is scanned once: the search for ``\\n`` resumes where the last
@@ -21,6 +24,14 @@ call. Rules:
 from __future__ import annotations
 
 from .protocol import MAX_LINE_BYTES, ErrorCode, ProtocolError
+
+
+class LineTooLong(ProtocolError):
+    """A line passed ``max_line_bytes``; ``lines`` are the complete ones before it."""
+
+    def __init__(self, max_line_bytes: int, lines: list[bytes]) -> None:
+        super().__init__(ErrorCode.LINE_TOO_LONG, f"line longer than {max_line_bytes} bytes")
+        self.lines = lines
 
 
 class LineBuffer:
@@ -39,7 +50,7 @@ class LineBuffer:
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return the complete lines, without line endings.
 
-        Raises ProtocolError(LINE_TOO_LONG) when a line exceeds the limit.
+        Raises LineTooLong when a line exceeds the limit.
         """
         self._buffer += data
         lines: list[bytes] = []
@@ -51,7 +62,7 @@ class LineBuffer:
             line = bytes(self._buffer[start:end])
             if line.endswith(b"\r"):
                 line = line[:-1]
-            self._check_length(len(line))
+            self._check_length(len(line), lines)
             if line:
                 lines.append(line)
             start = end + 1
@@ -61,10 +72,9 @@ class LineBuffer:
         tail = len(self._buffer)
         if tail and self._buffer[-1] == 0x0D:   # a "\r" that may end the line
             tail -= 1
-        self._check_length(tail)
+        self._check_length(tail, lines)
         return lines
 
-    def _check_length(self, length: int) -> None:
+    def _check_length(self, length: int, lines: list[bytes]) -> None:
         if length > self.max_line_bytes:
-            raise ProtocolError(ErrorCode.LINE_TOO_LONG,
-                                f"line longer than {self.max_line_bytes} bytes")
+            raise LineTooLong(self.max_line_bytes, lines)

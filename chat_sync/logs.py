@@ -22,6 +22,8 @@ import queue
 import re
 import threading
 
+from .protocol import SYSTEM_USER
+
 # Cc: control, Cf: format (bidi overrides, zero-width, invisible tags), Zl/Zp: line and
 # paragraph separators. Matches every code point of those categories in Unicode 14. Also
 # Cs: lone surrogates, which JSON can carry and no file or terminal encoding can write.
@@ -47,8 +49,10 @@ def escape(text: str) -> str:
 def format_entry(ts: float, room: str, user: str | None, text: str) -> str:
     """One chat-log line: ``{timestamp} {room} {user|system}: {text}``."""
     stamp = datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
-    who = escape(user) if user is not None else "system"
-    return f"{stamp.isoformat(timespec='milliseconds')} {escape(room)} {who}: {escape(text)}"
+    who = escape(user) if user is not None else SYSTEM_USER
+    # Backslashes are doubled first, so a typed "\\n" cannot pass for an escaped newline.
+    text = escape(text.replace("\\", "\\\\"))
+    return f"{stamp.isoformat(timespec='milliseconds')} {escape(room)} {who}: {text}"
 
 
 class ChatLog:

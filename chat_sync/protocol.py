@@ -35,6 +35,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TCP_PORT = 7420
 DEFAULT_UDP_PORT = 7421
 DEFAULT_ROOM = "lobby"
+SYSTEM_USER = "system"              # the server's name in the chat log; no user may take it
 
 MAX_LINE_BYTES = 64 * 1024          # one TCP line, newline excluded
 MAX_TEXT_CHARS = 4000               # text of a message or whisper

@@ -181,7 +181,7 @@ class ChatCore:
                     f"user: this connection is {member.user!r}; a name is fixed at the first join",
                     field="user", id=request.id)
             return key
-        if key in self._names:
+        if key in self._names or key == p.SYSTEM_USER:
             raise p.ProtocolError(p.ErrorCode.NAME_TAKEN, f"the name {request.user!r} is taken",
                                   field="user", id=request.id)
         return key

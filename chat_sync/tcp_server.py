@@ -45,7 +45,7 @@ from typing import Any
 
 from . import config as cfg
 from . import protocol as p
-from .framing import LineBuffer
+from .framing import LineBuffer, LineTooLong
 from .logs import ChatLog
 from .rooms import ChatCore, Output, Reply
 from .wakeup import Wakeup
@@ -56,6 +56,7 @@ RECV_BYTES = 64 * 1024
 ACCEPTS_PER_TURN = 64        # bound the time one turn spends on a connection storm
 LINGER_S = 1.0               # how long a closing connection's input is drained
 LINGER_BYTES = 1024 * 1024   # ... and how much of it at most
+CLOSING_S = 5.0              # the longest a connection may take to read its last error
 
 
 class Connection:
@@ -85,7 +86,9 @@ class TcpServer:
         self.chat_log = (ChatLog(config.log_file, config.log_max_bytes, config.log_backups)
                          if config.log_file else None)
         try:
-            self.listener = socket.create_server((config.host, config.port), backlog=1024)
+            family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+            self.listener = socket.create_server((config.host, config.port), family=family,
+                                                 backlog=1024)
         except OSError:
             if self.chat_log is not None:
                 self.chat_log.close()
@@ -98,6 +101,7 @@ class TcpServer:
         self.selector.register(self._wakeup.reader, selectors.EVENT_READ, "wakeup")
         self.conns: dict[int, Connection] = {}
         self._ids = itertools.count(1)
+        self._order = itertools.count()             # tie-breaker in the _lingering heap
         self._dirty: set[Connection] = set()        # got output this turn
         self._doomed: list[tuple[Connection, str]] = []
         self._lingering: list[tuple[float, int, Connection]] = []   # heap by deadline
@@ -178,17 +182,19 @@ class TcpServer:
             return
         if log.isEnabledFor(logging.DEBUG):
             log.debug("[%s] -> %r", conn.peer, data)
+        too_long: LineTooLong | None = None
         try:
             lines = conn.lines.feed(data)
-        except p.ProtocolError as exc:
-            log.info("[%s] %s", conn.peer, exc)
-            self._close_with_error(conn, exc.code, exc.text)
-            return
+        except LineTooLong as exc:
+            lines, too_long = exc.lines, exc       # answer what came before it first
         now = time.time()
         for line in lines:
             self._dispatch(self.core.receive(conn.id, line, now))
             if conn.closed:
                 return
+        if too_long is not None:
+            log.info("[%s] %s", conn.peer, too_long)
+            self._close_with_error(conn, too_long.code, too_long.text)
 
     def _dispatch(self, outputs: list[Output]) -> None:
         for output in outputs:
@@ -272,6 +278,8 @@ class TcpServer:
         """Send one error, then close gently; the client leaves its room at once."""
         self._queue(conn, p.encode(p.error(code, text)))
         conn.closing = True
+        # A peer that never reads its error must not hold a slot forever.
+        heapq.heappush(self._lingering, (time.monotonic() + CLOSING_S, next(self._order), conn))
         if conn.id in self.core.members:
             self._dispatch(self.core.disconnect(conn.id, time.time()))
 
@@ -282,7 +290,7 @@ class TcpServer:
         except OSError:
             self._doom(conn, "closed after error")
             return
-        heapq.heappush(self._lingering, (time.monotonic() + LINGER_S, conn.id, conn))
+        heapq.heappush(self._lingering, (time.monotonic() + LINGER_S, next(self._order), conn))
 
     def _drain(self, conn: Connection, data: bytes) -> None:
         conn.drained += len(data)

@@ -129,3 +129,14 @@ def test_lines_after_a_long_but_legal_line_still_split() -> None:
     buffer = LineBuffer(max_line_bytes=100)
     data = b"a" * 100 + b"\nb\n" + b"c" * 100 + b"\r\n"
     assert feed_in_chunks(buffer, data, 7) == [b"a" * 100, b"b", b"c" * 100]
+
+
+@pytest.mark.timeout(10)
+def test_complete_lines_before_an_overlong_one_ride_on_the_error() -> None:
+    """How TCP split the bytes must not decide which requests get answered."""
+    from chat_sync.framing import LineTooLong
+    buffer = LineBuffer(max_line_bytes=8)
+    with pytest.raises(LineTooLong) as caught:
+        buffer.feed(b"one\ntwo\n" + b"x" * 9)
+    assert caught.value.lines == [b"one", b"two"]
+    assert caught.value.code is ErrorCode.LINE_TOO_LONG

@@ -118,3 +118,10 @@ def test_chat_log_close_with_nothing_written(tmp_path: Path) -> None:
     log = ChatLog(str(path), max_bytes=100, backups=0)
     log.close()
     assert path.read_text() == ""
+
+
+def test_a_typed_backslash_n_cannot_pass_for_an_escaped_newline() -> None:
+    typed = format_entry(0.0, "lobby", "mallory", "a\\nb")
+    real = format_entry(0.0, "lobby", "mallory", "a\nb")
+    assert typed != real
+    assert typed.endswith("mallory: a\\\\nb") and real.endswith("mallory: a\\nb")

@@ -481,3 +481,10 @@ def test_every_json_trap_is_one_typed_error_and_no_broadcast(line: bytes, code: 
     assert chat.core.seq == seq
     assert len(chat.core.rooms["lobby"].history) == 2     # the two join notices only
     assert only(chat.send(1, type="ping")[1])["type"] == "pong"     # still usable
+
+
+@pytest.mark.parametrize("name", ["system", "SYSTEM", "ｓｙｓｔｅｍ"])
+def test_nobody_may_be_called_system_which_marks_notices_in_the_log(name: str) -> None:
+    chat = Chat()
+    chat.connect(1)
+    assert is_error(only(chat.join(1, "lobby", name)[1]), "name_taken", "user")

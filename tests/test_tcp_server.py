@@ -366,3 +366,13 @@ def test_debug_log_shows_raw_bytes_per_peer() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.timeout(10)
+def test_requests_before_an_overlong_line_in_the_same_read_are_answered() -> None:
+    with serve(port=0, max_line_bytes=100) as server, \
+            connect(server.host, server.port) as client:
+        client.send_raw(b'{"type":"ping","id":1}\n{"type":"ping","id":2}\n' + b"x" * 200)
+        rest = client.recv_until_closed()
+        assert rest[0] == {"type": "pong", "id": 1} and rest[1] == {"type": "pong", "id": 2}
+        assert rest[2]["code"] == "line_too_long"
