@@ -181,6 +181,9 @@ class UdpClientConfig:
                              above=0.0, not_above="max_delay")
     max_datagram_bytes: int = setting(MAX_DATAGRAM_BYTES, "largest datagram, both ways",
                                       min=1, max=MAX_UDP_PAYLOAD)
+    gap_timeout_s: float = setting(15.0, "report a hole in the server's stream as lost "
+                                   "after this long (longer than the server's retries)",
+                                   above=0.0)
 
 
 # -- Loading -----------------------------------------------------------------
