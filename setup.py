@@ -21,6 +21,10 @@ setup(
         "test": [
             "pytest",
             "pytest-timeout",
+            "nbformat",      # read and validate the notebooks
+            "nbclient",      # run them headless in a kernel, as tests
+            "ipykernel",     # the python3 kernel nbclient starts
+            "matplotlib",    # the notebooks' plots (Agg backend, no display)
         ],
     },
     entry_points={"console_scripts": ["chat-sync=chat_sync.cli:main"]},
