@@ -7,6 +7,11 @@ Public surface:
 - ``rooms.ChatCore``: rooms, history and ``seq``, with no I/O.
 - ``tcp_server.serve``: run a TCP server in a thread and get a handle.
 - ``config``: settings dataclasses and the YAML/TOML/JSON loader.
+- ``tcp_client.ChatClient``: a client for programs, tests and notebooks.
+- ``udp_server.serve``, ``udp_client``: the same chat over reliable UDP.
+- ``faultrelay.FaultRelay``: a seeded UDP relay that loses, duplicates, reorders.
+- ``recorder.RecordingRelay``, ``pcap.write_pcap``: record TCP traffic, export it.
+- ``bench``: ``python -m chat_sync.bench``, benchmarks that verify what they count.
 """
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ from . import config as cfg
 from . import protocol as p
 from .framing import LineBuffer, LineTooLong
 from .logs import ChatLog
-from .rooms import ChatCore, Output, Reply
+from .rooms import ChatCore, ConnId, Output, Reply
 from .wakeup import Wakeup
 
 log = logging.getLogger("chat_sync.tcp_server")
@@ -99,7 +99,7 @@ class TcpServer:
         self.selector.register(self.listener, selectors.EVENT_READ, "listener")
         self._wakeup = Wakeup()
         self.selector.register(self._wakeup.reader, selectors.EVENT_READ, "wakeup")
-        self.conns: dict[int, Connection] = {}
+        self.conns: dict[ConnId, Connection] = {}
         self._ids = itertools.count(1)
         self._order = itertools.count()             # tie-breaker in the _lingering heap
         self._dirty: set[Connection] = set()        # got output this turn
