@@ -71,7 +71,7 @@ KINDS = ("python", "sh", "output", "transcript")
 TIMEOUT_S = 20.0             # one snippet, one command, one server start
 TRANSCRIPT_NOW = 1795600000.0
 
-_FENCE = re.compile(r"^```(\S*)[ \t]*(.*?)\n(.*?)^```[ \t]*$", re.S | re.M)
+_FENCE = re.compile(r"^([ \t]*)```(\S*)[ \t]*(.*?)\n(.*?)^\1```[ \t]*$", re.S | re.M)
 _STEP = re.compile(r"^(\w+) (-->|<--) (.*)$")
 _READY = re.compile(r"^listening on (\S+):(\d+)$")
 _EXIT = re.compile(r"#.*\(exit (\d+)\)")
@@ -98,7 +98,10 @@ def blocks(readme: Path) -> list[Block]:
     found = []
     for match in _FENCE.finditer(text):
         line = text.count("\n", 0, match.start()) + 1
-        found.append(Block(readme, line, match.group(1), match.group(2), match.group(3)))
+        indent, kind, options, body = match.groups()
+        if indent:                                  # a block inside a list item
+            body = "".join(line.removeprefix(indent) for line in body.splitlines(True))
+        found.append(Block(readme, line, kind, options, body))
     return found
 
 
@@ -110,6 +113,11 @@ def readmes() -> list[Path]:
 def problems(readme: Path) -> list[str]:
     """Blocks of ``readme`` that no check would run, described; empty when all is well."""
     found: list[str] = []
+    fences = sum(1 for line in readme.read_text(encoding="utf-8").splitlines()
+                 if line.lstrip().startswith("```"))
+    if fences != 2 * len(blocks(readme)):
+        found.append(f"{readme}: {fences} fence lines make no {fences // 2} blocks; "
+                     "is one unclosed, or indented unlike its pair?")
     previous: Block | None = None
     for block in blocks(readme):
         if block.kind not in KINDS:

@@ -7,8 +7,9 @@ and never more than ``max_line_bytes`` held for one line. Check it with:
 """
 from __future__ import annotations
 
-# What you will need; the error is the package's, so the server could use your class.
-from chat_sync.protocol import MAX_LINE_BYTES, ErrorCode, ProtocolError  # noqa: F401
+# The package's limit and error, so the server could use your class.
+from chat_sync.framing import LineTooLong  # noqa: F401
+from chat_sync.protocol import MAX_LINE_BYTES
 
 
 class LineBuffer:
@@ -26,10 +27,12 @@ class LineBuffer:
           A ``b"\\r"`` anywhere else stays. Skip empty lines.
         - Keep the bytes after the last newline for the next call.
         - Return ``bytes``, not ``bytearray``.
-        - Raise ``ProtocolError(ErrorCode.LINE_TOO_LONG, text)`` when a line
-          (not counting its line ending) is longer than ``max_line_bytes``,
-          and as soon as that is certain: when more than ``max_line_bytes``
-          bytes are waiting with no newline, do not wait for one. (A
-          ``b"\\r"`` at the very end may still turn out to be a line ending.)
+        - Raise ``LineTooLong(self.max_line_bytes, lines)`` when a line (not
+          counting its line ending) is longer than ``max_line_bytes``, where
+          ``lines`` are the complete lines found before it in this call: they
+          still get answered, whatever way TCP split the bytes.
+        - Raise it as soon as the line is certain to be too long: when more
+          than ``max_line_bytes`` bytes wait with no newline, do not wait for
+          one. (A ``b"\\r"`` at the very end may still become a line ending.)
         """
         raise NotImplementedError("exercise: write LineBuffer.feed")

@@ -7,7 +7,8 @@ front of the buffer as it finds it.
 """
 from __future__ import annotations
 
-from chat_sync.protocol import MAX_LINE_BYTES, ErrorCode, ProtocolError
+from chat_sync.framing import LineTooLong
+from chat_sync.protocol import MAX_LINE_BYTES
 
 
 class LineBuffer:
@@ -20,10 +21,11 @@ class LineBuffer:
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return the complete lines, without line endings.
 
-        Raises ProtocolError(LINE_TOO_LONG) when a line exceeds the limit.
+        Raises LineTooLong, carrying the lines before it, when a line exceeds
+        the limit.
         """
         self.buffer += data
-        lines = []
+        lines: list[bytes] = []
         while True:
             end = self.buffer.find(b"\n")
             if end < 0:
@@ -32,16 +34,15 @@ class LineBuffer:
             del self.buffer[:end + 1]
             if line.endswith(b"\r"):
                 line = line[:-1]
-            self.check_length(len(line))
+            self.check_length(len(line), lines)
             if line:
                 lines.append(line)
         waiting = len(self.buffer)
         if self.buffer.endswith(b"\r"):     # may be the start of a "\r\n"
             waiting -= 1
-        self.check_length(waiting)
+        self.check_length(waiting, lines)
         return lines
 
-    def check_length(self, length: int) -> None:
+    def check_length(self, length: int, lines: list[bytes]) -> None:
         if length > self.max_line_bytes:
-            raise ProtocolError(ErrorCode.LINE_TOO_LONG,
-                                f"line longer than {self.max_line_bytes} bytes")
+            raise LineTooLong(self.max_line_bytes, lines)

@@ -10,7 +10,8 @@ import random
 import pytest
 
 from chat_sync import framing
-from chat_sync.protocol import ErrorCode, ProtocolError
+from chat_sync.framing import LineTooLong
+from chat_sync.protocol import ErrorCode
 from lesson_target import load
 
 target = load(__file__)
@@ -82,7 +83,7 @@ def test_a_line_of_exactly_the_limit_is_fine(ending: bytes) -> None:
 
 
 def test_a_longer_line_is_refused() -> None:
-    with pytest.raises(ProtocolError) as caught:
+    with pytest.raises(LineTooLong) as caught:
         target.LineBuffer(8).feed(b"x" * 9 + b"\n")
     assert caught.value.code == ErrorCode.LINE_TOO_LONG
 
@@ -90,9 +91,20 @@ def test_a_longer_line_is_refused() -> None:
 def test_too_long_is_refused_before_the_newline_comes() -> None:
     lines = target.LineBuffer(8)
     assert lines.feed(b"ok\n" + b"x" * 8) == [b"ok"]
-    with pytest.raises(ProtocolError) as caught:
+    with pytest.raises(LineTooLong) as caught:
         lines.feed(b"x")
     assert caught.value.code == ErrorCode.LINE_TOO_LONG
+
+
+def test_the_lines_before_a_long_one_ride_on_the_error() -> None:
+    lines = target.LineBuffer(8)
+    assert lines.feed(b"one\ntw") == [b"one"]
+    with pytest.raises(LineTooLong) as caught:
+        lines.feed(b"o\r\nthree\n" + b"x" * 9)
+    assert caught.value.lines == [b"two", b"three"]
+    with pytest.raises(LineTooLong) as caught:
+        target.LineBuffer(8).feed(b"four\n" + b"x" * 9 + b"\nfive\n")
+    assert caught.value.lines == [b"four"]
 
 
 def test_a_megabyte_without_newline_is_refused_on_the_chunk_that_crosses_the_limit() -> None:
@@ -100,7 +112,7 @@ def test_a_megabyte_without_newline_is_refused_on_the_chunk_that_crosses_the_lim
     chunk = b"x" * 4096
     for _ in range(16):
         assert lines.feed(chunk) == []
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LineTooLong):
         lines.feed(chunk)
 
 
