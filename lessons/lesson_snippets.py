@@ -37,8 +37,8 @@ every block of every README under ``lessons/``:
     TCP; the server must greet each connection with one line. Every client
     connects before the first step, in order of first mention; its first
     line (greeting, welcome) is dropped unless its first step receives it.
-    A line that is a JSON object is compared as JSON without ``ts`` and
-    ``version`` (they vary); any other line as text.
+    A line that is a JSON object is compared as JSON without ``ts``,
+    ``version`` and ``epoch`` (they vary); any other line as text.
 
 Any other block fails the check: say it in prose, or make it one of these.
 Subprocesses run without ``CHAT_SYNC_LESSON`` (they use the reference
@@ -300,7 +300,7 @@ def check_shell(readme: Path) -> None:
 
 # -- transcripts ---------------------------------------------------------------
 def same_line(got: str, expected: str) -> bool:
-    """JSON objects compare without ``ts`` and ``version``; other lines as text."""
+    """JSON objects compare without ``ts``, ``version`` and ``epoch``; other lines as text."""
     try:
         want = json.loads(expected)
     except ValueError:
@@ -312,7 +312,7 @@ def same_line(got: str, expected: str) -> bool:
     except ValueError:
         return False
     def comparable(message: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in message.items() if k not in ("ts", "version")}
+        return {k: v for k, v in message.items() if k not in ("ts", "version", "epoch")}
     return isinstance(have, dict) and comparable(have) == comparable(want)
 
 
