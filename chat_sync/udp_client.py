@@ -20,9 +20,14 @@ Three layers, as in the TCP client:
 
 The rules of the wire (the README's UDP section is the spec):
 
-- Every request carries ``id`` = 1, 2, 3 ...; it is retransmitted until the
-  server's ``{"type":"ack","id":N}`` comes, and a give-up is told to the
-  user: "message N was not delivered", with the start of its text.
+- Every request carries ``id`` = 1, 2, 3 ..., given as it goes out; it is
+  retransmitted until the server's ``{"type":"ack","id":N}`` comes, and a
+  give-up is told to the user: "message N was not delivered", with the
+  start of its text.
+- One request is out at a time; the rest wait in a bounded queue. The server
+  applies requests in the order they arrive, so with several out a lost one
+  would be overtaken by the next, and a person's lines would reach the room
+  out of order. The price is TCP's: a lost request holds up those behind it.
 - Every server datagram but an ack carries ``n``, this client's stream
   counter. Each is acked (``{"type":"ack","n":N}``), a duplicate too, since
   the first ack may have been lost. A ``ReorderBuffer`` delivers the stream
@@ -61,7 +66,6 @@ import argparse
 import collections
 import dataclasses
 import enum
-import itertools
 import logging
 import os
 import queue
@@ -91,6 +95,9 @@ DATAGRAMS_PER_TURN = 256   # bound one turn of the reader, so deadlines are not 
 STASH_MAX_N = 64           # low stream numbers kept aside in case a new session starts
 MAX_AWAITING = 1024        # requests remembered while their reply is awaited
 MAX_RESEND = 64            # requests kept to send again after a rejoin
+MAX_QUEUED = 256           # requests waiting for their turn to go out
+_BIG_ID = 2**53 - 1        # stands in for an id when checking a request's size
+_KEEPALIVE = "_keepalive"  # marks a queued ping as ours; never sent
 TEXT_START_CHARS = 30      # how much of an undelivered message the user is shown
 
 STATS_HELP = "  /stats           retransmit and reorder counters of this client"
@@ -194,30 +201,32 @@ class UdpClientCore:
         self.state = ClientState.JOINING
         self.last_seq: dict[str, int] = {}  # name_key(room) -> highest seq seen there
         self.epoch: object = None           # the server run those seqs belong to
+        self.leave_id: int | None = None
+        self.heard_from_server = False
         # counters
         self.delivered = 0                  # messages delivered to the application
         self.acks_sent = 0
         self.bad_datagrams = 0              # undecodable, or without a valid n
         self.sessions = 0                   # new sessions the server opened for us
         self.keepalives = 0                 # pings sent because we were idle
-        self.heard_from_server = False
-        self._ids = itertools.count(1)
-        self._reorder = self._new_reorder()
-        self._retired = collections.Counter[str]()   # counters of replaced reorder buffers
-        self._unacked: dict[int, dict[str, Any]] = {}        # rid -> request, until acked
+        self._next_id = 1                   # ids are given when a request goes out
+        self._queue: collections.deque[dict[str, Any]] = collections.deque()   # its turn next
+        self._unacked: dict[int, dict[str, Any]] = {}    # rid -> request: out, not acked
         self._awaiting: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
         self._keepalive_ids: set[int] = set()
-        self._pending_join: tuple[int, str] | None = None     # (request id, room)
+        self._pending_join: tuple[int, str] | None = None     # (request id, room): out
+        self._join_queued = False           # a join waits at the head of the queue
         self._resend: list[dict[str, Any]] = []               # refused while forgotten
-        self._stash: dict[int, dict[str, Any]] = {}           # low n that looked stale
+        self._reorder = self._new_reorder()
+        self._retired = collections.Counter[str]()   # counters of replaced reorder buffers
+        self._stash: dict[int, dict[str, Any]] = {}  # low n that looked stale
         self._last_sent: float | None = None
-        self.leave_id: int | None = None
 
     # -- questions ---------------------------------------------------------------------
     @property
     def in_flight(self) -> int:
-        """Requests sent and not yet acked (nor given up)."""
-        return len(self._unacked)
+        """Requests not acked yet: the one out (or two, with a leave) and those queued."""
+        return len(self._unacked) + len(self._queue)
 
     @property
     def reorder(self) -> ReorderBuffer[dict[str, Any]]:
@@ -231,6 +240,7 @@ class UdpClientCore:
                 "gaps": self._retired["gaps"] + self._reorder.gaps,
                 "lost": self._retired["skipped"] + self._reorder.skipped,
                 "buffered": self._reorder.buffered,
+                "queued": len(self._queue),
                 "acks_sent": self.acks_sent,
                 "bad_datagrams": self.bad_datagrams,
                 "sessions": self.sessions,
@@ -242,46 +252,58 @@ class UdpClientCore:
         gap = self._reorder.next_deadline()
         if gap is not None:
             deadlines.append(gap)
-        if self._keepalive_wanted() and self._last_sent is not None:
-            deadlines.append(self._last_sent + self.keepalive_s)
+        keepalive = self._keepalive_deadline()
+        if keepalive is not None:
+            deadlines.append(keepalive)
         return min(deadlines) if deadlines else None
 
     # -- requests out ----------------------------------------------------------------------
     def start(self, now: float) -> list[Action]:
         """The first join, which opens the session on the server."""
-        return self._send_join(self.room, now)
+        return self._queue_join(self.room, now)
 
     def request(self, request: dict[str, Any], now: float) -> list[Action]:
-        """Send ``request`` (a dict from ``commands``, without ``id``) reliably.
+        """Send ``request`` (a dict from ``commands``, without ``id``) reliably, in turn.
 
-        Returns ``[Transmit]``, or ``[Note]`` saying why it was not sent.
+        Returns ``[Transmit]`` when it goes out now, ``[]`` when it waits for the
+        request before it, or ``[Note]`` saying why it will not be sent.
         """
         if self.state in (ClientState.LEFT, ClientState.FAILED):
             return [Note("not sent: the session is over")]
-        return self._transmit(next(self._ids), request, now)
+        return self._submit(request, now)
 
     def join(self, room: str, now: float) -> list[Action]:
         """Move to ``room`` (``/join``); only once we are in a room."""
-        if self.state is not ClientState.JOINED or self._pending_join is not None:
+        if self.state is not ClientState.JOINED or self._joining():
             return [Note("cannot join now: not in a room yet")]
-        return self._send_join(room, now)
+        self._join_queued = True
+        return self._submit(cmd.join_request(room, self.user,
+                                             self.last_seq.get(p.name_key(room))), now)
 
     def leave(self, now: float) -> list[Action]:
-        """End the session: the server forgets us when it gets this."""
+        """End the session: the server forgets us when it gets this.
+
+        It goes out at once, past anything queued; what was queued is dropped.
+        """
         if self.state is ClientState.LEFT:
             return []
         self.state = ClientState.LEFT
-        rid = next(self._ids)
-        self.leave_id = rid
-        return self._transmit(rid, cmd.leave_request(), now, reply=False)
+        actions: list[Action] = []
+        if self._queue:
+            plural = "s" if len(self._queue) != 1 else ""
+            actions.append(Note(f"{len(self._queue)} request{plural} not sent: leaving"))
+            self._queue.clear()
+        self.leave_id = self._next_id
+        return actions + self._transmit(cmd.leave_request(), now, reply=False)
 
-    def cancel(self, rid: int) -> None:
+    def cancel(self, rid: int) -> list[Action]:
         """Forget request ``rid``, which the caller could not send after all."""
         self._unacked.pop(rid, None)
         self._awaiting.pop(rid, None)
         self._keepalive_ids.discard(rid)
         if self._pending_join is not None and self._pending_join[0] == rid:
             self._pending_join = None
+        return []
 
     # -- events in ---------------------------------------------------------------------------
     def receive(self, data: bytes, now: float) -> list[Action]:
@@ -299,7 +321,7 @@ class UdpClientCore:
                 return []
             if self._unacked.pop(rid, None) is None:
                 return []                   # a duplicate ack, or one for a request given up
-            return [Acked(rid)]
+            return [Acked(rid)] + self._pump(now)
         n = obj.get("n")
         if not _is_count(n):
             self.bad_datagrams += 1
@@ -321,22 +343,95 @@ class UdpClientCore:
                 self.state = ClientState.FAILED
                 return [Failed("no answer from the server to our join")]
         if keepalive:
-            return [Note(f"the server is not answering (ping {rid} was not acked)")]
-        text = f"{request.get('type')} {rid} was not delivered"
-        if isinstance(request.get("text"), str):
-            text += f": {text_start(request['text'])!r}"
-        return [Note(text + " (the server did not ack it)")]
+            actions: list[Action] = [
+                Note(f"the server is not answering (ping {rid} was not acked)")]
+        else:
+            text = f"{request.get('type')} {rid} was not delivered"
+            if isinstance(request.get("text"), str):
+                text += f": {text_start(request['text'])!r}"
+            actions = [Note(text + " (the server did not ack it)")]
+        return actions + self._pump(now)
 
     def handle_timer(self, now: float) -> list[Action]:
-        """Skip gaps that timed out and send a keepalive if one is due."""
+        """Skip gaps that timed out; when idle for ``keepalive_s``, ping (or rejoin)."""
         actions = self._release(self._reorder.poll(now), now)
-        if (self._keepalive_wanted() and self._last_sent is not None
-                and now >= self._last_sent + self.keepalive_s):
+        keepalive = self._keepalive_deadline()
+        if keepalive is not None and now >= keepalive:
             self.keepalives += 1
-            rid = next(self._ids)
-            self._keepalive_ids.add(rid)
-            actions += self._transmit(rid, cmd.ping_request(), now)
+            if self.state is ClientState.REJOINING and not self._joining():
+                actions += self._queue_join(self.room, now)   # the last rejoin was lost
+            else:
+                actions += self._submit(cmd.ping_request(), now, keepalive=True)
         return actions
+
+    # -- sending in turn ---------------------------------------------------------------------
+    # One request is out at a time, so the server applies them in the order they
+    # were made, whatever the network reorders: a person's lines stay in order.
+    # The price is TCP's: a lost request holds up the ones behind it.
+
+    def _submit(self, request: dict[str, Any], now: float, *, front: bool = False,
+                keepalive: bool = False) -> list[Action]:
+        size = len(p.encode_datagram({**request, "id": _BIG_ID}))
+        if size > self.max_datagram_bytes:
+            return [Note(f"not sent: {size} bytes, over the "
+                         f"{self.max_datagram_bytes}-byte datagram limit")]
+        if len(self._queue) >= MAX_QUEUED:
+            return [Note(f"not sent: {MAX_QUEUED} requests already wait their turn")]
+        if keepalive:
+            request = {**request, _KEEPALIVE: True}
+        if front:
+            self._queue.appendleft(request)
+        else:
+            self._queue.append(request)
+        return self._pump(now)
+
+    def _pump(self, now: float) -> list[Action]:
+        """Send the next queued request if none is out and its turn has come."""
+        if self._unacked or not self._queue:
+            return []
+        if self.state in (ClientState.LEFT, ClientState.FAILED):
+            return []
+        is_join = self._queue[0].get("type") == p.MessageType.JOIN
+        if self.state is not ClientState.JOINED and not is_join:
+            return []                       # held until we are (back) in a room
+        request = self._queue.popleft()
+        keepalive = bool(request.pop(_KEEPALIVE, False))
+        rid = self._next_id
+        if is_join:
+            self._join_queued = False
+            self._pending_join = (rid, str(request.get("room")))
+        if keepalive:
+            self._keepalive_ids.add(rid)
+        return self._transmit(request, now)
+
+    def _transmit(self, request: dict[str, Any], now: float, *,
+                  reply: bool = True) -> list[Action]:
+        rid = self._next_id
+        self._next_id += 1
+        request = {**request, "id": rid}
+        self._unacked[rid] = request
+        if reply:
+            self._awaiting[rid] = request
+            while len(self._awaiting) > MAX_AWAITING:
+                self._awaiting.popitem(last=False)
+        self._last_sent = now
+        return [Transmit(rid, p.encode_datagram(request))]
+
+    def _queue_join(self, room: str, now: float) -> list[Action]:
+        """Join ``room`` before anything else waiting (a first join, or a rejoin)."""
+        self._join_queued = True
+        request = cmd.join_request(room, self.user, self.last_seq.get(p.name_key(room)))
+        return self._submit(request, now, front=True)
+
+    def _joining(self) -> bool:
+        return self._pending_join is not None or self._join_queued
+
+    def _keepalive_deadline(self) -> float | None:
+        """``keepalive_s`` after the last datagram we sent, while no request is out."""
+        if (self.state not in (ClientState.JOINED, ClientState.REJOINING)
+                or self._unacked or self._last_sent is None):
+            return None
+        return self._last_sent + self.keepalive_s
 
     # -- the stream ---------------------------------------------------------------------------
     def _ack(self, n: int, now: float) -> SendAck:
@@ -427,22 +522,23 @@ class UdpClientCore:
             actions.append(Note("the server has restarted; its history starts afresh"))
         self.state = ClientState.REJOINING
         actions.append(Note(f"the server had forgotten us; rejoining {self.room}"))
-        return actions + self._send_join(self.room, now)
+        self._pending_join = None           # an answer to an older join cannot come now
+        return actions + self._queue_join(self.room, now)
 
     def _forgotten(self, request: dict[str, Any], now: float) -> list[Action]:
         """``request`` was refused with ``not_joined``: the server does not know us."""
-        if len(self._resend) < MAX_RESEND:
-            self._resend.append(request)
-        else:
+        again = {k: v for k, v in request.items() if k != "id"}
+        if len(self._resend) >= MAX_RESEND:
             return [Note(f"{request.get('type')} {request.get('id')} was not delivered "
                          f"(the server had forgotten us)")]
-        if self._pending_join is not None:
-            return []                       # a rejoin is out; it is resent after that
+        self._resend.append(again)
+        if self._joining():
+            return []                       # a rejoin is under way; it is resent after that
         actions: list[Action] = []
         if self.state is ClientState.JOINED:
             actions.append(Note(f"the server had forgotten us; rejoining {self.room}"))
         self.state = ClientState.REJOINING
-        return actions + self._send_join(self.room, now)
+        return actions + self._queue_join(self.room, now)
 
     def _join_answer(self, message: dict[str, Any], now: float) -> list[Action]:
         """``message`` carries the id of our pending join: an error, or our join notice."""
@@ -471,10 +567,8 @@ class UdpClientCore:
             if resend:
                 plural = "s" if len(resend) != 1 else ""
                 actions.append(Note(f"sending {len(resend)} request{plural} again"))
-            for request in resend:
-                again = {k: v for k, v in request.items() if k != "id"}
-                actions += self._transmit(next(self._ids), again, now)
-        return actions
+            self._queue.extendleft(reversed(resend))    # first, in their old order
+        return actions + self._pump(now)
 
     def _is_new(self, message: dict[str, Any]) -> bool:
         """False for a room broadcast already seen; records the seq of a new one."""
@@ -487,32 +581,6 @@ class UdpClientCore:
             return False
         self.last_seq[key] = seq
         return True
-
-    # -- helpers ---------------------------------------------------------------------------
-    def _send_join(self, room: str, now: float) -> list[Action]:
-        rid = next(self._ids)
-        self._pending_join = (rid, room)
-        request = cmd.join_request(room, self.user, self.last_seq.get(p.name_key(room)))
-        return self._transmit(rid, request, now)
-
-    def _transmit(self, rid: int, request: dict[str, Any], now: float, *,
-                  reply: bool = True) -> list[Action]:
-        request = {**request, "id": rid}
-        payload = p.encode_datagram(request)
-        if len(payload) > self.max_datagram_bytes:
-            self.cancel(rid)
-            return [Note(f"not sent: {len(payload)} bytes, over the "
-                         f"{self.max_datagram_bytes}-byte datagram limit")]
-        self._unacked[rid] = request
-        if reply:
-            self._awaiting[rid] = request
-            while len(self._awaiting) > MAX_AWAITING:
-                self._awaiting.popitem(last=False)
-        self._last_sent = now
-        return [Transmit(rid, payload)]
-
-    def _keepalive_wanted(self) -> bool:
-        return self.state in (ClientState.JOINED, ClientState.REJOINING)
 
     def _new_reorder(self) -> ReorderBuffer[dict[str, Any]]:
         return ReorderBuffer(gap_timeout=self.gap_timeout_s, stats=self.stats)
@@ -716,22 +784,20 @@ class UdpChatClient:
             return not self._finished.is_set()
         return self.execute(command)
 
-    def say(self, text: str) -> int | None:
-        """Send chat text to the room; returns its request id, or None if not sent."""
+    def say(self, text: str) -> bool:
+        """Send chat text to the room; False if it will not be sent (a Notice says why)."""
         return self.request(cmd.message_request(text))
 
-    def request(self, request: dict[str, Any]) -> int | None:
-        """Send one request (from ``commands``, without ``id``) reliably.
+    def request(self, request: dict[str, Any]) -> bool:
+        """Send one request (from ``commands``, without ``id``) reliably, in turn.
 
-        Returns its id, or None when it was not sent (a Notice says why).
+        Returns True once it is sent or queued, False when it will not be sent
+        (too large, too many queued, the session is over): a Notice says why.
         """
         with self._lock:
             actions = self.core.request(request, time.monotonic())
         self._perform(actions)
-        for action in actions:
-            if isinstance(action, Transmit):
-                return action.rid
-        return None
+        return not any(isinstance(action, Note) for action in actions)
 
     def wait_sent(self, max_in_flight: int = 0, timeout: float | None = 5.0) -> bool:
         """Wait until at most ``max_in_flight`` requests wait for an ack.
@@ -904,6 +970,8 @@ class UdpChatClient:
         with self._lock:
             actions = self.core.given_up(key, time.monotonic())
         self._perform(actions)
+        if self._wakeup is not None:
+            self._wakeup.wake()             # with nothing out, a keepalive deadline is back
 
     def _emit(self, event: ClientEvent) -> None:
         self._on_event(event)
