@@ -9,13 +9,15 @@ of a connection (its ``LineBuffer``, its output ``bytearray``) rides on
 1. **read**: ``select()`` says which sockets are ready; each readable one
    gets one ``recv``, its ``LineBuffer`` yields complete lines.
 2. **handle**: each line goes to ``ChatCore.receive``, which returns replies
-   and broadcasts. A broadcast is encoded once and the same bytes are
-   appended to every member's output buffer.
+   and broadcasts. A broadcast is encoded once and the same ``bytes`` object
+   is appended to every member's output queue: a reference, not a copy, so
+   a message to a room of 1,000 costs 1,000 pointers, not 1,000 copies.
 3. **send**: every connection that got output this turn is flushed once
-   with ``send``; what the kernel did not take stays buffered and the socket
-   is registered for ``EVENT_WRITE`` until the buffer is empty. A socket is
-   never registered for writing with nothing to write: that would wake the
-   loop for nothing, forever.
+   with ``sendmsg``, which hands the kernel the queued chunks as they are
+   (scatter/gather, no joining); what it did not take stays queued and the
+   socket is registered for ``EVENT_WRITE`` until the queue is empty. A
+   socket is never registered for writing with nothing to write: that would
+   wake the loop for nothing, forever.
 
 Bounds: a line longer than ``max_line_bytes`` is answered with
 ``line_too_long`` and the connection closed; a client whose unsent output
@@ -31,6 +33,7 @@ byte to a socketpair the selector watches, never by polling a flag.
 from __future__ import annotations
 
 import argparse
+import collections
 import heapq
 import itertools
 import logging
@@ -57,6 +60,7 @@ ACCEPTS_PER_TURN = 64        # bound the time one turn spends on a connection st
 LINGER_S = 1.0               # how long a closing connection's input is drained
 LINGER_BYTES = 1024 * 1024   # ... and how much of it at most
 CLOSING_S = 5.0              # the longest a connection may take to read its last error
+IOV_MAX = 1024               # chunks one sendmsg() may take (Linux's limit)
 
 
 class Connection:
@@ -67,9 +71,11 @@ class Connection:
         self.sock = sock
         self.peer = peer
         self.lines = LineBuffer(max_line_bytes)
-        self.out = bytearray()
+        self.out: collections.deque[bytes] = collections.deque()   # shared encoded messages
+        self.out_bytes = 0            # their total length: the slow-reader bound
         self.writing = False          # registered for EVENT_WRITE
-        self.closing = False          # error sent: flush, shut, drain, close
+        self.closing = False          # no more input handled or output queued
+        self.doomed = False           # to be closed at the end of this step
         self.closed = False
         self.drained = 0              # bytes discarded while closing
 
@@ -190,7 +196,7 @@ class TcpServer:
         now = time.time()
         for line in lines:
             self._dispatch(self.core.receive(conn.id, line, now))
-            if conn.closed:
+            if conn.closing:                    # dropped by what that line did
                 return
         if too_long is not None:
             log.info("[%s] %s", conn.peer, too_long)
@@ -215,11 +221,12 @@ class TcpServer:
                                     message["text"])
 
     def _queue(self, conn: Connection, data: bytes) -> None:
-        if conn.closed or conn.closing:
+        if conn.closing:
             return
-        conn.out += data
+        conn.out.append(data)
+        conn.out_bytes += len(data)
         self._dirty.add(conn)
-        if len(conn.out) > self.config.max_send_buffer_bytes:
+        if conn.out_bytes > self.config.max_send_buffer_bytes:
             self._doom(conn, f"slow reader: more than {self.config.max_send_buffer_bytes} "
                              "bytes unsent")
 
@@ -231,17 +238,19 @@ class TcpServer:
     def _flush(self, conn: Connection) -> None:
         if conn.closed:
             return
-        if conn.out:
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("[%s] <- %r", conn.peer, bytes(conn.out[:200]))
+        while conn.out:
+            chunks = list(itertools.islice(conn.out, IOV_MAX))
             try:
-                sent = conn.sock.send(conn.out)
+                sent = conn.sock.sendmsg(chunks)
             except BlockingIOError:
-                sent = 0
+                break
             except OSError as exc:
                 self._doom(conn, f"send failed: {exc}")
                 return
-            del conn.out[:sent]
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("[%s] <- %r", conn.peer, b"".join(chunks)[:sent])
+            if not self._consume(conn, sent):
+                break                           # the kernel's buffer is full
         want_write = bool(conn.out)
         if want_write != conn.writing:
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0)
@@ -250,10 +259,24 @@ class TcpServer:
         if conn.closing and not conn.out:
             self._start_linger(conn)
 
+    def _consume(self, conn: Connection, sent: int) -> bool:
+        """Drop ``sent`` bytes from the front of the queue; False if a chunk was cut."""
+        conn.out_bytes -= sent
+        while sent:
+            head = conn.out[0]
+            if len(head) > sent:
+                conn.out[0] = head[sent:]
+                return False
+            conn.out.popleft()
+            sent -= len(head)
+        return True
+
     # -- closing -------------------------------------------------------------------
     def _doom(self, conn: Connection, reason: str) -> None:
         """Mark ``conn`` to be closed at the end of this step (not mid-broadcast)."""
-        if not conn.closed and all(c is not conn for c, _ in self._doomed):
+        if not conn.closed and not conn.doomed:
+            conn.doomed = True
+            conn.closing = True     # nothing more is handled for it, nor queued to it
             self._doomed.append((conn, reason))
 
     def _reap(self) -> None:
