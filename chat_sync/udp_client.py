@@ -75,7 +75,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any, TypeGuard, Union
 
 from . import commands as cmd
 from . import config as cfg
@@ -104,7 +104,7 @@ STATS_HELP = "  /stats           retransmit and reorder counters of this client"
 HELP = cmd.HELP.replace("  /quit", STATS_HELP + "\n  /quit", 1)
 
 
-def _is_count(value: object) -> bool:
+def _is_count(value: object) -> TypeGuard[int]:
     """True for a positive integer (and not a bool): a valid ``id`` or ``n``."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**53
 
@@ -627,7 +627,9 @@ class UdpChatClient:
 
     ``on_event`` is called with each ``ClientEvent`` from whichever thread
     produced it (reader, timer, or a caller); without it, events go to a
-    queue read by ``next_event``. It must not call ``close``.
+    queue read by ``next_event``. It must not call ``close``. After a
+    ``Closed`` event with exit code 2 (a rejoin refused), call ``close`` to
+    release the socket and stop the timer thread.
     """
 
     def __init__(self, config: cfg.UdpClientConfig, *,

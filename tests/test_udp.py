@@ -664,6 +664,28 @@ def test_keepalives_keep_an_idle_client_joined_past_the_timeout(servers: Servers
     assert pongs == []                                   # keepalive pongs are not shown
 
 
+@pytest.mark.timeout(20)
+def test_a_client_the_server_timed_out_comes_back_with_since(servers: Servers,
+                                                             clients: Clients) -> None:
+    server = servers.start(client_timeout_s=0.3)
+    sleeper = clients.connect(address(server), "sleeper", keepalive_s=30.0)
+    friend = clients.connect(address(server), "friend", keepalive_s=0.1)
+    until(sleeper, system("join", "friend"))
+    until(friend, system("leave", "sleeper"))         # timed out: the server forgot it
+    friend.say("while you slept")
+    sleeper.say("I am back")
+    events = until(sleeper, message_from("sleeper", "I am back"))
+    assert [e.text for e in events if isinstance(e, Notice)] == [
+        "the server had forgotten us; rejoining lobby", "rejoined lobby",
+        "sending 1 request again"]
+    replayed = [e.message for e in events if isinstance(e, Received)
+                and e.message.get("history") is True]
+    assert [m.get("text") for m in replayed] == ["sleeper left", "while you slept"]
+    assert sleeper.stats["sessions"] == 1
+    friend_events = until(friend, message_from("sleeper", "I am back"))
+    assert [m["text"] for m in chat_messages(friend_events)] == ["while you slept", "I am back"]
+
+
 # -- Server restart ----------------------------------------------------------------------------
 
 @pytest.mark.timeout(30)
