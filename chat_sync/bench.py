@@ -205,13 +205,17 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
 
 
 def join_all(load: LoadGenerator, rooms: Callable[[LoadClient], str], timeout: float) -> None:
-    """Join every client; return once each has its own join notice and a pong after it."""
+    """Join every client; return once all are joined and nothing is left in flight.
+
+    Two rounds: everyone joins and sees its own join notice; then everyone
+    pings. A pong comes after everything queued for that client before it,
+    so once all have their pong, every join notice has been delivered.
+    """
     def on_line(client: LoadClient, line: bytes) -> None:
         message = json.loads(line)
         if message["type"] == "system" and message.get("user") == client.name \
                 and not message.get("history"):
             client.joined = True
-            load.send(client, {"type": "ping"})
         elif message["type"] == "pong":
             client.ponged = True
         elif message["type"] == "error":
@@ -219,6 +223,9 @@ def join_all(load: LoadGenerator, rooms: Callable[[LoadClient], str], timeout: f
 
     for client in load.clients:
         load.send(client, {"type": "join", "room": rooms(client), "user": client.name})
+    load.run_until(lambda: all(c.joined for c in load.clients), on_line, timeout)
+    for client in load.clients:
+        load.send(client, {"type": "ping"})
     load.run_until(lambda: all(c.ponged for c in load.clients), on_line, timeout)
 
 

@@ -37,6 +37,8 @@ class LineTooLong(ProtocolError):
 class LineBuffer:
     """Split a byte stream into lines of at most ``max_line_bytes``."""
 
+    __slots__ = ("max_line_bytes", "_buffer", "_scanned")
+
     def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self.max_line_bytes = max_line_bytes
         self._buffer = bytearray()
@@ -47,7 +49,7 @@ class LineBuffer:
         """Bytes received that are not yet part of a complete line."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
         """Add received bytes; return the complete lines, without line endings.
 
         Raises LineTooLong when a line exceeds the limit.

@@ -60,7 +60,7 @@ class Broadcast:
 Output = Union[Reply, Broadcast]
 
 
-@dataclass
+@dataclass(slots=True)
 class Member:
     """What the core knows of one connection."""
 
