@@ -9,8 +9,8 @@ a datagram (or the time) and return actions for the shell:
 
 - ``Send(addr, payload, key)``: send ``payload`` to ``addr``. With a ``key``
   it is reliable: register it with the retransmit timer first.
-- ``Acked(key)``: the peer acked ``key``, or was dropped; cancel its
-  retransmission.
+- ``Acked(key)``: the peer acked ``key``; stop retransmitting it.
+- ``Cancel(key)``: the peer was dropped; stop retransmitting ``key`` too.
 - ``Log(room, user, text, ts)``: a room broadcast for the chat log.
 
 Rules (the README's UDP section is the spec):
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Union, cast
 
 from . import protocol as p
 from .retransmit import DedupWindow, RetransmitStats
@@ -75,7 +75,12 @@ class Log:
     ts: float
 
 
-Action = Union[Send, Acked, Log]
+@dataclass(frozen=True)
+class Cancel:
+    key: Key
+
+
+Action = Union[Send, Acked, Cancel, Log]
 
 
 @dataclass(eq=False)
@@ -226,7 +231,7 @@ class UdpChat:
         # Stop retransmitting to a forgotten peer. Should the address come back,
         # its new stream starts again at n=1; old datagrams still being resent
         # would pass for the new ones, and the acks for them would cancel them.
-        cancelled: list[Action] = [Acked((peer.addr, n)) for n in sorted(peer.unacked)]
+        cancelled: list[Action] = [Cancel((peer.addr, n)) for n in sorted(peer.unacked)]
         peer.unacked.clear()
         return cancelled + self._perform(self.core.disconnect(peer.addr, wall))
 
@@ -246,13 +251,13 @@ class UdpChat:
         actions: list[Action] = []
         for output in outputs:
             if isinstance(output, Reply):
-                peer = self.peers.get(output.to)
+                peer = self.peers.get(cast(Address, output.to))
                 if peer is not None:
                     actions += self._reply(peer, output.message)
                 continue
             body = p.encode_datagram(output.message)       # once, for every member
             for addr in output.to:
-                peer = self.peers.get(addr)
+                peer = self.peers.get(cast(Address, addr))
                 if peer is not None:
                     actions += self._stamp(peer, body)
             if output.room is not None:

@@ -251,6 +251,17 @@ class RetransmitQueue:
         self._maybe_compact()
         return True
 
+    def cancel(self, key: Key) -> bool:
+        """Stop retransmitting ``key`` without an ack (its peer is gone).
+
+        Unlike ``ack`` it counts nothing and takes no round-trip sample.
+        Returns False when ``key`` was not pending.
+        """
+        if self._pending.pop(key, None) is None:
+            return False
+        self._maybe_compact()
+        return True
+
     def poll(self, now: float) -> list[Due]:
         """Everything due at ``now``, in deadline order.
 
@@ -388,6 +399,13 @@ class TimerThread:
             acked = self.queue.ack(key, self._clock())
             self._cond.notify()
         return acked
+
+    def cancel(self, key: Key) -> bool:
+        """Stop retransmitting ``key``, whose peer is gone; False if it was not pending."""
+        with self._cond:
+            cancelled = self.queue.cancel(key)
+            self._cond.notify()
+        return cancelled
 
     def wake(self) -> None:
         """Make the thread read the clock again (for tests with a fake clock)."""

@@ -33,7 +33,7 @@ from typing import Any
 
 from . import config as cfg
 from . import protocol as p
-from .datagrams import Acked, Action, Key, Log, Send, UdpChat
+from .datagrams import Acked, Action, Cancel, Key, Log, Send, UdpChat
 from .logs import ChatLog
 from .retransmit import RetransmitQueue, TimerThread
 from .rooms import ChatCore
@@ -138,6 +138,8 @@ class UdpServer:
                 self._sendto(action.payload, action.addr)
             elif isinstance(action, Acked):
                 self.timer.ack(action.key)
+            elif isinstance(action, Cancel):
+                self.timer.cancel(action.key)
             elif isinstance(action, Log) and self.chat_log is not None:
                 self.chat_log.write(action.ts, action.room, action.user, action.text)
 

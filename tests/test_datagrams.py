@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from chat_sync import protocol as p
-from chat_sync.datagrams import MAX_UNACKED, Acked, Action, Address, Log, Send, UdpChat
+from chat_sync.datagrams import (MAX_UNACKED, Acked, Action, Address, Cancel, Log, Send,
+                                 UdpChat)
 from chat_sync.rooms import ChatCore
 
 ALICE: Address = ("127.0.0.1", 40001)
@@ -354,7 +355,7 @@ def test_a_dropped_peers_retransmissions_are_cancelled() -> None:
     net.now += 10.0
     net.ack_all(BOB, net.send(BOB, type="ping"))
     actions = net.chat.expire(net.now, WALL)
-    cancelled = [a.key for a in actions if isinstance(a, Acked)]
+    cancelled = [a.key for a in actions if isinstance(a, Cancel)]
     assert cancelled == [(ALICE, n) for n in unacked]
     # The address comes back: a new stream from n=1, untouched by old acks.
     back = net.join(ALICE, "alice")
@@ -372,7 +373,7 @@ def test_leave_ends_the_session_and_the_address_is_forgotten() -> None:
     # Its ack was lost: the retransmitted leave opens a new session and ends it at once.
     again = net.send(ALICE, type="leave", id=2)
     assert [m["type"] for m in to(ALICE, again)] == ["ack", "welcome"]
-    assert [a.key for a in again if isinstance(a, Acked)] == [(ALICE, 1)]
+    assert [a.key for a in again if isinstance(a, Cancel)] == [(ALICE, 1)]
     assert ALICE not in net.chat.peers and to(BOB, again) == []
 
 
@@ -385,7 +386,7 @@ def test_leave_outside_a_room_also_ends_the_session() -> None:
     actions = net.send(BOB, type="leave")
     assert to(BOB, actions) == [{"type": "ack", "id": 2}]
     assert BOB not in net.chat.peers and to(ALICE, actions) == []
-    cancelled = {a.key for a in actions if isinstance(a, Acked)}
+    cancelled = {a.key for a in actions if isinstance(a, Cancel)}
     assert cancelled == {(BOB, 1), (BOB, 2)}                   # welcome and the error
 
 

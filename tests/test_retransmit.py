@@ -478,3 +478,12 @@ def test_reorder_start_sets_the_first_number_only_before_any_push() -> None:
     assert buffer.push(10, "a", 0.0) == ["a", "b"]
     with pytest.raises(AlreadyStarted):
         buffer.start(1)
+
+
+@pytest.mark.timeout(10)
+def test_cancel_stops_a_send_without_counting_an_ack_or_sampling_rtt() -> None:
+    queue = RetransmitQueue(adaptive_rto=True, jitter=0.0)
+    queue.send("k", b"x", 0.0)
+    assert queue.cancel("k") is True and queue.cancel("k") is False
+    assert queue.pending == 0 and queue.poll(100.0) == []
+    assert queue.stats.acked == 0 and queue.srtt is None
