@@ -25,6 +25,8 @@ setup(
             "nbclient",      # run them headless in a kernel, as tests
             "ipykernel",     # the python3 kernel nbclient starts
             "matplotlib",    # the notebooks' plots (Agg backend, no display)
+            "mypy",          # tests/test_types.py: the package stays --strict clean
+            "types-PyYAML",  # yaml's type stubs, for that check
         ],
     },
     entry_points={"console_scripts": ["chat-sync=chat_sync.cli:main"]},
