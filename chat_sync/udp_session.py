@@ -1,0 +1,552 @@
+"""The UDP client's session with the server, with no I/O: ``UdpClientCore``.
+
+Theory of operation
+-------------------
+``UdpClientCore`` holds the client's state. Feed it each datagram
+(``receive``), each give-up of the retransmit timer (``given_up``) and the
+time (``handle_timer`` when ``next_deadline`` has passed); it answers with
+actions: ``Transmit`` (a reliable request: hand it to the timer, then send
+it), ``SendAck``, ``Acked``, ``Deliver``, ``Note``, ``Joined``,
+``JoinRefused``, ``Failed``. ``udp_client`` is the shell that moves its
+datagrams.
+
+The rules of the wire (the README's UDP section is the spec):
+
+- Every request carries ``id`` = 1, 2, 3 ..., given as it goes out; it is
+  retransmitted until the server's ``{"type":"ack","id":N}`` comes, and a
+  give-up is told to the user: "message N was not delivered", with the
+  start of its text.
+- One request is out at a time; the rest wait in a bounded queue. The server
+  applies requests in the order they arrive, so with several out a lost one
+  would be overtaken by the next, and a person's lines would reach the room
+  out of order. The price is TCP's: a lost request holds up those behind it.
+- Every server datagram but an ack carries ``n``, this client's stream
+  counter. Each is acked (``{"type":"ack","n":N}``), a duplicate too, since
+  the first ack may have been lost. A ``ReorderBuffer`` delivers the stream
+  once, in ``n`` order; a hole still open after ``gap_timeout_s`` is skipped
+  and reported ("N messages lost"). The server resends a datagram until it
+  gives up on us and drops us, so the timeout must outlast its retries.
+- The ``seq`` of room broadcasts rides inside; as in the TCP client, the
+  highest one seen per room is kept, for rejoining with ``since``.
+- A ``ping`` goes out after ``keepalive_s`` with nothing sent, so the server
+  does not time us out. Its ``pong`` is not shown.
+
+A new session. The server forgets an address after a restart, a timeout or
+a give-up. Our next datagram then opens a new session there: a ``welcome``
+with ``n`` = 1 and the reply to that datagram (``not_joined`` for a message)
+with ``n`` = 2. Those numbers are behind our stream, so they look like
+duplicates. Two things tell them apart. A welcome with another ``epoch``
+comes from a new run of the server. And a reply carries the ``id`` of our
+request: a duplicate of a datagram we delivered cannot answer a request
+whose reply we have not delivered yet (this catches a server that merely
+forgot us, whose epoch is unchanged). Such a datagram starts a fresh
+``ReorderBuffer``; the low-numbered datagrams that came just before it (the
+welcome) were kept aside in a small stash and go in first. The new welcome
+makes the core join its room again with ``since`` (without it after a
+restart: the old ``seq`` means nothing there, as in the TCP client), and
+the requests refused with ``not_joined`` meanwhile are sent again once it
+is back in. Trade-off: a duplicate of an old low-numbered datagram can sit
+in the stash in place of a new one that has not arrived yet.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+from typing import Any, TypeGuard, Union
+
+from . import commands as cmd
+from . import protocol as p
+from .retransmit import Gap, ReorderBuffer, RetransmitStats
+from .terminal import escape
+
+STASH_MAX_N = 64           # low stream numbers kept aside in case a new session starts
+MAX_AWAITING = 1024        # requests remembered while their reply is awaited
+MAX_RESEND = 64            # requests kept to send again after a rejoin
+MAX_QUEUED = 256           # requests waiting for their turn to go out
+_BIG_ID = 2**53 - 1        # stands in for an id when checking a request's size
+_KEEPALIVE = "_keepalive"  # marks a queued ping as ours; never sent
+TEXT_START_CHARS = 30      # how much of an undelivered message the user is shown
+
+def _is_count(value: object) -> TypeGuard[int]:
+    """True for a positive integer (and not a bool): a valid ``id`` or ``n``."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**53
+
+
+def text_start(text: str) -> str:
+    """The first ``TEXT_START_CHARS`` characters of ``text``, with an ellipsis if cut."""
+    if len(text) <= TEXT_START_CHARS:
+        return text
+    return text[:TEXT_START_CHARS] + "…"
+
+
+# -- The core (no I/O) ----------------------------------------------------------------
+class ClientState(enum.Enum):
+    JOINING = "joining"        # the first join is out, no answer yet
+    JOINED = "joined"          # in a room
+    REJOINING = "rejoining"    # the server forgot us; joining our room again
+    LEFT = "left"              # leave sent: the session is over
+    FAILED = "failed"          # the first join was refused or never answered, or a rejoin refused
+
+
+@dataclasses.dataclass(frozen=True)
+class Transmit:
+    """A reliable request: register ``rid`` with the retransmit timer, then send."""
+
+    rid: int
+    payload: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class SendAck:
+    """Ack the server's datagram ``n`` (unreliable: a lost one is answered again)."""
+
+    n: int
+    payload: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Acked:
+    """The server acked request ``rid``: stop retransmitting it."""
+
+    rid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Deliver:
+    """A server message, in stream order, exactly once: show it."""
+
+    message: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Note:
+    """Something the user should know that no server message says."""
+
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Joined:
+    room: str
+
+
+@dataclasses.dataclass(frozen=True)
+class JoinRefused:
+    """The first join was refused: the client cannot chat."""
+
+    code: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Failed:
+    """The client cannot go on: no answer to the first join, or a rejoin refused."""
+
+    reason: str
+
+
+Action = Union[Transmit, SendAck, Acked, Deliver, Note, Joined, JoinRefused, Failed]
+
+
+class UdpClientCore:
+    """The UDP client's state machine: datagrams and time in, actions out. Not thread-safe."""
+
+    def __init__(self, user: str, room: str, *, keepalive_s: float = 15.0,
+                 gap_timeout_s: float = 15.0,
+                 max_datagram_bytes: int = p.MAX_DATAGRAM_BYTES,
+                 stats: RetransmitStats | None = None) -> None:
+        self.user = user
+        self.room = room                    # the room we are in, or are joining
+        self.keepalive_s = keepalive_s
+        self.gap_timeout_s = gap_timeout_s
+        self.max_datagram_bytes = max_datagram_bytes
+        self.stats = stats if stats is not None else RetransmitStats()
+        self.state = ClientState.JOINING
+        self.last_seq: dict[str, int] = {}  # name_key(room) -> highest seq seen there
+        self.epoch: object = None           # the server run those seqs belong to
+        self.leave_id: int | None = None
+        self.heard_from_server = False
+        # counters
+        self.delivered = 0                  # messages delivered to the application
+        self.acks_sent = 0
+        self.bad_datagrams = 0              # undecodable, or without a valid n
+        self.sessions = 0                   # new sessions the server opened for us
+        self.keepalives = 0                 # pings sent because we were idle
+        self._next_id = 1                   # ids are given when a request goes out
+        self._queue: collections.deque[dict[str, Any]] = collections.deque()   # its turn next
+        self._unacked: dict[int, dict[str, Any]] = {}    # rid -> request: out, not acked
+        self._awaiting: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
+        self._keepalive_ids: set[int] = set()
+        self._pending_join: tuple[int, str] | None = None     # (request id, room): out
+        self._join_queued = False           # a join waits at the head of the queue
+        self._resend: list[dict[str, Any]] = []               # refused while forgotten
+        self._reorder = self._new_reorder()
+        self._retired = collections.Counter[str]()   # counters of replaced reorder buffers
+        self._stash: dict[int, dict[str, Any]] = {}  # low n that looked stale
+        self._last_sent: float | None = None
+
+    # -- questions ---------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        """Requests not acked yet: the one out (or two, with a leave) and those queued."""
+        return len(self._unacked) + len(self._queue)
+
+    @property
+    def reorder(self) -> ReorderBuffer[dict[str, Any]]:
+        """The buffer of the current session's stream."""
+        return self._reorder
+
+    def counters(self) -> dict[str, int]:
+        """Receive-side counters, summed over every session's stream."""
+        return {"delivered": self.delivered,
+                "duplicates": self._retired["duplicates"] + self._reorder.duplicates,
+                "gaps": self._retired["gaps"] + self._reorder.gaps,
+                "lost": self._retired["skipped"] + self._reorder.skipped,
+                "buffered": self._reorder.buffered,
+                "queued": len(self._queue),
+                "acks_sent": self.acks_sent,
+                "bad_datagrams": self.bad_datagrams,
+                "sessions": self.sessions,
+                "keepalives": self.keepalives}
+
+    def next_deadline(self) -> float | None:
+        """When ``handle_timer`` next has work: a gap times out, or a keepalive is due."""
+        deadlines = []
+        gap = self._reorder.next_deadline()
+        if gap is not None:
+            deadlines.append(gap)
+        keepalive = self._keepalive_deadline()
+        if keepalive is not None:
+            deadlines.append(keepalive)
+        return min(deadlines) if deadlines else None
+
+    # -- requests out ----------------------------------------------------------------------
+    def start(self, now: float) -> list[Action]:
+        """The first join, which opens the session on the server."""
+        return self._queue_join(self.room, now)
+
+    def request(self, request: dict[str, Any], now: float) -> list[Action]:
+        """Send ``request`` (a dict from ``commands``, without ``id``) reliably, in turn.
+
+        Returns ``[Transmit]`` when it goes out now, ``[]`` when it waits for the
+        request before it, or ``[Note]`` saying why it will not be sent.
+        """
+        if self.state in (ClientState.LEFT, ClientState.FAILED):
+            return [Note("not sent: the session is over")]
+        return self._submit(request, now)
+
+    def join(self, room: str, now: float) -> list[Action]:
+        """Move to ``room`` (``/join``); only once we are in a room."""
+        if self.state is not ClientState.JOINED or self._joining():
+            return [Note("cannot join now: not in a room yet")]
+        self._join_queued = True
+        return self._submit(cmd.join_request(room, self.user,
+                                             self.last_seq.get(p.name_key(room))), now)
+
+    def leave(self, now: float) -> list[Action]:
+        """End the session: the server forgets us when it gets this.
+
+        It goes out at once, past anything queued; what was queued is dropped.
+        """
+        if self.state is ClientState.LEFT:
+            return []
+        self.state = ClientState.LEFT
+        actions: list[Action] = []
+        if self._queue:
+            plural = "s" if len(self._queue) != 1 else ""
+            actions.append(Note(f"{len(self._queue)} request{plural} not sent: leaving"))
+            self._queue.clear()
+        self.leave_id = self._next_id
+        return actions + self._transmit(cmd.leave_request(), now, reply=False)
+
+    def cancel(self, rid: int) -> list[Action]:
+        """Forget request ``rid``, which the caller could not send after all."""
+        self._unacked.pop(rid, None)
+        self._awaiting.pop(rid, None)
+        self._keepalive_ids.discard(rid)
+        if self._pending_join is not None and self._pending_join[0] == rid:
+            self._pending_join = None
+        return []
+
+    # -- events in ---------------------------------------------------------------------------
+    def receive(self, data: bytes, now: float) -> list[Action]:
+        """Handle one datagram from the server."""
+        try:
+            obj = p.decode(data)
+        except p.ProtocolError as exc:
+            self.bad_datagrams += 1
+            return [Note(f"ignored a bad datagram from the server: {exc}")]
+        self.heard_from_server = True
+        if obj.get("type") == p.MessageType.ACK:
+            rid = obj.get("id")
+            if not _is_count(rid):
+                self.bad_datagrams += 1
+                return []
+            if self._unacked.pop(rid, None) is None:
+                return []                   # a duplicate ack, or one for a request given up
+            return [Acked(rid)] + self._pump(now)
+        n = obj.get("n")
+        if not _is_count(n):
+            self.bad_datagrams += 1
+            return [Note("ignored a datagram from the server without a valid n")]
+        actions: list[Action] = [self._ack(n, now)]
+        return actions + self._stream(n, obj, now)
+
+    def given_up(self, rid: int, now: float) -> list[Action]:
+        """The retransmit timer gave up on request ``rid``: the server never acked it."""
+        request = self._unacked.pop(rid, None)
+        self._awaiting.pop(rid, None)
+        keepalive = rid in self._keepalive_ids
+        self._keepalive_ids.discard(rid)
+        if request is None or rid == self.leave_id:
+            return []
+        if self._pending_join is not None and self._pending_join[0] == rid:
+            self._pending_join = None
+            if self.state is ClientState.JOINING:
+                self.state = ClientState.FAILED
+                return [Failed("no answer from the server to our join")]
+        if keepalive:
+            actions: list[Action] = [
+                Note(f"the server is not answering (ping {rid} was not acked)")]
+        else:
+            text = f"{request.get('type')} {rid} was not delivered"
+            if isinstance(request.get("text"), str):
+                text += f": {text_start(request['text'])!r}"
+            actions = [Note(text + " (the server did not ack it)")]
+        return actions + self._pump(now)
+
+    def handle_timer(self, now: float) -> list[Action]:
+        """Skip gaps that timed out; when idle for ``keepalive_s``, ping (or rejoin)."""
+        actions = self._release(self._reorder.poll(now), now)
+        keepalive = self._keepalive_deadline()
+        if keepalive is not None and now >= keepalive:
+            self.keepalives += 1
+            if self.state is ClientState.REJOINING and not self._joining():
+                actions += self._queue_join(self.room, now)   # the last rejoin was lost
+            else:
+                actions += self._submit(cmd.ping_request(), now, keepalive=True)
+        return actions
+
+    # -- sending in turn ---------------------------------------------------------------------
+    # One request is out at a time, so the server applies them in the order they
+    # were made, whatever the network reorders: a person's lines stay in order.
+    # The price is TCP's: a lost request holds up the ones behind it.
+
+    def _submit(self, request: dict[str, Any], now: float, *, front: bool = False,
+                keepalive: bool = False) -> list[Action]:
+        size = len(p.encode_datagram({**request, "id": _BIG_ID}))
+        if size > self.max_datagram_bytes:
+            return [Note(f"not sent: {size} bytes, over the "
+                         f"{self.max_datagram_bytes}-byte datagram limit")]
+        if len(self._queue) >= MAX_QUEUED:
+            return [Note(f"not sent: {MAX_QUEUED} requests already wait their turn")]
+        if keepalive:
+            request = {**request, _KEEPALIVE: True}
+        if front:
+            self._queue.appendleft(request)
+        else:
+            self._queue.append(request)
+        return self._pump(now)
+
+    def _pump(self, now: float) -> list[Action]:
+        """Send the next queued request if none is out and its turn has come."""
+        if self._unacked or not self._queue:
+            return []
+        if self.state in (ClientState.LEFT, ClientState.FAILED):
+            return []
+        is_join = self._queue[0].get("type") == p.MessageType.JOIN
+        if self.state is not ClientState.JOINED and not is_join:
+            return []                       # held until we are (back) in a room
+        request = self._queue.popleft()
+        keepalive = bool(request.pop(_KEEPALIVE, False))
+        rid = self._next_id
+        if is_join:
+            self._join_queued = False
+            self._pending_join = (rid, str(request.get("room")))
+        if keepalive:
+            self._keepalive_ids.add(rid)
+        return self._transmit(request, now)
+
+    def _transmit(self, request: dict[str, Any], now: float, *,
+                  reply: bool = True) -> list[Action]:
+        rid = self._next_id
+        self._next_id += 1
+        request = {**request, "id": rid}
+        self._unacked[rid] = request
+        if reply:
+            self._awaiting[rid] = request
+            while len(self._awaiting) > MAX_AWAITING:
+                self._awaiting.popitem(last=False)
+        self._last_sent = now
+        return [Transmit(rid, p.encode_datagram(request))]
+
+    def _queue_join(self, room: str, now: float) -> list[Action]:
+        """Join ``room`` before anything else waiting (a first join, or a rejoin)."""
+        self._join_queued = True
+        request = cmd.join_request(room, self.user, self.last_seq.get(p.name_key(room)))
+        return self._submit(request, now, front=True)
+
+    def _joining(self) -> bool:
+        return self._pending_join is not None or self._join_queued
+
+    def _keepalive_deadline(self) -> float | None:
+        """``keepalive_s`` after the last datagram we sent, while no request is out."""
+        if (self.state not in (ClientState.JOINED, ClientState.REJOINING)
+                or self._unacked or self._last_sent is None):
+            return None
+        return self._last_sent + self.keepalive_s
+
+    # -- the stream ---------------------------------------------------------------------------
+    def _ack(self, n: int, now: float) -> SendAck:
+        self.acks_sent += 1
+        self._last_sent = now
+        return SendAck(n, p.encode_datagram({"type": p.MessageType.ACK.value, "n": n}))
+
+    def _stream(self, n: int, message: dict[str, Any], now: float) -> list[Action]:
+        expected = self._reorder.expected
+        if expected is not None and n < expected:
+            if self._starts_new_session(message):
+                return self._new_session(n, message, now)
+            if n <= STASH_MAX_N:
+                self._stash[n] = message    # the latest copy of each low n
+            self._reorder.push(n, message, now)     # counted as a duplicate
+            return []
+        return self._release(self._reorder.push(n, message, now), now)
+
+    def _starts_new_session(self, message: dict[str, Any]) -> bool:
+        """Whether a datagram behind our stream opens a new one; see the module comment."""
+        if message.get("type") == p.MessageType.WELCOME:
+            return self.epoch is not None and message.get("epoch") != self.epoch
+        rid = message.get("id")
+        return _is_count(rid) and rid in self._awaiting
+
+    def _new_session(self, n: int, message: dict[str, Any], now: float) -> list[Action]:
+        """The server has forgotten us and numbers a new stream; see the module comment."""
+        self.sessions += 1
+        old = self._reorder
+        actions = self._release(old.poll(float("inf")), now)   # what the old stream still held
+        self._retired.update(duplicates=old.duplicates, gaps=old.gaps, skipped=old.skipped)
+        self._reorder = self._new_reorder()
+        released: list[dict[str, Any] | Gap] = []
+        for m in sorted(self._stash):
+            if m < n:
+                released += self._reorder.push(m, self._stash[m], now)
+        self._stash.clear()
+        released += self._reorder.push(n, message, now)
+        return actions + self._release(released, now)
+
+    def _release(self, items: list[dict[str, Any] | Gap], now: float) -> list[Action]:
+        actions: list[Action] = []
+        for item in items:
+            if isinstance(item, Gap):
+                plural = "s" if item.count != 1 else ""
+                actions.append(Note(f"{item.count} message{plural} lost (stream numbers "
+                                    f"{item.first_missing}..{item.last_missing} never came)"))
+            else:
+                actions += self._handle(item, now)
+        return actions
+
+    # -- one message, in stream order -------------------------------------------------------
+    def _handle(self, message: dict[str, Any], now: float) -> list[Action]:
+        kind = message.get("type")
+        rid = message.get("id")
+        request = self._awaiting.pop(rid, None) if _is_count(rid) else None
+        if kind == p.MessageType.WELCOME:
+            return self._welcome(message, now)
+        if request is not None and rid in self._keepalive_ids:
+            self._keepalive_ids.discard(rid)
+            if kind == p.MessageType.PONG:
+                return []                   # our own keepalive: nothing to show
+        pending = self._pending_join
+        if pending is not None and rid == pending[0]:
+            return self._join_answer(message, now)
+        if (kind == p.MessageType.ERROR and message.get("code") == p.ErrorCode.NOT_JOINED
+                and request is not None
+                and self.state in (ClientState.JOINED, ClientState.REJOINING)):
+            return self._forgotten(request, now)
+        if not self._is_new(message):
+            return []
+        self.delivered += 1
+        return [Deliver(message)]
+
+    def _welcome(self, message: dict[str, Any], now: float) -> list[Action]:
+        self.delivered += 1
+        actions: list[Action] = [Deliver(message)]
+        if message.get("protocol") != p.PROTOCOL_VERSION:
+            actions.append(Note(f"the server speaks protocol {escape(str(message.get('protocol')))}"
+                                f", this client {p.PROTOCOL_VERSION}; expect trouble"))
+        epoch = message.get("epoch")
+        restarted = self.epoch is not None and epoch != self.epoch
+        self.epoch = epoch
+        if self.state not in (ClientState.JOINED, ClientState.REJOINING):
+            return actions                  # the first session: our join is already out
+        if restarted:
+            self.last_seq.clear()
+            actions.append(Note("the server has restarted; its history starts afresh"))
+        self.state = ClientState.REJOINING
+        actions.append(Note(f"the server had forgotten us; rejoining {self.room}"))
+        self._pending_join = None           # an answer to an older join cannot come now
+        return actions + self._queue_join(self.room, now)
+
+    def _forgotten(self, request: dict[str, Any], now: float) -> list[Action]:
+        """``request`` was refused with ``not_joined``: the server does not know us."""
+        again = {k: v for k, v in request.items() if k != "id"}
+        if len(self._resend) >= MAX_RESEND:
+            return [Note(f"{request.get('type')} {request.get('id')} was not delivered "
+                         f"(the server had forgotten us)")]
+        self._resend.append(again)
+        if self._joining():
+            return []                       # a rejoin is under way; it is resent after that
+        actions: list[Action] = []
+        if self.state is ClientState.JOINED:
+            actions.append(Note(f"the server had forgotten us; rejoining {self.room}"))
+        self.state = ClientState.REJOINING
+        return actions + self._queue_join(self.room, now)
+
+    def _join_answer(self, message: dict[str, Any], now: float) -> list[Action]:
+        """``message`` carries the id of our pending join: an error, or our join notice."""
+        assert self._pending_join is not None
+        room = self._pending_join[1]
+        self._pending_join = None
+        if message.get("type") == p.MessageType.ERROR:
+            code, text = str(message.get("code")), str(message.get("text"))
+            if self.state is ClientState.JOINING:
+                self.state = ClientState.FAILED
+                return [JoinRefused(code, text)]
+            if self.state is ClientState.REJOINING:
+                self.state = ClientState.FAILED
+                return [Deliver(message), Failed(f"rejoin refused: error {code}: {text}")]
+            return [Deliver(message)]       # a /join refused: we stay where we were
+        room_name = message.get("room")
+        self.room = room_name if isinstance(room_name, str) else room
+        rejoined = self.state is ClientState.REJOINING
+        self.state = ClientState.JOINED
+        self._is_new(message)               # record its seq
+        self.delivered += 1
+        actions: list[Action] = [Joined(self.room), Deliver(message)]
+        if rejoined:
+            actions.append(Note(f"rejoined {self.room}"))
+            resend, self._resend = self._resend, []
+            if resend:
+                plural = "s" if len(resend) != 1 else ""
+                actions.append(Note(f"sending {len(resend)} request{plural} again"))
+            self._queue.extendleft(reversed(resend))    # first, in their old order
+        return actions + self._pump(now)
+
+    def _is_new(self, message: dict[str, Any]) -> bool:
+        """False for a room broadcast already seen; records the seq of a new one."""
+        room, seq = message.get("room"), message.get("seq")
+        if not isinstance(room, str) or not isinstance(seq, int) or isinstance(seq, bool):
+            return True                     # not a room broadcast: replies, whispers...
+        key = p.name_key(room)
+        last = self.last_seq.get(key)
+        if last is not None and seq <= last:
+            return False
+        self.last_seq[key] = seq
+        return True
+
+    def _new_reorder(self) -> ReorderBuffer[dict[str, Any]]:
+        return ReorderBuffer(gap_timeout=self.gap_timeout_s, stats=self.stats)
+
+
