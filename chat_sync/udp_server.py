@@ -20,6 +20,7 @@ A reliable datagram is registered with the timer *before* its first
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import queue
 import selectors
@@ -95,6 +96,7 @@ class UdpServer:
             self._shutdown()
         finally:
             self.timer.stop()
+            log.info("stats %s", json.dumps(self.stats))    # read by the bench's udp scenario
             self.selector.close()
             self.sock.close()
             self._wakeup.close()
