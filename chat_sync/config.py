@@ -159,6 +159,16 @@ class UdpServerConfig:
                              above=0.0, not_above="max_delay")
     shutdown_grace_s: float = setting(2.0, "seconds to wait for acks of the shutdown "
                                       "notice", min=0.0)
+    # Defences (datagrams.py): each on by default.
+    anti_amplification: bool = setting(True, "send an address that has not acked a datagram "
+                                       "at most 3x the bytes it sent (RFC 9000 section 8)")
+    unverified_timeout_s: float = setting(5.0, "forget an address that has not acked its "
+                                          "welcome this long after its first datagram",
+                                          above=0.0)
+    udp_rate_limit_per_s: float = setting(50.0, "datagrams a second one address may send; "
+                                          "more are dropped (0 = no limit)", min=0.0)
+    udp_rate_burst: int = setting(100, "datagrams one address may send at once, after a "
+                                  "pause", min=1)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
