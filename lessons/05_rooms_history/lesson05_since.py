@@ -7,7 +7,7 @@ Two plain socket clients, alice and bob, join ``lobby``. Bob reads up to
 alice's first message, notes its ``seq`` and hangs up. Alice says two more
 things. Bob connects again and joins with ``since`` = the seq he noted: the
 server replays exactly what he missed, marked ``(history)``, and then
-announces his join. Every line bob receives is printed with its seq.
+announces his join. What bob receives is printed with each seq.
 """
 from __future__ import annotations
 
