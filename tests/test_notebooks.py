@@ -41,6 +41,17 @@ EXPECTED = {
         "bob read",
         "stopped",
     ],
+    "03_udp_under_loss.ipynb": [
+        "every message arrived exactly once, in order: True",
+        "  upstream  downstream",                   # the relay's table
+        "duplicate",
+        "sent: sent=",                               # the clients' RetransmitStats
+        "client retransmissions per request: ",
+        "ideal 1/(1-p)^2 - 1 at p = 0.2: 0.5625",
+        "give up      3.00         12.00",           # the fake clock's deadlines
+        "alice exit code 0 | bob exit code 0",
+        "stopped",
+    ],
 }
 
 
