@@ -12,6 +12,11 @@ a datagram (or the time) and return actions for the shell:
 - ``Acked(key)``: the peer acked ``key``; stop retransmitting it.
 - ``Cancel(key)``: the peer was dropped; stop retransmitting ``key`` too.
 - ``Log(room, user, text, ts)``: a room broadcast for the chat log.
+- ``Report(addr, level, text)``: a defence acted on ``addr``; for the log.
+
+The timer decides *when* to retransmit, ``resend`` decides *whether*: the
+shell passes every retransmission through it, because an unverified address
+has a byte budget (below) and retransmissions spend it too.
 
 Rules (the README's UDP section is the spec):
 
@@ -21,13 +26,15 @@ Rules (the README's UDP section is the spec):
   ack was lost must not produce a second broadcast.
 - Every server datagram but an ``ack`` carries ``n``: this peer's stream
   counter, 1, 2, 3 ... with no holes, so the client can tell loss from the
-  gaps that other rooms leave in ``seq``. The client acks ``n``.
+  gaps that other rooms leave in ``seq``. The client acks ``n``. An ack is
+  checked against what was really sent to *that* address: one for an ``n``
+  never sent (or not sent yet) is ``unknown_ack``, one for an ``n`` already
+  acked is ``duplicate_ack``; both are counted and change nothing.
 - A broadcast is encoded once; each member's copy only appends its own ``n``
   to those bytes.
 - Nothing is sent to an address that never sent a valid request: a bad
-  datagram from an unknown address is dropped and counted, so the server
-  cannot be used to bounce errors at a forged address. A known peer gets a
-  typed error for the same mistake.
+  datagram from an unknown address is dropped and counted. A known peer
+  gets a typed error for the same mistake.
 - Every datagram fits ``max_datagram_bytes``: a message or whisper whose
   delivery would not fit is refused with ``datagram_too_large``, and long
   ``rooms``/``who`` lists are cut, saying how many were left out.
@@ -36,23 +43,73 @@ Rules (the README's UDP section is the spec):
   ``client_timeout_s``, or one the retransmit timer gave up on is dropped,
   and its room hears that it left. A ``leave`` ends a UDP session: with no
   connection to close, it is how a client says goodbye.
+
+Defences against forged addresses and floods
+--------------------------------------------
+- **Anti-amplification** (RFC 9000 section 8). A source address can be
+  forged, so an address is *unverified* until it acks a datagram we did
+  send it. Until then it is sent at most ``AMPLIFICATION_FACTOR`` (3) times
+  the bytes received from it, retransmissions included; a datagram that
+  does not fit waits in ``Peer.held``, in ``n`` order, until the budget
+  grows or the address is verified. Its requests wait too, in
+  ``Peer.deferred`` and unacked, so the client keeps retransmitting them
+  and every copy raises the budget; ``ping`` and ``leave``, which touch no
+  room, are applied and acked at once (an ack is never longer than the
+  request it answers). So the first answer to a join is the welcome alone,
+  which fits three times the smallest join (the UDP welcome leaves out
+  ``limits`` for that); the client acks it, and then the join is applied
+  and acked, and the history and the join notice follow, in ``n`` order. A
+  forged address gets at most the welcome, pongs and errors, within 3x,
+  and no room ever hears of it.
+- **Rate limit**: a token bucket per peer (``rate_limit_per_s``,
+  ``rate_burst``). A datagram over the limit is dropped, unacked and
+  unanswered: answering a flood would feed it. A verified peer is told
+  ``rate_limited`` at most once per ``TELL_EVERY_S``. An ack that retires a
+  datagram is free: a busy room makes a client send one per datagram.
+- **Bounded before verification**: unverified peers count toward
+  ``max_clients``; each is forgotten ``unverified_timeout_s`` after its
+  first datagram; and when the table is full, a new address takes the place
+  of the oldest unverified one, so forged addresses cannot lock real
+  clients out. Strangers (no peer) leave no state at all.
+
+Trade-offs, honestly: ``n`` counts from 1, so whoever can forge an address
+can also guess ``n=1`` and "verify" it blind; QUIC closes that hole with
+unguessable connection ids, which this protocol does not have. And a
+forgotten client's keepalive ping is acked at once, so it does not learn
+from it that the server forgot it: it finds out with its next request.
 """
 from __future__ import annotations
 
 import collections
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Union, cast
 
 from . import protocol as p
 from .retransmit import DedupWindow, RetransmitStats
-from .rooms import Broadcast, ChatCore, Output, Reply
+from .rooms import ChatCore, Output, Reply
 
 Address = tuple[str, int]
 Key = tuple[Address, int]        # (peer address, n): one reliable server datagram
 
 MAX_UNACKED = 256                # unacked datagrams one peer may hold before it is dropped
+AMPLIFICATION_FACTOR = 3         # bytes out per byte in, to an unverified address (RFC 9000)
+MAX_DEFERRED = 8                 # requests an unverified address may have waiting
+TELL_EVERY_S = 1.0               # say rate_limited (and log a defence) at most this often
+DEFAULT_RATE_LIMIT_PER_S = 50.0
+DEFAULT_RATE_BURST = 100
+DEFAULT_UNVERIFIED_TIMEOUT_S = 5.0
 _BIG_N = 2**31                   # stands in for n when measuring a datagram's size
 _BIG_SEQ = 2**53
+_AT_ONCE = (p.MessageType.PING, p.MessageType.LEAVE)    # applied before verification
+
+# Every reason ``dropped`` counts, present from the start (zero), so another
+# thread may read the counts while the loop thread adds to them.
+DROP_REASONS = tuple(code.value for code in (
+    p.ErrorCode.BAD_UTF8, p.ErrorCode.BAD_JSON, p.ErrorCode.BAD_MESSAGE,
+    p.ErrorCode.DATAGRAM_TOO_LARGE, p.ErrorCode.SERVER_FULL, p.ErrorCode.RATE_LIMITED)) + (
+    "bad_ack", "unknown_ack", "duplicate_ack", "deferred_full",
+    "not_acking", "unverified_timeout", "unverified_evicted")   # the last three: peers
 
 
 @dataclass(frozen=True)
@@ -80,16 +137,69 @@ class Cancel:
     key: Key
 
 
-Action = Union[Send, Acked, Cancel, Log]
+@dataclass(frozen=True)
+class Report:
+    addr: Address
+    level: int                   # a ``logging`` level
+    text: str
+
+
+Action = Union[Send, Acked, Cancel, Log, Report]
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` kept; ``take`` spends one.
+
+    Refilled lazily, when asked, so an idle peer's bucket costs nothing. (The
+    TCP server's ``guard`` module has the same one; this one came first in
+    the UDP server, and may give way to it.)
+    """
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"need rate > 0 and burst >= 1, got {rate} and {burst}")
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)          # a new peer may start with a burst
+        self.stamp = now
+
+    def take(self, now: float) -> bool:
+        """Spend one token if there is one; False if the bucket is empty."""
+        elapsed = max(0.0, now - self.stamp)    # a clock that steps back earns nothing
+        self.tokens = min(float(self.burst), self.tokens + elapsed * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
 
 
 @dataclass(eq=False)
 class Peer:
     addr: Address
+    first_heard: float
     last_heard: float
     dedup: DedupWindow
+    bucket: TokenBucket | None
+    verified: bool
     next_n: int = 1
     unacked: set[int] = field(default_factory=set)
+    # Until verified (see "Anti-amplification"):
+    bytes_in: int = 0
+    bytes_out: int = 0
+    held: collections.deque[Send] = field(default_factory=collections.deque)
+    deferred: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    welcome: bytes = b""         # n=1 as sent: the answer to a retransmitted request
+    counted: int = 0             # how many of ``held`` are already counted as waiting
+    # Reporting:
+    over_limit: int = 0          # datagrams the bucket dropped since the last report
+    told: dict[str, float] = field(default_factory=dict)   # what -> when last reported
+
+    def first_unsent(self) -> int:
+        """The lowest ``n`` not sent yet: every ``n`` below it has gone out."""
+        return self.held[0].key[1] if self.held and self.held[0].key else self.next_n
 
 
 class UdpChat:
@@ -97,20 +207,98 @@ class UdpChat:
 
     def __init__(self, core: ChatCore, *, max_datagram_bytes: int = p.MAX_DATAGRAM_BYTES,
                  max_clients: int = p.MAX_CLIENTS, client_timeout_s: float = 60.0,
+                 rate_limit_per_s: float = DEFAULT_RATE_LIMIT_PER_S,
+                 rate_burst: int = DEFAULT_RATE_BURST, anti_amplification: bool = True,
+                 unverified_timeout_s: float = DEFAULT_UNVERIFIED_TIMEOUT_S,
                  stats: RetransmitStats | None = None) -> None:
         self.core = core
         self.max_datagram_bytes = max_datagram_bytes
         self.max_clients = max_clients
         self.client_timeout_s = client_timeout_s
+        self.rate_limit_per_s = rate_limit_per_s       # 0: no limit
+        self.rate_burst = rate_burst
+        self.anti_amplification = anti_amplification   # False: every address is trusted
+        self.unverified_timeout_s = unverified_timeout_s
         self.stats = stats if stats is not None else RetransmitStats()
         self.peers: collections.OrderedDict[Address, Peer] = collections.OrderedDict()
-        self.dropped: collections.Counter[str] = collections.Counter()   # reason -> datagrams
-        self._doomed: set[Peer] = set()
+        self.unverified: collections.OrderedDict[Address, Peer] = collections.OrderedDict()
+        self.dropped = collections.Counter({reason: 0 for reason in DROP_REASONS})
+        # What the amplification limit did, all unverified addresses together: bytes
+        # received from and sent to them; datagrams that could not go in the step
+        # that made them (held), timer retransmissions not sent (skipped), held
+        # datagrams never sent because the address was forgotten (discarded).
+        self.amplification = collections.Counter(
+            {"bytes_in": 0, "bytes_out": 0, "held": 0, "skipped": 0, "discarded": 0})
+        self._doomed: set[Peer] = set()       # stopped acking: dropped when the step ends
+        self._touched: set[Peer] = set()      # unverified, with something new to release
 
     # -- datagrams in ------------------------------------------------------------
     def receive(self, addr: Address, data: bytes, now: float, wall: float) -> list[Action]:
         """Handle one datagram from ``addr``. ``now`` is monotonic, ``wall`` stamps messages."""
+        return self._finish(self._receive(addr, data, now, wall), wall)
+
+    def resend(self, key: Key, payload: bytes) -> list[Action]:
+        """The timer wants to retransmit ``key``: a ``Send`` if it may, [] if not.
+
+        Not to a dropped peer or for an acked datagram; to an unverified
+        address only within its budget (a skipped retransmission is counted;
+        the timer tries again later, or gives up).
+        """
+        peer = self.peers.get(key[0])
+        if peer is None or key[1] not in peer.unacked:
+            return []
+        send = Send(peer.addr, payload)
+        if self._fits(peer, send):
+            return self._spend(peer, send)
+        self.amplification["skipped"] += 1
+        return []
+
+    def give_up(self, key: Key, wall: float) -> list[Action]:
+        """The retransmit timer gave up on ``key``: that peer is unreachable."""
+        peer = self.peers.get(key[0])
+        if peer is None or key[1] not in peer.unacked:
+            return []
+        return self._finish(self._drop(peer, wall), wall)
+
+    def expire(self, now: float, wall: float) -> list[Action]:
+        """Drop every peer silent for ``client_timeout_s``, and every address still
+        unverified ``unverified_timeout_s`` after its first datagram."""
+        actions: list[Action] = []
+        while self.unverified:
+            oldest = next(iter(self.unverified.values()))
+            if now - oldest.first_heard < self.unverified_timeout_s:
+                break
+            actions += self._forget_unverified(oldest, "unverified_timeout", wall)
+        while self.peers:
+            quietest = next(iter(self.peers.values()))
+            if now - quietest.last_heard < self.client_timeout_s:
+                break
+            actions += self._drop(quietest, wall)
+        return self._finish(actions, wall)
+
+    def next_expiry(self) -> float | None:
+        """When ``expire`` next has work; None with no peers."""
+        deadlines = []
+        if self.peers:
+            deadlines.append(next(iter(self.peers.values())).last_heard + self.client_timeout_s)
+        if self.unverified:
+            deadlines.append(next(iter(self.unverified.values())).first_heard
+                             + self.unverified_timeout_s)
+        return min(deadlines) if deadlines else None
+
+    def shutdown(self, wall: float) -> list[Action]:
+        """Tell every peer the server is stopping (reliably; within budget if unverified)."""
+        return self._finish(self._perform([self.core.shutdown_notice(wall)]), wall)
+
+    # -- the steps -------------------------------------------------------------------
+    def _receive(self, addr: Address, data: bytes, now: float, wall: float) -> list[Action]:
         peer = self.peers.get(addr)
+        if peer is not None and not peer.verified:
+            peer.bytes_in += len(data)            # every byte in raises the budget
+            self.amplification["bytes_in"] += len(data)
+            self._touched.add(peer)
+        # Decoded before the bucket is asked, so that an ack that retires a
+        # datagram is never charged (decoding is bounded by the size check).
         try:
             if len(data) > self.max_datagram_bytes:
                 raise p.ProtocolError(p.ErrorCode.DATAGRAM_TOO_LARGE,
@@ -118,78 +306,156 @@ class UdpChat:
                                       f"{self.max_datagram_bytes}-byte limit")
             obj = p.decode(data)
             if obj.get("type") == p.MessageType.ACK:
-                return self._ack(peer, obj, now)
+                return self._ack(peer, obj, now, wall)
             rid = _datagram_id(obj)
         except p.ProtocolError as exc:
             if peer is None:
                 self.dropped[exc.code.value] += 1
                 return []
+            if not self._take_token(peer, now):
+                return self._over_limit(peer, now)
             self._heard(peer, now)
             return self._reply(peer, exc.to_message())
+        actions: list[Action] = []
         if peer is None:
             if len(self.peers) >= self.max_clients:
-                self.dropped[p.ErrorCode.SERVER_FULL.value] += 1
-                return [Send(addr, p.encode_datagram(p.error(
-                    p.ErrorCode.SERVER_FULL, f"server full: {self.max_clients} clients", id=rid)))]
-            peer = self._connect(addr, now)
-            actions = [self._send_ack(addr, rid)] + self._perform(self.core.connect(addr))
-        else:
-            actions = [self._send_ack(addr, rid)]
+                if not self.unverified:
+                    return self._server_full(addr, data, rid)
+                oldest = next(iter(self.unverified.values()))
+                actions += self._forget_unverified(oldest, "unverified_evicted", wall)
+            peer = self._connect(addr, len(data), now)
+            actions += self._perform(self.core.connect(addr))     # the welcome
+        elif not self._take_token(peer, now):
+            return self._over_limit(peer, now)
         self._heard(peer, now)
+        if not peer.verified:
+            return actions + self._unverified_request(peer, rid, obj, now, wall)
+        actions.insert(0, self._send_ack(peer, rid))
         if peer.dedup.seen(rid):
             return actions            # acked again, applied once
-        return self._reap(actions + self._request(peer, obj, wall), wall)
+        return actions + self._request(peer, obj, wall)
 
-    def give_up(self, key: Key, wall: float) -> list[Action]:
-        """The retransmit timer gave up on ``key``: that peer is unreachable."""
-        peer = self.peers.get(key[0])
-        if peer is None or key[1] not in peer.unacked:
-            return []
-        return self._reap(self._drop(peer, wall), wall)
-
-    def expire(self, now: float, wall: float) -> list[Action]:
-        """Drop every peer silent for ``client_timeout_s``."""
-        actions: list[Action] = []
-        while self.peers:
-            oldest = next(iter(self.peers.values()))
-            if now - oldest.last_heard < self.client_timeout_s:
-                break
-            actions += self._drop(oldest, wall)
-        return self._reap(actions, wall)
-
-    def next_expiry(self) -> float | None:
-        """When the quietest peer times out; None with no peers."""
-        if not self.peers:
-            return None
-        return next(iter(self.peers.values())).last_heard + self.client_timeout_s
-
-    def shutdown(self, wall: float) -> list[Action]:
-        """Tell every peer the server is stopping (reliably)."""
-        return self._reap(self._perform([self.core.shutdown_notice(wall)]), wall)
-
-    # -- the steps -------------------------------------------------------------------
-    def _connect(self, addr: Address, now: float) -> Peer:
-        peer = Peer(addr, now, DedupWindow(stats=self.stats))
+    def _connect(self, addr: Address, size: int, now: float) -> Peer:
+        bucket = (TokenBucket(self.rate_limit_per_s, self.rate_burst, now)
+                  if self.rate_limit_per_s > 0 else None)
+        peer = Peer(addr, now, now, DedupWindow(stats=self.stats), bucket,
+                    verified=not self.anti_amplification)
+        if bucket is not None:
+            bucket.take(now)                      # the datagram that introduced it
         self.peers[addr] = peer
+        if not peer.verified:
+            peer.bytes_in = size
+            self.amplification["bytes_in"] += size
+            self.unverified[addr] = peer
+            self._touched.add(peer)
         return peer
 
     def _heard(self, peer: Peer, now: float) -> None:
         peer.last_heard = now
         self.peers.move_to_end(peer.addr)      # keeps the dict ordered by silence
 
-    def _ack(self, peer: Peer | None, obj: dict[str, Any], now: float) -> list[Action]:
+    def _take_token(self, peer: Peer, now: float) -> bool:
+        return peer.bucket is None or peer.bucket.take(now)
+
+    def _over_limit(self, peer: Peer, now: float) -> list[Action]:
+        """A datagram the bucket refused: dropped; a verified peer is told, now and then."""
+        self.dropped[p.ErrorCode.RATE_LIMITED.value] += 1
+        peer.over_limit += 1
+        actions = self._report(peer, "rate_limited", now, logging.WARNING,
+                               f"rate limited: {peer.over_limit} datagrams dropped (over "
+                               f"{self.rate_limit_per_s:g}/s, burst {self.rate_burst})")
+        if not actions:
+            return []
+        peer.over_limit = 0
+        if peer.verified:
+            actions += self._reply(peer, p.error(
+                p.ErrorCode.RATE_LIMITED, f"over {self.rate_limit_per_s:g} datagrams a second "
+                f"(burst {self.rate_burst}): some were dropped unanswered"))
+        return actions
+
+    def _server_full(self, addr: Address, data: bytes, rid: int) -> list[Action]:
+        """Refuse a new address, once, unreliably, and never with more bytes than 3x its own."""
+        self.dropped[p.ErrorCode.SERVER_FULL.value] += 1
+        payload = p.encode_datagram(p.error(p.ErrorCode.SERVER_FULL,
+                                            f"server full: {self.max_clients} clients", id=rid))
+        if self.anti_amplification and len(payload) > AMPLIFICATION_FACTOR * len(data):
+            return []
+        return [Send(addr, payload)]
+
+    def _unverified_request(self, peer: Peer, rid: int, obj: dict[str, Any], now: float,
+                            wall: float) -> list[Action]:
+        """A request from an address not verified yet: see "Anti-amplification"."""
+        at_once = obj.get("type") in _AT_ONCE
+        waiting = any(deferred_id == rid for deferred_id, _ in peer.deferred)
+        if not at_once and not waiting and len(peer.deferred) >= MAX_DEFERRED:
+            self.dropped["deferred_full"] += 1    # not marked seen: it may come again
+            return self._report(peer, "deferred_full", now, logging.INFO,
+                                f"{MAX_DEFERRED} requests already wait for verification; "
+                                f"dropped one")
+        if peer.dedup.seen(rid):
+            if waiting:                           # a retransmission: the welcome again
+                return self._rewelcome(peer)
+            return [self._send_ack(peer, rid)]    # a ping or leave, acked again
+        if at_once:
+            return [self._send_ack(peer, rid)] + self._request(peer, obj, wall)
+        peer.deferred.append((rid, obj))          # unacked: the client will send it again
+        return []
+
+    def _rewelcome(self, peer: Peer) -> list[Action]:
+        """Answer a retransmitted request with the welcome again, if it was lost."""
+        if not peer.welcome or 1 not in peer.unacked:
+            return []                             # not sent yet (held), or acked
+        send = Send(peer.addr, peer.welcome)
+        return self._spend(peer, send) if self._fits(peer, send) else []
+
+    def _ack(self, peer: Peer | None, obj: dict[str, Any], now: float,
+             wall: float) -> list[Action]:
         n = obj.get("n")
         if peer is None or isinstance(n, bool) or not isinstance(n, int):
             self.dropped["bad_ack"] += 1
             return []
-        self._heard(peer, now)
-        if n not in peer.unacked:
-            return []                          # a duplicate ack, or for a datagram given up
-        peer.unacked.discard(n)
-        return [Acked((peer.addr, n))]
+        if n in peer.unacked and n < peer.first_unsent():
+            # Retires a datagram: free of the rate limit (a busy room means many).
+            self._heard(peer, now)
+            peer.unacked.discard(n)
+            actions: list[Action] = [Acked((peer.addr, n))]
+            if not peer.verified:
+                actions += self._verify(peer, wall)
+            return actions
+        if not self._take_token(peer, now):
+            return self._over_limit(peer, now)
+        if 0 < n < peer.first_unsent():
+            self.dropped["duplicate_ack"] += 1    # its first ack came; a sign of life
+            self._heard(peer, now)
+            return []
+        self.dropped["unknown_ack"] += 1          # never sent: proves nothing, changes nothing
+        unsent = peer.first_unsent()
+        sent = f"n=1..{unsent - 1} were" if unsent > 1 else "none was"
+        return self._report(peer, "unknown_ack", now, logging.INFO,
+                            f"ignored an ack for n={n}: never sent to it ({sent})")
 
-    def _send_ack(self, addr: Address, rid: int) -> Send:
-        return Send(addr, p.encode_datagram({"type": p.MessageType.ACK.value, "id": rid}))
+    def _verify(self, peer: Peer, wall: float) -> list[Action]:
+        """``peer`` acked a datagram it was sent: release what waited, apply its requests."""
+        peer.verified = True
+        self.unverified.pop(peer.addr, None)
+        self._touched.discard(peer)
+        actions: list[Action] = list(peer.held)   # now unlimited, still in n order
+        peer.held.clear()
+        deferred, peer.deferred = peer.deferred, []
+        for rid, obj in deferred:
+            if peer.addr not in self.peers:
+                break
+            actions.append(self._send_ack(peer, rid))
+            actions += self._request(peer, obj, wall)
+        return actions
+
+    def _send_ack(self, peer: Peer, rid: int) -> Send:
+        """The ack of request ``rid``. Never longer than the request, so it always fits."""
+        ack = Send(peer.addr, p.encode_datagram({"type": p.MessageType.ACK.value, "id": rid}))
+        if not peer.verified:
+            peer.bytes_out += len(ack.payload)
+            self.amplification["bytes_out"] += len(ack.payload)
+        return ack
 
     def _request(self, peer: Peer, obj: dict[str, Any], wall: float) -> list[Action]:
         try:
@@ -226,25 +492,76 @@ class UdpChat:
                                   f"{self.max_datagram_bytes}-byte datagram limit",
                                   field="text", id=request.id)
 
+    def _forget_unverified(self, peer: Peer, reason: str, wall: float) -> list[Action]:
+        self.dropped[reason] += 1
+        report = Report(peer.addr, logging.INFO,
+                        f"forgotten ({reason}): never acked; received {peer.bytes_in} bytes, "
+                        f"sent {peer.bytes_out}, {len(peer.held)} datagrams never sent")
+        return [report] + self._drop(peer, wall)
+
     def _drop(self, peer: Peer, wall: float) -> list[Action]:
         self.peers.pop(peer.addr, None)
+        self.unverified.pop(peer.addr, None)
+        self._touched.discard(peer)
         # Stop retransmitting to a forgotten peer. Should the address come back,
         # its new stream starts again at n=1; old datagrams still being resent
         # would pass for the new ones, and the acks for them would cancel them.
-        cancelled: list[Action] = [Cancel((peer.addr, n)) for n in sorted(peer.unacked)]
+        # Held datagrams never reached the timer: they are only counted.
+        self.amplification["discarded"] += len(peer.held)
+        unsent = peer.first_unsent()
+        cancelled: list[Action] = [Cancel((peer.addr, n)) for n in sorted(peer.unacked)
+                                   if n < unsent]
         peer.unacked.clear()
+        peer.held.clear()
+        peer.deferred.clear()
         return cancelled + self._perform(self.core.disconnect(peer.addr, wall))
 
-    def _reap(self, actions: list[Action], wall: float) -> list[Action]:
-        """Drop the peers that stopped acking; their rooms hear that they left."""
+    def _report(self, peer: Peer, what: str, now: float, level: int,
+                text: str) -> list[Action]:
+        """A ``Report`` about ``peer``, at most once per ``TELL_EVERY_S`` for each ``what``."""
+        last = peer.told.get(what)
+        if last is not None and now - last < TELL_EVERY_S:
+            return []
+        peer.told[what] = now
+        return [Report(peer.addr, level, text)]
+
+    def _finish(self, actions: list[Action], wall: float) -> list[Action]:
+        """End a step: drop the peers that stopped acking (their rooms hear that they
+        left), then send unverified peers what their budgets now allow."""
         while self._doomed:
             peer = self._doomed.pop()
             if peer.addr in self.peers:
                 self.dropped["not_acking"] += 1
                 actions += self._drop(peer, wall)
+        while self._touched:
+            actions += self._release(self._touched.pop())
         return actions
 
     # -- datagrams out ---------------------------------------------------------------
+    def _fits(self, peer: Peer, send: Send) -> bool:
+        return (peer.verified
+                or peer.bytes_out + len(send.payload) <= AMPLIFICATION_FACTOR * peer.bytes_in)
+
+    def _spend(self, peer: Peer, send: Send) -> list[Action]:
+        """Send ``send`` now, counting it against an unverified peer's budget."""
+        if not peer.verified:
+            peer.bytes_out += len(send.payload)
+            self.amplification["bytes_out"] += len(send.payload)
+        return [send]
+
+    def _release(self, peer: Peer) -> list[Action]:
+        """Send the held datagrams of an unverified peer that now fit, in ``n`` order."""
+        actions: list[Action] = []
+        while peer.held and self._fits(peer, peer.held[0]):
+            send = peer.held.popleft()
+            peer.counted = max(0, peer.counted - 1)
+            if send.key is not None and send.key[1] == 1:
+                peer.welcome = send.payload
+            actions += self._spend(peer, send)
+        self.amplification["held"] += len(peer.held) - peer.counted   # newly waiting
+        peer.counted = len(peer.held)
+        return actions
+
     def _perform(self, outputs: list[Output], drop: Peer | None = None) -> list[Action]:
         if drop is not None:
             self.peers.pop(drop.addr, None)
@@ -267,17 +584,27 @@ class UdpChat:
         return actions
 
     def _reply(self, peer: Peer, message: dict[str, Any]) -> list[Action]:
+        if message.get("type") == p.MessageType.WELCOME:
+            # Over UDP the limits that matter are the datagram's, and a refusal
+            # names them; without ``limits`` the welcome fits 3x the smallest join.
+            message = {key: value for key, value in message.items() if key != "limits"}
         return self._stamp(peer, p.encode_datagram(_fit(message, self.max_datagram_bytes)))
 
     def _stamp(self, peer: Peer, body: bytes) -> list[Action]:
-        """Append this peer's next ``n`` to an encoded object; a reliable Send."""
+        """Append this peer's next ``n`` to an encoded object: a reliable Send, or one
+        held until an unverified peer's budget allows it."""
         if len(peer.unacked) >= MAX_UNACKED:
             self._doomed.add(peer)   # dropped once the current step is done
             return []
         n = peer.next_n
         peer.next_n += 1
         peer.unacked.add(n)
-        return [Send(peer.addr, body[:-1] + b',"n":%d}' % n, (peer.addr, n))]
+        send = Send(peer.addr, body[:-1] + b',"n":%d}' % n, (peer.addr, n))
+        if peer.verified:
+            return [send]
+        peer.held.append(send)                    # _release sends it when it fits
+        self._touched.add(peer)
+        return []
 
 
 def _datagram_id(obj: dict[str, Any]) -> int:

@@ -88,6 +88,7 @@ class ErrorCode(enum.StrEnum):
     DATAGRAM_TOO_LARGE = "datagram_too_large"
     SERVER_FULL = "server_full"      # the connection is closed after this one
     SLOW_READER = "slow_reader"      # the connection is closed after this one
+    RATE_LIMITED = "rate_limited"    # not applied; closed after too many in a row
 
 
 class ProtocolError(Exception):

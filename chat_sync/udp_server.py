@@ -8,14 +8,19 @@ Two threads, each with one job:
   It waits in ``select()`` until a datagram arrives, another thread wakes it,
   or the quietest peer's silence deadline passes; it feeds each datagram to
   ``UdpChat.receive`` and performs the actions that come back.
-- The **timer thread** (``retransmit.TimerThread``) resends what peers have
-  not acked, waiting on a ``threading.Condition`` until the earliest
-  deadline. It only calls ``sendto``; when it gives up on a datagram it
-  hands the key to the loop thread (a queue plus the wake-up socketpair),
-  because only the loop thread may touch chat state.
+- The **timer thread** (``retransmit.TimerThread``) decides when to resend
+  what peers have not acked, waiting on a ``threading.Condition`` until the
+  earliest deadline. It touches no chat state: each retransmission, and each
+  datagram it gives up on, is handed to the loop thread (a queue plus the
+  wake-up socketpair). The loop asks ``UdpChat.resend`` whether it may go,
+  because an address not verified yet has a byte budget that
+  retransmissions spend too (``datagrams``: anti-amplification).
 
 A reliable datagram is registered with the timer *before* its first
-``sendto``, so an ack that comes back at once always finds it.
+``sendto``, so an ack that comes back at once always finds it. Defences
+(rate limit, anti-amplification, unverified addresses forgotten) live in
+``UdpChat``; what they do is logged here, with the peer, from its
+``Report`` actions, and counted in ``stats``.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ from typing import Any
 
 from . import config as cfg
 from . import protocol as p
-from .datagrams import Acked, Action, Cancel, Key, Log, Send, UdpChat
+from .datagrams import Acked, Action, Cancel, Key, Log, Report, Send, UdpChat
 from .logs import ChatLog
 from .retransmit import RetransmitQueue, TimerThread
 from .rooms import ChatCore
@@ -60,7 +65,12 @@ class UdpServer:
                                      max_pending=UNACKED_TOTAL)
         self.chat = UdpChat(core, max_datagram_bytes=config.max_datagram_bytes,
                             max_clients=config.max_clients,
-                            client_timeout_s=config.client_timeout_s, stats=retransmit.stats)
+                            client_timeout_s=config.client_timeout_s,
+                            rate_limit_per_s=config.udp_rate_limit_per_s,
+                            rate_burst=config.udp_rate_burst,
+                            anti_amplification=config.anti_amplification,
+                            unverified_timeout_s=config.unverified_timeout_s,
+                            stats=retransmit.stats)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((config.host, config.port))
         self.sock.setblocking(False)
@@ -72,6 +82,7 @@ class UdpServer:
         self.selector.register(self.sock, selectors.EVENT_READ, "socket")
         self.selector.register(self._wakeup.reader, selectors.EVENT_READ, "wakeup")
         self._given_up: queue.SimpleQueue[Key] = queue.SimpleQueue()
+        self._resends: queue.SimpleQueue[tuple[Key, bytes]] = queue.SimpleQueue()
         self.chat_log = (ChatLog(config.log_file, config.log_max_bytes, config.log_backups)
                          if config.log_file else None)
         self._stop = threading.Event()
@@ -79,8 +90,13 @@ class UdpServer:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Retransmit counters plus datagrams dropped, for tests and the bench."""
-        return {**self.timer.stats.as_dict(), "dropped": sum(self.chat.dropped.values())}
+        """Retransmit counters, datagrams dropped (and for being over the rate limit),
+        and the anti-amplification figures (``unverified_*``); for tests and the bench."""
+        dropped = dict(self.chat.dropped)          # every key exists from the start
+        amplification = dict(self.chat.amplification)
+        return {**self.timer.stats.as_dict(), "dropped": sum(dropped.values()),
+                "rate_limited": dropped["rate_limited"],
+                **{f"unverified_{name}": value for name, value in amplification.items()}}
 
     def stop(self) -> None:
         """Ask the loop to shut down; safe from any thread or signal handler."""
@@ -115,6 +131,8 @@ class UdpServer:
                 self._read()
             else:
                 self._wakeup.drain()
+        while not self._resends.empty():
+            self._perform(self.chat.resend(*self._resends.get()))
         while not self._given_up.empty():
             self._perform(self.chat.give_up(self._given_up.get(), time.time()))
         self._perform(self.chat.expire(time.monotonic(), time.time()))
@@ -142,6 +160,8 @@ class UdpServer:
                 self.timer.ack(action.key)
             elif isinstance(action, Cancel):
                 self.timer.cancel(action.key)
+            elif isinstance(action, Report):
+                log.log(action.level, "[%s:%d] %s", action.addr[0], action.addr[1], action.text)
             elif isinstance(action, Log) and self.chat_log is not None:
                 self.chat_log.write(action.ts, action.room, action.user, action.text)
 
@@ -156,7 +176,8 @@ class UdpServer:
 
     # -- the timer thread's callbacks ------------------------------------------------
     def _transmit(self, key: Any, payload: bytes) -> None:
-        self._sendto(payload, key[0])
+        self._resends.put((key, payload))       # the loop thread decides and sends
+        self._wakeup.wake()
 
     def _on_give_up(self, key: Any, payload: bytes) -> None:
         self._given_up.put(key)

@@ -2,7 +2,9 @@
 
 Each test plays one or more peers (plain addresses) against one ``UdpChat``
 and a fake clock: it feeds datagrams with ``Net.send`` and reads what the
-server would put on the wire from the returned actions.
+server would put on the wire from the returned actions. ``Net.join`` also
+acks the welcome, as a real client does, so that the address is verified;
+the defences' own tests, at the end, play forged addresses that never do.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from typing import Any
 import pytest
 
 from chat_sync import protocol as p
-from chat_sync.datagrams import (MAX_UNACKED, Acked, Action, Address, Cancel, Log, Send,
+from chat_sync.datagrams import (AMPLIFICATION_FACTOR, MAX_DEFERRED, MAX_UNACKED, Acked,
+                                 Action, Address, Cancel, Log, Report, Send, TokenBucket,
                                  UdpChat)
 from chat_sync.rooms import ChatCore
 
@@ -44,14 +47,27 @@ class Net:
         return self.send_raw(addr, json.dumps(fields).encode("utf-8"))
 
     def join(self, addr: Address, user: str, room: str = "lobby") -> list[Action]:
-        return self.send(addr, type="join", room=room, user=user)
+        """A join, then (from a new address) the ack of its welcome; every action of both."""
+        actions = self.send(addr, type="join", room=room, user=user)
+        return actions + self.verify(addr, actions)
+
+    def verify(self, addr: Address, actions: list[Action]) -> list[Action]:
+        """Ack the welcome among ``actions`` if ``addr`` is not verified yet."""
+        peer = self.chat.peers.get(addr)
+        if peer is None or peer.verified or (addr, 1) not in keys(addr, actions):
+            return []
+        return self.ack(addr, 1)
+
+    def ack(self, addr: Address, n: int) -> list[Action]:
+        return self.send_raw(addr, b'{"type":"ack","n":%d}' % n)
 
     def ack_all(self, addr: Address, actions: list[Action]) -> list[Action]:
-        """Ack every reliable datagram ``actions`` sent to ``addr``; returns what that did."""
+        """Ack every reliable datagram ``actions`` sent to ``addr`` that is still unacked."""
         result: list[Action] = []
-        for action in actions:
-            if isinstance(action, Send) and action.addr == addr and action.key is not None:
-                result += self.send_raw(addr, b'{"type":"ack","n":%d}' % action.key[1])
+        for key in keys(addr, actions):
+            peer = self.chat.peers.get(addr)
+            if peer is not None and key[1] in peer.unacked:
+                result += self.ack(addr, key[1])
         return result
 
 
@@ -62,6 +78,14 @@ def to(addr: Address, actions: list[Action]) -> list[dict[str, Any]]:
 
 def reliable(addr: Address, actions: list[Action]) -> list[Send]:
     return [a for a in actions if isinstance(a, Send) and a.addr == addr and a.key is not None]
+
+
+def keys(addr: Address, actions: list[Action]) -> list[tuple[Address, int]]:
+    return [a.key for a in reliable(addr, actions) if a.key is not None]
+
+
+def sent_bytes(addr: Address, actions: list[Action]) -> int:
+    return sum(len(a.payload) for a in actions if isinstance(a, Send) and a.addr == addr)
 
 
 def of_type(kind: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -80,10 +104,11 @@ def joined_pair(**options: Any) -> Net:
 @pytest.mark.timeout(10)
 def test_every_datagram_with_an_id_is_acked_first_and_a_duplicate_again() -> None:
     net = Net()
-    actions = net.join(ALICE, "alice")
+    net.join(ALICE, "alice")
+    actions = net.send(ALICE, type="who", id=2)
     first = actions[0]
     assert isinstance(first, Send) and first.key is None
-    assert p.decode(first.payload) == {"type": "ack", "id": 1}
+    assert p.decode(first.payload) == {"type": "ack", "id": 2}
     again = net.send(ALICE, type="join", room="lobby", user="alice", id=1)
     assert [p.decode(a.payload) for a in again if isinstance(a, Send)] == [
         {"type": "ack", "id": 1}]
@@ -159,14 +184,16 @@ def test_a_broadcast_is_encoded_once_and_only_n_differs() -> None:
 def test_acks_of_n_cancel_retransmission_once() -> None:
     net = Net()
     actions = net.join(ALICE, "alice")
-    keys = [a.key for a in reliable(ALICE, actions)]
-    assert keys == [(ALICE, 1), (ALICE, 2)]          # welcome, own join notice
-    assert net.send_raw(ALICE, b'{"type":"ack","n":2}') == [Acked((ALICE, 2))]
-    assert net.send_raw(ALICE, b'{"type":"ack","n":2}') == []      # a duplicate ack
-    assert net.send_raw(ALICE, b'{"type":"ack","n":99}') == []     # never sent
+    assert keys(ALICE, actions) == [(ALICE, 1), (ALICE, 2)]     # welcome, own join notice
+    assert Acked((ALICE, 1)) in actions                         # the welcome, acked by join()
+    assert net.ack(ALICE, 2) == [Acked((ALICE, 2))]
+    assert net.ack(ALICE, 2) == []                              # a duplicate ack
+    assert net.ack(ALICE, 99) == [Report(ALICE, 20, "ignored an ack for n=99: never sent "
+                                                    "to it (n=1..2 were)")]
     assert net.send_raw(ALICE, b'{"type":"ack","n":"1"}') == []
-    assert net.chat.dropped["bad_ack"] == 1
-    assert net.chat.peers[ALICE].unacked == {1}
+    assert (net.chat.dropped["bad_ack"], net.chat.dropped["duplicate_ack"],
+            net.chat.dropped["unknown_ack"]) == (1, 1, 1)
+    assert net.chat.peers[ALICE].unacked == set()
 
 
 # -- Bad datagrams ------------------------------------------------------------------------
@@ -281,11 +308,28 @@ def test_long_who_and_rooms_lists_are_cut_and_say_how_many_more() -> None:
 @pytest.mark.timeout(10)
 def test_the_first_datagram_creates_presence_with_a_welcome_n1() -> None:
     net = Net()
+    [welcome] = to(ALICE, net.send(ALICE, type="join", room="lobby", user="alice"))
+    assert welcome["type"] == "welcome" and welcome["n"] == 1 and "limits" not in welcome
+    assert ALICE in net.chat.peers and not net.chat.peers[ALICE].verified
+    # A request too small to pay for the welcome (3 x 26 bytes < 103) gets nothing,
+    # not even its ack, so the client sends it again, and the copy pays.
+    rooms = json.dumps({"type": "rooms", "id": 1}).encode()
+    assert net.send_raw(BOB, rooms) == []
+    [welcome] = to(BOB, net.send_raw(BOB, rooms))
+    assert welcome["type"] == "welcome" and welcome["n"] == 1
+    messages = to(BOB, net.ack(BOB, 1))                     # verified: the request is applied
+    assert messages[0] == {"type": "ack", "id": 1}
+    assert messages[1]["type"] == "rooms" and messages[1]["n"] == 2
+
+
+@pytest.mark.timeout(10)
+def test_with_anti_amplification_off_every_address_is_answered_at_once() -> None:
+    net = Net(anti_amplification=False)
     messages = to(ALICE, net.send(ALICE, type="rooms"))
     assert messages[0] == {"type": "ack", "id": 1}
     assert messages[1]["type"] == "welcome" and messages[1]["n"] == 1
     assert messages[2]["type"] == "rooms" and messages[2]["n"] == 2
-    assert ALICE in net.chat.peers
+    assert net.chat.peers[ALICE].verified and not net.chat.unverified
 
 
 @pytest.mark.timeout(10)
@@ -360,7 +404,7 @@ def test_a_dropped_peers_retransmissions_are_cancelled() -> None:
     # The address comes back: a new stream from n=1, untouched by old acks.
     back = net.join(ALICE, "alice")
     assert of_type("welcome", to(ALICE, back))[0]["n"] == 1
-    assert net.send_raw(ALICE, b'{"type":"ack","n":1}') == [Acked((ALICE, 1))]
+    assert Acked((ALICE, 1)) in back
 
 
 @pytest.mark.timeout(10)
@@ -370,11 +414,13 @@ def test_leave_ends_the_session_and_the_address_is_forgotten() -> None:
     assert to(ALICE, actions) == [{"type": "ack", "id": 2}]     # nothing reliable to alice
     assert [(m["event"], m["user"]) for m in to(BOB, actions)] == [("leave", "alice")]
     assert ALICE not in net.chat.peers and ALICE not in net.chat.core.members
-    # Its ack was lost: the retransmitted leave opens a new session and ends it at once.
+    # Its ack was lost: the retransmitted leave opens a new session and ends it at
+    # once. The address is not verified, so its welcome never went: only the ack.
     again = net.send(ALICE, type="leave", id=2)
-    assert [m["type"] for m in to(ALICE, again)] == ["ack", "welcome"]
-    assert [a.key for a in again if isinstance(a, Cancel)] == [(ALICE, 1)]
+    assert to(ALICE, again) == [{"type": "ack", "id": 2}]
+    assert [a for a in again if isinstance(a, Cancel)] == []
     assert ALICE not in net.chat.peers and to(BOB, again) == []
+    assert net.chat.amplification["discarded"] == 1
 
 
 @pytest.mark.timeout(10)
@@ -387,7 +433,7 @@ def test_leave_outside_a_room_also_ends_the_session() -> None:
     assert to(BOB, actions) == [{"type": "ack", "id": 2}]
     assert BOB not in net.chat.peers and to(ALICE, actions) == []
     cancelled = {a.key for a in actions if isinstance(a, Cancel)}
-    assert cancelled == {(BOB, 1), (BOB, 2)}                   # welcome and the error
+    assert cancelled == {(BOB, 2)}                  # the error; join() acked the welcome
 
 
 @pytest.mark.timeout(10)
@@ -397,6 +443,7 @@ def test_a_peer_that_never_acks_is_dropped_at_max_unacked() -> None:
     deaf = len(net.chat.peers[ALICE].unacked)
     left: list[dict[str, Any]] = []
     for i in range(MAX_UNACKED - deaf + 1):
+        net.now += 1 / 50                           # the default rate limit, 50 a second
         actions = net.send(BOB, type="message", text=f"m{i}")
         net.ack_all(BOB, actions)
         net.ack_all(CAROL, actions)
@@ -417,3 +464,276 @@ def test_shutdown_tells_every_peer_reliably() -> None:
         [notice] = to(addr, actions)
         assert notice["event"] == "shutdown"
         assert reliable(addr, actions)
+
+
+# -- Defences: anti-amplification ------------------------------------------------------------
+
+FORGED: Address = ("192.0.2.66", 5353)       # a victim's address, forged by someone else
+JOIN = json.dumps({"type": "join", "room": "lobby", "user": "mallory", "id": 1}).encode()
+
+
+def chatty_pair(messages: int) -> Net:
+    """alice and bob in lobby, verified, after ``messages`` chat messages (all acked)."""
+    net = joined_pair()
+    for i in range(messages):
+        net.now += 0.1
+        actions = net.send(ALICE, type="message", text=f"history {i}")
+        net.ack_all(ALICE, actions)
+        net.ack_all(BOB, actions)
+    return net
+
+
+@pytest.mark.timeout(10)
+def test_a_forged_join_that_is_never_acked_gets_at_most_three_times_its_bytes() -> None:
+    net = chatty_pair(20)
+    before = net.chat.amplification.copy()          # alice's and bob's handshakes
+    received = sent = 0
+    everything: list[Action] = []
+    for copy in range(4):           # the forger sends the join again now and then
+        received += len(JOIN)
+        actions = net.send_raw(FORGED, JOIN)
+        for key in keys(FORGED, actions):      # the timer's retransmissions, all refused
+            payload = next(a.payload for a in reliable(FORGED, actions) if a.key == key)
+            for _ in range(6):
+                actions += net.chat.resend(key, payload)
+        everything += actions
+        sent += sent_bytes(FORGED, actions)
+        assert sent <= AMPLIFICATION_FACTOR * received, (copy, sent, received)
+        net.now += 0.5
+    # What it got: the welcome (n=1) for each copy, nothing else. No ack, no history:
+    # the join waits, unapplied, for an ack that never comes.
+    assert [m["type"] for m in to(FORGED, everything)] == ["welcome"] * 4
+    assert {m["n"] for m in to(FORGED, everything)} == {1}
+    welcome = len(reliable(FORGED, everything)[0].payload)
+    assert (len(JOIN), welcome) == (61, 104)        # 1.7x, and 3x would be 183
+    assert (received, sent) == (4 * len(JOIN), 4 * welcome)
+    peer = net.chat.peers[FORGED]
+    assert (peer.bytes_in, peer.bytes_out) == (received, sent)
+    assert net.chat.amplification - before == {"bytes_in": received, "bytes_out": sent,
+                                               "skipped": 6}
+    # The room never heard of mallory, and the name is still free.
+    assert to(ALICE, everything) == [] and to(BOB, everything) == []
+    assert "mallory" not in net.chat.core._names
+    # Forgotten unverified_timeout_s (5 s) after its first datagram.
+    assert net.chat.next_expiry() == pytest.approx(net.now - 4 * 0.5 + 5.0)
+    net.now += 3.0
+    [report] = [a for a in net.chat.expire(net.now, WALL) if isinstance(a, Report)]
+    assert report == Report(FORGED, 20, "forgotten (unverified_timeout): never acked; "
+                                        "received 244 bytes, sent 416, 0 datagrams never sent")
+    assert FORGED not in net.chat.peers and net.chat.dropped["unverified_timeout"] == 1
+
+
+@pytest.mark.timeout(10)
+def test_once_the_welcome_is_acked_the_history_flows_in_n_order() -> None:
+    net = chatty_pair(20)
+    [welcome] = to(CAROL, net.send(CAROL, type="join", room="lobby", user="carol"))
+    assert welcome["type"] == "welcome"
+    actions = net.ack(CAROL, 1)
+    messages = to(CAROL, actions)
+    assert messages[0] == {"type": "ack", "id": 1}
+    history = [m for m in messages if m.get("history")]
+    assert [m["text"] for m in history] == [f"history {i}" for i in range(20)]
+    assert [m["n"] for m in messages[1:]] == list(range(2, 23))      # 20 + the join notice
+    assert messages[-1]["event"] == "join" and messages[-1]["id"] == 1
+    assert sent_bytes(CAROL, actions) > AMPLIFICATION_FACTOR * len(JOIN)   # no limit now
+    [notice] = to(ALICE, actions)                       # only now does the room hear of carol
+    assert notice["event"] == "join" and notice["user"] == "carol"
+
+
+@pytest.mark.timeout(10)
+def test_held_datagrams_wait_for_the_budget_and_go_in_n_order() -> None:
+    net = Net()
+    ping = b'{"type":"ping","id":1}'                     # 22 bytes: 66 of budget
+    actions = net.send_raw(FORGED, ping)
+    assert to(FORGED, actions) == [{"type": "ack", "id": 1}]   # a ping is acked at once
+    peer = net.chat.peers[FORGED]
+    assert [(send.key, len(send.payload)) for send in peer.held] == [
+        ((FORGED, 1), 103), ((FORGED, 2), 28)]              # the welcome and the pong wait
+    assert net.chat.amplification["held"] == 2 and peer.bytes_out == 21
+    # An ack of a datagram not sent yet proves nothing; its 20 bytes count, though:
+    # 3 x 42 - 21 leaves 105, room for the welcome (103), not for the pong after it.
+    actions = net.ack(FORGED, 1)
+    assert actions[0] == Report(FORGED, 20, "ignored an ack for n=1: never sent to it "
+                                            "(none was)")
+    assert [m["type"] for m in to(FORGED, actions)] == ["welcome"]
+    assert not peer.verified and net.chat.dropped["unknown_ack"] == 1
+    # Garbage counts too; the pong goes, and the error about the garbage waits.
+    actions = net.send_raw(FORGED, b" " * 30)
+    assert [(m["type"], m["n"]) for m in to(FORGED, actions)] == [("pong", 2)]
+    assert [send.key for send in peer.held] == [(FORGED, 3)]
+    assert (peer.bytes_in, peer.bytes_out) == (72, 152)     # 152 <= 3 x 72
+    verified = net.ack(FORGED, 2)                           # an n it was sent: verified
+    assert [(m["type"], m["n"]) for m in to(FORGED, verified)] == [("error", 3)]
+    assert peer.verified and not peer.held and FORGED not in net.chat.unverified
+
+
+@pytest.mark.timeout(10)
+def test_a_retransmitted_request_pays_for_a_welcome_too_big_for_the_first() -> None:
+    net = Net()
+    who = b'{"type":"who","id":5}'                    # 21 bytes: a client the server forgot
+    # The welcome is 103 bytes. Copy 1: 63 of budget, nothing, not even the ack.
+    # Copy 2: 126, the welcome. Copy 3: 189 - 103, too little for a second welcome
+    # (the first may have been lost). Copy 4: 252 - 103, the welcome again.
+    answers = [[m["type"] for m in to(ALICE, net.send_raw(ALICE, who))] for _ in range(4)]
+    assert answers == [[], ["welcome"], [], ["welcome"]]
+    messages = to(ALICE, net.ack(ALICE, 1))
+    assert messages == [{"type": "ack", "id": 5},
+                        {"type": "error", "code": "not_joined", "text": messages[1]["text"],
+                         "id": 5, "n": 2}]
+
+
+@pytest.mark.timeout(10)
+def test_an_unverified_address_has_at_most_max_deferred_requests_waiting() -> None:
+    net = Net()
+    for rid in range(1, MAX_DEFERRED + 5):
+        net.send_raw(FORGED, json.dumps({"type": "who", "id": rid}).encode())
+    peer = net.chat.peers[FORGED]
+    assert [rid for rid, _ in peer.deferred] == list(range(1, MAX_DEFERRED + 1))
+    assert net.chat.dropped["deferred_full"] == 4
+    # A dropped one was not marked seen: once verified, its retransmission is applied.
+    applied = net.ack(FORGED, 1)
+    assert [m["id"] for m in of_type("ack", to(FORGED, applied))] == list(
+        range(1, MAX_DEFERRED + 1))
+    late = net.send_raw(FORGED, json.dumps({"type": "who", "id": MAX_DEFERRED + 1}).encode())
+    assert [m["type"] for m in to(FORGED, late)] == ["ack", "error"]
+
+
+@pytest.mark.timeout(10)
+def test_server_full_is_never_more_than_three_times_the_request() -> None:
+    net = Net(max_clients=1)
+    net.join(ALICE, "alice")
+    assert to(BOB, net.send_raw(BOB, b'{"type":"ping","id":1}')) == []   # 22 x 3 < 73
+    [full] = to(BOB, net.join(BOB, "bob"))
+    assert full["code"] == "server_full"
+    assert net.chat.dropped["server_full"] == 2
+
+
+# -- Defences: acks that match nothing -----------------------------------------------------
+
+@pytest.mark.timeout(10)
+def test_an_ack_for_an_n_never_sent_or_for_another_address_changes_nothing() -> None:
+    net = joined_pair()
+    for _ in range(3):
+        net.send(ALICE, type="who")                   # replies only alice gets, unacked
+    alice, bob = net.chat.peers[ALICE], net.chat.peers[BOB]
+    before = (set(alice.unacked), set(bob.unacked), alice.last_heard, bob.last_heard)
+    assert max(alice.unacked) >= bob.next_n           # an n alice has and bob was never sent
+    net.now += 1.0
+    reports = []
+    for n in (max(alice.unacked), bob.next_n + 5, 0, -1, 2**60):
+        reports += net.ack(BOB, n)
+    assert reports == [Report(BOB, 20, f"ignored an ack for n={max(alice.unacked)}: never "
+                                       f"sent to it (n=1..{bob.next_n - 1} were)")]
+    assert (alice.unacked, bob.unacked, alice.last_heard, bob.last_heard) == before
+    assert net.chat.dropped["unknown_ack"] == 5
+    reports = [a for a in net.ack(BOB, 99) if isinstance(a, Report)]
+    assert reports == []                              # reported at most once a second
+    net.now += 1.0
+    assert [a.addr for a in net.ack(BOB, 99) if isinstance(a, Report)] == [BOB]
+
+
+# -- Defences: rate limit -------------------------------------------------------------------
+
+@pytest.mark.timeout(10)
+def test_over_the_rate_limit_datagrams_are_dropped_and_a_peer_told_once_a_second() -> None:
+    net = joined_pair(rate_limit_per_s=50.0, rate_burst=100)
+
+    def pings(count: int) -> tuple[int, list[str], list[str]]:
+        """``count`` pings from alice at once: (pongs, error codes, reports)."""
+        pongs, errors, reports = 0, [], []
+        for _ in range(count):
+            actions = net.send(ALICE, type="ping")
+            pongs += len(of_type("pong", to(ALICE, actions)))
+            errors += [m["code"] for m in of_type("error", to(ALICE, actions))]
+            reports += [a.text for a in actions if isinstance(a, Report)]
+            acked = net.ack_all(ALICE, actions)     # an ack that retires a datagram is free
+            assert len(acked) == len(reliable(ALICE, actions))
+        return pongs, errors, reports
+
+    # The bucket holds 100; the join took one. No ack for the dropped ones either.
+    assert pings(150) == (99, ["rate_limited"], [
+        "rate limited: 1 datagrams dropped (over 50/s, burst 100)"])
+    assert net.chat.dropped["rate_limited"] == 51
+    net.now += 0.5                                   # 25 tokens back; told 0.5 s ago
+    assert pings(30) == (25, [], [])
+    net.now += 0.5                                   # a second since alice was told
+    assert pings(30) == (25, ["rate_limited"], [
+        "rate limited: 56 datagrams dropped (over 50/s, burst 100)"])
+    assert net.chat.dropped["rate_limited"] == 61
+    assert of_type("pong", to(BOB, net.send(BOB, type="ping")))   # bob has his own bucket
+
+
+@pytest.mark.timeout(10)
+def test_a_flood_from_an_unverified_address_is_dropped_without_a_word() -> None:
+    net = Net()
+    sent: list[Action] = []
+    for rid in range(1, 301):
+        sent += net.send_raw(FORGED, json.dumps({"type": "ping", "id": rid}).encode())
+    assert len(of_type("ack", to(FORGED, sent))) == 100        # the burst
+    assert not of_type("error", to(FORGED, sent))              # never told: not verified
+    assert net.chat.dropped["rate_limited"] == 200
+    assert [a.text for a in sent if isinstance(a, Report)] == [
+        "rate limited: 1 datagrams dropped (over 50/s, burst 100)"]
+    assert sent_bytes(FORGED, sent) <= AMPLIFICATION_FACTOR * net.chat.peers[FORGED].bytes_in
+
+
+@pytest.mark.timeout(10)
+def test_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
+    bucket = TokenBucket(rate=10.0, burst=3, now=0.0)
+    assert [bucket.take(0.0) for _ in range(4)] == [True, True, True, False]
+    assert bucket.take(0.05) is False               # half a token
+    assert bucket.take(0.1) is True                 # one
+    assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]   # burst: 3
+    assert bucket.take(99.0) is False               # a clock that steps back earns nothing
+    with pytest.raises(ValueError):
+        TokenBucket(rate=0.0, burst=3, now=0.0)
+
+
+@pytest.mark.timeout(10)
+def test_the_rate_limit_can_be_turned_off() -> None:
+    net = joined_pair(rate_limit_per_s=0.0)
+    for _ in range(500):
+        actions = net.send(ALICE, type="ping")
+        assert of_type("pong", to(ALICE, actions))
+        net.ack_all(ALICE, actions)
+    assert net.chat.dropped["rate_limited"] == 0
+
+
+# -- Defences: bounded state before verification ---------------------------------------------
+
+@pytest.mark.timeout(10)
+def test_unverified_addresses_count_toward_max_clients_and_give_way_to_new_ones() -> None:
+    net = Net(max_clients=4)
+    net.join(ALICE, "alice")
+    net.join(BOB, "bob")
+    forged = [("198.51.100.7", port) for port in range(1000, 1100)]
+    for addr in forged:                               # 100 forged joins, never acked
+        net.send_raw(addr, JOIN)
+        assert len(net.chat.peers) <= 4
+    assert list(net.chat.unverified) == forged[-2:]   # the newest two hold the free places
+    assert net.chat.dropped["unverified_evicted"] == 98
+    assert ALICE in net.chat.peers and BOB in net.chat.peers     # never evicted
+    net.join(CAROL, "carol")                          # a real client still gets in
+    assert net.chat.peers[CAROL].verified and len(net.chat.peers) == 4
+    net.join(STRANGER, "dave")
+    assert not net.chat.unverified and len(net.chat.peers) == 4
+    [full] = to(("203.0.113.1", 1), net.send_raw(("203.0.113.1", 1), JOIN))
+    assert full["code"] == "server_full"             # four verified: now it is full
+
+
+@pytest.mark.timeout(10)
+def test_an_unverified_address_is_forgotten_after_unverified_timeout_s() -> None:
+    net = Net(unverified_timeout_s=2.0, client_timeout_s=60.0)
+    net.send_raw(FORGED, b'{"type":"ping","id":1}')
+    for _ in range(10):                               # talking does not keep it
+        net.now += 0.19
+        net.send_raw(FORGED, b" ")
+    assert net.chat.next_expiry() == pytest.approx(100.0 + 2.0)
+    assert net.chat.expire(101.99, WALL) == []
+    actions = net.chat.expire(102.0, WALL)
+    assert FORGED not in net.chat.peers and not net.chat.unverified
+    [report] = [a for a in actions if isinstance(a, Report)]
+    assert "never acked" in report.text and report.addr == FORGED
+    held = int(report.text.split(", ")[-1].split()[0])
+    assert net.chat.amplification["discarded"] == held == 12   # welcome, pong, 10 errors
+    assert not [a for a in actions if isinstance(a, Cancel)]   # they never reached the timer
