@@ -54,12 +54,21 @@ from .protocol import (
     DEFAULT_TCP_PORT,
     DEFAULT_UDP_PORT,
     HISTORY_SIZE,
+    JOIN_TIMEOUT_S,
     MAX_CLIENTS,
+    MAX_CLIENTS_PER_IP,
     MAX_DATAGRAM_BYTES,
     MAX_LINE_BYTES,
     MAX_ROOMS,
     MAX_SEND_BUFFER_BYTES,
     MAX_TEXT_CHARS,
+    PARTIAL_LINE_TIMEOUT_S,
+    RATE_ABUSE_LIMIT,
+    RATE_BURST,
+    RATE_LIMIT_PER_S,
+    SEND_BUFFER_SOFT_BYTES,
+    SLOW_READER_GRACE_S,
+    TLS_HANDSHAKE_TIMEOUT_S,
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -108,8 +117,30 @@ class TcpServerConfig:
     max_text_chars: int = setting(MAX_TEXT_CHARS, "longest message text", min=1)
     max_send_buffer_bytes: int = setting(MAX_SEND_BUFFER_BYTES, "unsent bytes held for "
                                          "one client before it is dropped as slow", min=1)
+    send_buffer_soft_bytes: int = setting(SEND_BUFFER_SOFT_BYTES, "unsent bytes a client may "
+                                          "hold for slow_reader_grace_s (at or above "
+                                          "max_send_buffer_bytes: no soft limit)", min=1)
+    slow_reader_grace_s: float = setting(SLOW_READER_GRACE_S, "seconds a client may stay "
+                                         "over send_buffer_soft_bytes", min=0.0)
     max_clients: int = setting(MAX_CLIENTS, "connected clients at most", min=1)
+    max_clients_per_ip: int = setting(MAX_CLIENTS_PER_IP, "connected clients from one "
+                                      "address at most (0 = no limit)", min=0)
     max_rooms: int = setting(MAX_ROOMS, "rooms at most", min=1)
+    rate_limit_per_s: float = setting(RATE_LIMIT_PER_S, "requests a second one client may "
+                                      "send, sustained (0 = no limit)", min=0.0)
+    rate_burst: int = setting(RATE_BURST, "requests one client may send at once", min=1)
+    rate_abuse_limit: int = setting(RATE_ABUSE_LIMIT, "refused requests in a row (the "
+                                    "bucket never full again) before a client is cut off",
+                                    min=1)
+    join_timeout_s: float = setting(JOIN_TIMEOUT_S, "seconds a connection may take to join "
+                                    "(0 = no limit)", min=0.0)
+    partial_line_timeout_s: float = setting(PARTIAL_LINE_TIMEOUT_S, "seconds a line may stay "
+                                            "unfinished (0 = no limit)", min=0.0)
+    tls_cert: str | None = setting(None, "TLS certificate chain, PEM (set = TLS on; "
+                                   "unset = plain TCP)")
+    tls_key: str | None = setting(None, "TLS private key, PEM (unset = in the tls_cert file)")
+    tls_handshake_timeout_s: float = setting(TLS_HANDSHAKE_TIMEOUT_S, "seconds a TLS "
+                                             "handshake may take", above=0.0)
     shutdown_grace_s: float = setting(2.0, "seconds to flush output on shutdown", min=0.0)
 
 

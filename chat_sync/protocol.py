@@ -48,6 +48,17 @@ MAX_SEND_BUFFER_BYTES = 1024 * 1024 # unsent bytes held for one TCP client
 MAX_CLIENTS = 1000
 MAX_ROOMS = 1000
 
+# -- Defaults of the TCP server's per-connection limits (see ``guard``) -------
+RATE_LIMIT_PER_S = 20.0             # requests a second, sustained
+RATE_BURST = 40                     # ... and at once, after a pause
+RATE_ABUSE_LIMIT = 100              # refusals in a row before the connection is cut
+SEND_BUFFER_SOFT_BYTES = 256 * 1024 # unsent bytes a client may hold for a while
+SLOW_READER_GRACE_S = 10.0          # ... this long
+JOIN_TIMEOUT_S = 30.0               # from connect (or TLS handshake) to join
+PARTIAL_LINE_TIMEOUT_S = 30.0       # an unfinished line, at most
+MAX_CLIENTS_PER_IP = 32
+TLS_HANDSHAKE_TIMEOUT_S = 5.0
+
 
 class MessageType(enum.StrEnum):
     """Every ``type`` value on the wire, both directions."""
@@ -89,6 +100,9 @@ class ErrorCode(enum.StrEnum):
     SERVER_FULL = "server_full"      # the connection is closed after this one
     SLOW_READER = "slow_reader"      # the connection is closed after this one
     RATE_LIMITED = "rate_limited"    # not applied; closed after too many in a row
+    TIMEOUT = "timeout"              # no join, or a line left unfinished; closed after this one
+    TOO_MANY_CONNECTIONS = "too_many_connections"  # from one address; closed after this one
+    TLS_REQUIRED = "tls_required"    # plain text on a TLS port; closed after this one
 
 
 class ProtocolError(Exception):
@@ -279,6 +293,17 @@ def check_name(value: object, field: str, limit: int, rid: RequestId = None) -> 
         if not (char.isalnum() or char in "_-"):
             raise _bad(field, f"may hold only letters, digits, '_' and '-', not {char!r}", rid)
     return name
+
+
+def peek_id(data: bytes) -> RequestId:
+    """The ``id`` of a line that will not be handled (to answer it), or None.
+
+    Never raises: a line too broken to read has no id worth echoing.
+    """
+    try:
+        return _request_id(decode(data))
+    except ProtocolError:
+        return None
 
 
 def name_key(name: str) -> str:

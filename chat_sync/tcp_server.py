@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 Every socket is non-blocking and registered with one selector; the state
-of a connection (its ``LineBuffer``, its output ``bytearray``) rides on
-``SelectorKey.data``. Each turn of the loop has three steps:
+of a connection (its ``LineBuffer``, its output queue, its ``Guard``) rides
+on ``SelectorKey.data``. Each turn of the loop has three steps:
 
 1. **read**: ``select()`` says which sockets are ready; each readable one
    gets one ``recv``, its ``LineBuffer`` yields complete lines.
@@ -19,13 +19,29 @@ of a connection (its ``LineBuffer``, its output ``bytearray``) rides on
    socket is never registered for writing with nothing to write: that would
    wake the loop for nothing, forever.
 
+A connection goes through the phases of ``Phase``: TLS ones start in
+``HELLO`` and ``HANDSHAKE`` (see ``tls``), plain ones start ``OPEN``; only an
+open connection's lines are handled. ``CLOSING`` sends its last output (an
+error, or the replies a half-closed peer still waits for) and ``LINGER``
+drains its input after our side is shut, so the peer reads the error
+instead of a reset. ``_doom`` marks a connection to be closed at the end of
+the step, never in the middle of a broadcast.
+
 Bounds: a line longer than ``max_line_bytes`` is answered with
-``line_too_long`` and the connection closed; a client whose unsent output
-exceeds ``max_send_buffer_bytes`` (it stopped reading) is disconnected, so
-nobody else waits for it; a connection beyond ``max_clients`` gets
-``server_full``. Closing after an error is done gently: the error is sent,
-the write side shut, and input discarded for a moment, so the peer reads
-the error instead of a reset.
+``line_too_long`` and the connection closed; beyond ``max_clients``, or
+``max_clients_per_ip`` from one address, a new connection gets
+``server_full`` or ``too_many_connections``. The per-connection rules (a
+request rate, the slow-reader limits, join and unfinished-line timeouts)
+are ``guard.Guard``, which has no I/O: this shell asks it before each
+request, after each read and each flush, and keeps its deadlines.
+
+Timers: one heap of ``(deadline, order, connection)`` for every connection,
+and ``select()`` sleeps exactly until the earliest. A connection's deadline
+that moves later is not searched for in the heap: the old entry stays and,
+when it comes up, is seen to be stale (it is not the connection's
+``timer_at``) and skipped ("lazy deletion"); a stale entry costs one early
+wake-up, never a missed one. The heap is rebuilt when stale entries
+outnumber the connections, so it stays bounded.
 
 Other threads (``stop``) and signal handlers wake the loop by writing a
 byte to a socketpair the selector watches, never by polling a flag.
@@ -33,12 +49,15 @@ byte to a socketpair the selector watches, never by polling a flag.
 from __future__ import annotations
 
 import argparse
+import collections
+import enum
 import heapq
 import itertools
 import logging
 import selectors
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -47,7 +66,9 @@ from typing import Any
 
 from . import config as cfg
 from . import protocol as p
+from . import tls
 from .framing import LineBuffer, LineTooLong
+from .guard import Breach, Guard, GuardLimits
 from .logs import ChatLog
 from .rooms import ChatCore, ConnId, Output, Reply
 from .wakeup import Wakeup
@@ -58,8 +79,21 @@ RECV_BYTES = 64 * 1024
 ACCEPTS_PER_TURN = 64        # bound the time one turn spends on a connection storm
 LINGER_S = 1.0               # how long a closing connection's input is drained
 LINGER_BYTES = 1024 * 1024   # ... and how much of it at most
-CLOSING_S = 5.0              # the longest a connection may take to read its last error
+CLOSING_S = 5.0              # the longest a connection may take to read its last output
 IOV_MAX = 1024               # chunks one sendmsg() may take (Linux's limit)
+TLS_SEND_BYTES = 64 * 1024   # chunks joined for one TLS send, at most (unless one is longer)
+
+ErrorReply = tuple[p.ErrorCode, str]
+
+
+class Phase(enum.Enum):
+    """Where a connection is in its life."""
+
+    HELLO = "hello"            # TLS: waiting for the first byte (plain text is refused)
+    HANDSHAKE = "handshake"    # TLS: do_handshake() until it is done
+    OPEN = "open"              # lines in, messages out
+    CLOSING = "closing"        # its last output is being sent; input is discarded
+    LINGER = "linger"          # our side is shut; its input is drained until EOF
 
 
 class Connection:
@@ -68,33 +102,65 @@ class Connection:
     ``__slots__``: with ten thousand connections, no per-object ``__dict__``.
     """
 
-    __slots__ = ("id", "sock", "peer", "lines", "out", "out_bytes", "writing", "closing",
-                 "doomed", "closed", "drained")
+    __slots__ = ("id", "sock", "ip", "peer", "phase", "lines", "out", "out_bytes", "started",
+                 "events", "guard", "refusal", "eof", "doomed", "closed", "drained", "why",
+                 "close_by", "timer_at")
 
-    def __init__(self, conn_id: int, sock: socket.socket, peer: str, max_line_bytes: int) -> None:
+    def __init__(self, conn_id: int, sock: socket.socket, ip: str, peer: str,
+                 max_line_bytes: int, guard: Guard, phase: Phase) -> None:
         self.id = conn_id
         self.sock = sock
-        self.peer = peer
+        self.ip = ip                  # the max_clients_per_ip key
+        self.peer = peer              # "host:port", for the log
+        self.phase = phase
         self.lines = LineBuffer(max_line_bytes)
         self.out: list[bytes] = []    # shared encoded messages (a list: a deque keeps
                                       # up to 16 spare 528-byte blocks for ever)
         self.out_bytes = 0            # their total length: the slow-reader bound
-        self.writing = False          # registered for EVENT_WRITE
-        self.closing = False          # no more input handled or output queued
+        self.started = False          # out[0] was partly sent (TLS: offered): finish it first
+        self.events = selectors.EVENT_READ   # what the selector watches for
+        self.guard = guard
+        self.refusal: ErrorReply | None = None   # over a limit: say so once open, then close
+        self.eof = False              # the peer has shut its sending side
         self.doomed = False           # to be closed at the end of this step
         self.closed = False
         self.drained = 0              # bytes discarded while closing
+        self.why = ""                 # the reason logged when it finally closes
+        self.close_by: float | None = None   # CLOSING, LINGER: closed at this time regardless
+        self.timer_at: float | None = None   # its live entry in the timer heap
+
+    @property
+    def accepting(self) -> bool:
+        """Open and not doomed: its lines are handled and output is queued for it."""
+        return self.phase is Phase.OPEN and not self.doomed
 
 
 class TcpServer:
-    """A chat server bound at construction, so ``address`` is known before serving."""
+    """A chat server bound at construction, so ``address`` is known before serving.
+
+    Raises ConfigError if ``tls_key`` is set without ``tls_cert``; OSError if
+    the chat log, the TLS files or the address cannot be used; ssl.SSLError
+    if the TLS files are not a matching certificate and key.
+    """
 
     def __init__(self, config: cfg.TcpServerConfig = cfg.TcpServerConfig()) -> None:
         self.config = config
         limits = p.Limits(max_line_bytes=config.max_line_bytes,
                           max_text_chars=config.max_text_chars)
         self.core = ChatCore(limits, config.history_size, config.max_rooms)
-        # The chat log first: if its file cannot be opened, no socket is left bound.
+        self.limits = GuardLimits(
+            rate_per_s=config.rate_limit_per_s, burst=config.rate_burst,
+            abuse_limit=config.rate_abuse_limit, soft_bytes=config.send_buffer_soft_bytes,
+            grace_s=config.slow_reader_grace_s, hard_bytes=config.max_send_buffer_bytes,
+            join_timeout_s=config.join_timeout_s,
+            partial_line_timeout_s=config.partial_line_timeout_s,
+            handshake_timeout_s=config.tls_handshake_timeout_s)
+        # Below both output limits no rule can trip: the guard is not even asked.
+        self._check_from = min(config.send_buffer_soft_bytes, config.max_send_buffer_bytes)
+        if config.tls_key is not None and config.tls_cert is None:
+            raise cfg.ConfigError("tls_key is set but tls_cert is not: TLS needs a certificate")
+        # The files first: if one cannot be opened, no socket is left bound.
+        self.tls = tls.server_context(config.tls_cert, config.tls_key) if config.tls_cert else None
         self.chat_log = (ChatLog(config.log_file, config.log_max_bytes, config.log_backups)
                          if config.log_file else None)
         try:
@@ -112,12 +178,16 @@ class TcpServer:
         self._wakeup = Wakeup()
         self.selector.register(self._wakeup.reader, selectors.EVENT_READ, "wakeup")
         self.conns: dict[ConnId, Connection] = {}
+        self._per_ip: dict[str, int] = {}           # connections from each address
         self._recv_buffer = memoryview(bytearray(RECV_BYTES))
         self._ids = itertools.count(1)
-        self._order = itertools.count()             # tie-breaker in the _lingering heap
+        self._order = itertools.count()             # tie-breaker in the timer heap
+        self._now = time.monotonic()                # this turn's time, for every rule
         self._dirty: set[Connection] = set()        # got output this turn
-        self._doomed: list[tuple[Connection, str]] = []
-        self._lingering: list[tuple[float, int, Connection]] = []   # heap by deadline
+        self._ready: set[Connection] = set()        # TLS: decrypted bytes wait in OpenSSL
+        self._doomed: collections.deque[tuple[Connection, str, ErrorReply | None]] = \
+            collections.deque()
+        self._timers: list[tuple[float, int, Connection]] = []     # heap by deadline
         self._stop = threading.Event()
         self.stopped = threading.Event()
 
@@ -129,10 +199,10 @@ class TcpServer:
 
     def serve_forever(self) -> None:
         """Run the loop until ``stop``; then say goodbye to every client and close."""
-        log.info("listening on %s:%d", *self.address)
+        log.info("listening on %s:%d%s", *self.address, " (TLS)" if self.tls else "")
         try:
             while not self._stop.is_set():
-                self._turn(self._linger_timeout())
+                self._turn(self._timer_timeout())
             self._shutdown()
         finally:
             self._close_all()
@@ -140,7 +210,9 @@ class TcpServer:
 
     # -- the loop ----------------------------------------------------------------
     def _turn(self, timeout: float | None) -> None:
-        for key, mask in self.selector.select(timeout):
+        ready = self.selector.select(0 if self._ready else timeout)
+        self._now = time.monotonic()        # one clock read a turn; every rule uses it
+        for key, mask in ready:
             if key.data == "listener":
                 self._accept()
             elif key.data == "wakeup":
@@ -151,9 +223,10 @@ class TcpServer:
                     self._read(conn)
                 if mask & selectors.EVENT_WRITE and not conn.closed:
                     self._dirty.add(conn)
+        self._read_ready()
+        self._expire_timers(self._now)
         self._reap()
         self._flush_dirty()
-        self._expire_lingering(time.monotonic())
 
     def _accept(self) -> None:
         for _ in range(ACCEPTS_PER_TURN):
@@ -164,52 +237,123 @@ class TcpServer:
             except OSError as exc:      # EMFILE and friends: keep serving the others
                 log.warning("accept failed: %s", exc)
                 return
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Connection(next(self._ids), sock, f"{addr[0]}:{addr[1]}",
-                              self.config.max_line_bytes)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:             # reset before we got to it
+                sock.close()
+                continue
+            phase = Phase.HELLO if self.tls is not None else Phase.OPEN
+            conn = Connection(next(self._ids), sock, addr[0], f"{addr[0]}:{addr[1]}",
+                              self.config.max_line_bytes,
+                              Guard(self.limits, self._now, tls=self.tls is not None), phase)
             self.selector.register(sock, selectors.EVENT_READ, conn)
             self.conns[conn.id] = conn
-            if len(self.conns) > self.config.max_clients:
-                log.warning("[%s] refused: server full (%d clients)", conn.peer,
-                            self.config.max_clients)
-                self._close_with_error(conn, p.ErrorCode.SERVER_FULL,
-                                       f"server full: {self.config.max_clients} clients")
-                continue
-            log.info("[%s] connected", conn.peer)
-            self._dispatch(self.core.connect(conn.id))
+            self._per_ip[conn.ip] = self._per_ip.get(conn.ip, 0) + 1
+            conn.refusal = self._refusal(conn)
+            if conn.phase is Phase.OPEN:
+                self._open(conn)
+            self._schedule(conn)
+
+    def _refusal(self, conn: Connection) -> ErrorReply | None:
+        """The error a new connection gets if it is over a limit, or None."""
+        if len(self.conns) > self.config.max_clients:
+            return p.ErrorCode.SERVER_FULL, f"server full: {self.config.max_clients} clients"
+        limit = self.config.max_clients_per_ip
+        if limit and self._per_ip[conn.ip] > limit:
+            return (p.ErrorCode.TOO_MANY_CONNECTIONS,
+                    f"too many connections from {conn.ip}: {limit} at most")
+        return None
+
+    def _open(self, conn: Connection) -> None:
+        """The connection can talk (TLS: its handshake is done): welcome it, or refuse it."""
+        conn.phase = Phase.OPEN
+        conn.guard.opened(self._now)
+        if conn.refusal is not None:
+            log.warning("[%s] refused: %s", conn.peer, conn.refusal[1])
+            self._close_gently(conn, "refused", conn.refusal)
+            return
+        log.info("[%s] connected", conn.peer)
+        self._dispatch(self.core.connect(conn.id))
 
     def _read(self, conn: Connection) -> None:
+        if conn.phase is Phase.HELLO:
+            self._hello(conn)
+            return
+        if conn.phase is Phase.HANDSHAKE:
+            self._handshake(conn)
+            return
         try:
             # Into one buffer for all: recv(64 KiB) would allocate 64 KiB per call.
             size = conn.sock.recv_into(self._recv_buffer)
             data = self._recv_buffer[:size]
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError as exc:
             self._doom(conn, f"receive failed: {exc}")
             return
-        if conn.closing:
+        if size and isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending():
+            self._ready.add(conn)               # more decrypted bytes: read them next turn
+        if not conn.accepting:
             self._drain(conn, data)
             return
         if not data:
-            self._doom(conn, "closed by peer")
+            self._end_of_input(conn)
             return
         if log.isEnabledFor(logging.DEBUG):
             log.debug("[%s] -> %r", conn.peer, bytes(data))
+        held = conn.lines.pending
         too_long: LineTooLong | None = None
         try:
             lines = conn.lines.feed(data)
         except LineTooLong as exc:
             lines, too_long = exc.lines, exc       # answer what came before it first
-        now = time.time()
+        now = time.time()                       # the wall clock: messages' "ts"
         for line in lines:
-            self._dispatch(self.core.receive(conn.id, line, now))
-            if conn.closing:                    # dropped by what that line did
+            breach = conn.guard.request(self._now)
+            if breach is None:
+                self._dispatch(self.core.receive(conn.id, line, now))
+            else:
+                self._refuse(conn, line, breach)
+            if not conn.accepting:              # dropped by what that line did
                 return
         if too_long is not None:
             log.info("[%s] %s", conn.peer, too_long)
-            self._close_with_error(conn, too_long.code, too_long.text)
+            self._close_gently(conn, "line too long", (too_long.code, too_long.text))
+            return
+        # A line ended in this read if fewer bytes are held than were held plus received.
+        conn.guard.input(conn.lines.pending, conn.lines.pending < held + size, self._now)
+        if conn.guard.join_by is not None and self.core.members[conn.id].user is not None:
+            conn.guard.joined()
+        self._schedule(conn)
+
+    def _read_ready(self) -> None:
+        """TLS: read again where OpenSSL holds decrypted bytes that select() cannot see."""
+        ready, self._ready = self._ready, set()
+        for conn in ready:
+            if not conn.closed:
+                self._read(conn)
+
+    def _refuse(self, conn: Connection, line: bytes, breach: Breach) -> None:
+        """A request over the rate: answer it with the error (and its id), not applied."""
+        if breach.close:
+            log.warning("[%s] cut off: %s", conn.peer, breach.text)
+            self._close_gently(conn, "flooding", (breach.code, breach.text))
+            return
+        if conn.guard.strikes == 1:            # once per episode, not once per line
+            log.info("[%s] rate limited: %s", conn.peer, breach.text)
+        self._queue(conn, p.encode(p.error(breach.code, breach.text, id=p.peek_id(line))))
+
+    def _end_of_input(self, conn: Connection) -> None:
+        """The peer shut its sending side: it may still read (a half-close), so what
+        is queued for it is sent before the connection is closed."""
+        conn.eof = True
+        if not conn.out:
+            self._doom(conn, "closed by peer")
+            return
+        log.info("[%s] half-closed; sending the %d bytes queued for it", conn.peer,
+                 conn.out_bytes)
+        self._close_gently(conn, "closed by peer")
 
     def _dispatch(self, outputs: list[Output]) -> None:
         for output in outputs:
@@ -230,14 +374,26 @@ class TcpServer:
                                     message["text"])
 
     def _queue(self, conn: Connection, data: bytes) -> None:
-        if conn.closing:
+        if not conn.accepting:
             return
         conn.out.append(data)
         conn.out_bytes += len(data)
         self._dirty.add(conn)
-        if conn.out_bytes > self.config.max_send_buffer_bytes:
-            self._doom(conn, f"slow reader: more than {self.config.max_send_buffer_bytes} "
-                             "bytes unsent")
+        if conn.out_bytes > self._check_from:   # only then can a rule trip
+            self._check_output(conn)
+
+    def _check_output(self, conn: Connection) -> None:
+        """Ask the guard about the unsent output; only called when it is over the
+        soft limit or was, since below it nothing can trip."""
+        was_over = conn.guard.over_since
+        breach = conn.guard.output(conn.out_bytes, self._now)
+        if breach is not None:
+            log.warning("[%s] slow reader: %s", conn.peer, breach.text)
+            # Not now: this may be the middle of a broadcast. _reap closes it.
+            self._doom(conn, "slow reader", (breach.code, breach.text))
+        elif was_over is None and conn.guard.over_since is not None:
+            log.debug("[%s] over the soft limit: %d bytes unsent", conn.peer, conn.out_bytes)
+            self._schedule(conn)                # its grace period ends at a deadline
 
     def _flush_dirty(self) -> None:
         while self._dirty:
@@ -247,29 +403,55 @@ class TcpServer:
     def _flush(self, conn: Connection) -> None:
         if conn.closed:
             return
+        if conn.phase is Phase.HANDSHAKE:       # it was waiting to write its handshake
+            self._handshake(conn)
+            return
         while conn.out:
-            chunks = conn.out[:IOV_MAX]
             try:
-                sent = conn.sock.sendmsg(chunks)
-            except BlockingIOError:
+                sent, offered = self._send(conn)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 break
             except OSError as exc:
                 self._doom(conn, f"send failed: {exc}")
                 return
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("[%s] <- %r", conn.peer, b"".join(chunks)[:sent])
-            if not self._consume(conn, sent):
+            if not self._consume(conn, sent, offered):
                 break                           # the kernel's buffer is full
-        want_write = bool(conn.out)
-        if want_write != conn.writing:
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0)
-            self.selector.modify(conn.sock, events, conn)
-            conn.writing = want_write
-        if conn.closing and not conn.out:
+        events = selectors.EVENT_WRITE if conn.out else 0    # write only while output waits
+        if not conn.eof:                        # at EOF a socket stays readable for ever
+            events |= selectors.EVENT_READ
+        self._watch(conn, events)
+        if conn.accepting and (conn.out_bytes > self._check_from
+                               or conn.guard.over_since is not None):
+            self._check_output(conn)            # still over the soft limit, or back under?
+        elif conn.phase is Phase.CLOSING and not conn.out:
             self._start_linger(conn)
 
-    def _consume(self, conn: Connection, sent: int) -> bool:
-        """Drop ``sent`` bytes from the front of the queue; False if a chunk was cut."""
+    def _send(self, conn: Connection) -> tuple[int, int]:
+        """One send of the queue's head; returns (bytes sent, chunks offered)."""
+        if not isinstance(conn.sock, ssl.SSLSocket):
+            chunks = conn.out[:IOV_MAX]
+            sent = conn.sock.sendmsg(chunks)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("[%s] <- %r", conn.peer, b"".join(chunks)[:sent])
+            return sent, len(chunks)
+        # TLS has no sendmsg: join chunks into one buffer at the head of the queue.
+        # After SSLWantWriteError OpenSSL wants that same buffer again: started.
+        if not conn.started:
+            count, size = 1, len(conn.out[0])
+            while count < len(conn.out) and size + len(conn.out[count]) <= TLS_SEND_BYTES:
+                size += len(conn.out[count])
+                count += 1
+            if count > 1:
+                conn.out[:count] = [b"".join(conn.out[:count])]
+            conn.started = True
+        sent = conn.sock.send(conn.out[0])
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("[%s] <- %r", conn.peer, conn.out[0][:sent])
+        return sent, 1
+
+    def _consume(self, conn: Connection, sent: int, offered: int) -> bool:
+        """Drop ``sent`` bytes from the front of the queue; True if the
+        ``offered`` chunks all went whole."""
         conn.out_bytes -= sent
         done = 0                                # chunks sent whole
         for chunk in conn.out:
@@ -278,69 +460,222 @@ class TcpServer:
             sent -= len(chunk)
             done += 1
         del conn.out[:done]
+        conn.started = bool(sent)
         if sent:
             conn.out[0] = conn.out[0][sent:]
-            return False
-        return done == IOV_MAX or not conn.out
+        return done == offered
+
+    def _watch(self, conn: Connection, events: int) -> None:
+        """Have the selector watch ``conn`` for ``events``, if that is a change."""
+        if events and events != conn.events:
+            self.selector.modify(conn.sock, events, conn)
+            conn.events = events
+
+    # -- TLS -------------------------------------------------------------------------
+    def _hello(self, conn: Connection) -> None:
+        """The first byte tells a TLS client from a plain one; only then wrap the socket."""
+        assert self.tls is not None
+        try:
+            first = conn.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._doom(conn, f"receive failed: {exc}")
+            return
+        if not first:
+            self._doom(conn, "closed by peer")
+            return
+        if not tls.looks_like_tls(first):
+            log.info("[%s] refused: plain text on a TLS port", conn.peer)
+            self._close_gently(conn, "not TLS", (p.ErrorCode.TLS_REQUIRED,
+                                                 "this server speaks TLS: connect with TLS"))
+            return
+        self.selector.unregister(conn.sock)
+        try:
+            conn.sock = self.tls.wrap_socket(conn.sock, server_side=True,
+                                             do_handshake_on_connect=False)
+        except (OSError, ValueError) as exc:
+            conn.sock.close()
+            self._forget(conn, f"TLS failed: {exc}")
+            return
+        self.selector.register(conn.sock, selectors.EVENT_READ, conn)
+        conn.events = selectors.EVENT_READ
+        conn.phase = Phase.HANDSHAKE
+        self._handshake(conn)
+
+    def _handshake(self, conn: Connection) -> None:
+        """One step of the TLS handshake; watch for what it wants next."""
+        assert isinstance(conn.sock, ssl.SSLSocket)
+        try:
+            step = tls.handshake_step(conn.sock)
+        except OSError as exc:                  # ssl.SSLError is an OSError
+            self._doom(conn, f"TLS handshake failed: {exc}")
+            return
+        if step is tls.Step.WANT_READ:
+            self._watch(conn, selectors.EVENT_READ)
+        elif step is tls.Step.WANT_WRITE:
+            self._watch(conn, selectors.EVENT_WRITE)
+        else:
+            self._watch(conn, selectors.EVENT_READ)
+            self._ready.add(conn)       # lines may have come with the handshake's last flight
+            self._open(conn)
+
+    # -- timers ------------------------------------------------------------------------
+    def _deadline(self, conn: Connection) -> float | None:
+        if conn.phase in (Phase.CLOSING, Phase.LINGER):
+            return conn.close_by
+        return conn.guard.deadline()
+
+    def _schedule(self, conn: Connection) -> None:
+        """Make sure the heap holds ``conn``'s deadline, if it moved earlier."""
+        when = self._deadline(conn)
+        if when is None or (conn.timer_at is not None and conn.timer_at <= when):
+            return          # none, or an entry at or before it will come up first
+        conn.timer_at = when
+        heapq.heappush(self._timers, (when, next(self._order), conn))
+        self._compact_timers()
+
+    def _compact_timers(self) -> None:
+        """Rebuild the heap without its stale entries once they outnumber the live ones.
+
+        O(n), but it takes n more pushes or closes to be needed again.
+        """
+        if len(self._timers) > 2 * len(self.conns) + 64:
+            self._timers = [entry for entry in self._timers
+                            if not entry[2].closed and entry[0] == entry[2].timer_at]
+            heapq.heapify(self._timers)
+
+    def _timer_timeout(self) -> float | None:
+        """How long select() may sleep: until the earliest deadline, or for ever."""
+        if not self._timers:
+            return None
+        return max(0.0, self._timers[0][0] - time.monotonic())
+
+    def _expire_timers(self, now: float) -> None:
+        """Act on every deadline up to ``now`` (this turn's time, ``self._now``)."""
+        while self._timers and self._timers[0][0] <= now:
+            when, _, conn = heapq.heappop(self._timers)
+            if conn.closed or when != conn.timer_at:
+                continue                        # stale: its deadline moved or it closed
+            conn.timer_at = None
+            self._on_timer(conn)
+            if not conn.closed and not conn.doomed:
+                self._schedule(conn)            # its next deadline, if any
+
+    def _on_timer(self, conn: Connection) -> None:
+        if conn.phase in (Phase.CLOSING, Phase.LINGER):
+            if conn.close_by is not None and self._now >= conn.close_by:
+                self._doom(conn, conn.why)
+            return
+        breach = conn.guard.expired(self._now)
+        if breach is None:
+            return
+        log.info("[%s] %s", conn.peer, breach.text)
+        if conn.phase is Phase.HELLO:           # silent: maybe a plain client waiting
+            self._close_gently(conn, "not TLS", (p.ErrorCode.TLS_REQUIRED, "this server "
+                                                 f"speaks TLS; {breach.text}"))
+        elif conn.phase is Phase.HANDSHAKE:     # no way to send it an error
+            self._doom(conn, breach.text)
+        else:
+            self._close_gently(conn, breach.text, (breach.code, breach.text),
+                               drop_unsent=breach.code is p.ErrorCode.SLOW_READER)
 
     # -- closing -------------------------------------------------------------------
-    def _doom(self, conn: Connection, reason: str) -> None:
-        """Mark ``conn`` to be closed at the end of this step (not mid-broadcast)."""
+    def _doom(self, conn: Connection, reason: str, error: ErrorReply | None = None) -> None:
+        """Mark ``conn`` to be closed at the end of this step (not mid-broadcast);
+        with ``error``, it is sent that error first (``_close_gently``)."""
         if not conn.closed and not conn.doomed:
-            conn.doomed = True
-            conn.closing = True     # nothing more is handled for it, nor queued to it
-            self._doomed.append((conn, reason))
+            conn.doomed = True      # nothing more is handled for it, nor queued to it
+            self._doomed.append((conn, reason, error))
 
     def _reap(self) -> None:
         """Close the doomed; their leave notices may doom others (slow readers)."""
         while self._doomed:
-            conn, reason = self._doomed.pop(0)
-            self._close(conn, reason)
+            conn, reason, error = self._doomed.popleft()
+            if error is None:
+                self._close(conn, reason)
+            else:
+                conn.doomed = False
+                self._close_gently(conn, reason, error, drop_unsent=True)
 
     def _close(self, conn: Connection, reason: str) -> None:
         if conn.closed:
             return
-        conn.closed = True
-        log.info("[%s] disconnected: %s", conn.peer, reason)
         self.selector.unregister(conn.sock)
         conn.sock.close()
+        self._forget(conn, reason)
+
+    def _forget(self, conn: Connection, reason: str) -> None:
+        """The socket is closed: drop every trace of ``conn``; its room hears it left."""
+        conn.closed = True
+        log.info("[%s] disconnected: %s", conn.peer, reason)
         self._dirty.discard(conn)
         del self.conns[conn.id]
+        left = self._per_ip[conn.ip] - 1
+        if left:
+            self._per_ip[conn.ip] = left
+        else:
+            del self._per_ip[conn.ip]
         if conn.id in self.core.members:
             self._dispatch(self.core.disconnect(conn.id, time.time()))
+        self._compact_timers()
 
-    def _close_with_error(self, conn: Connection, code: p.ErrorCode, text: str) -> None:
-        """Send one error, then close gently; the client leaves its room at once."""
-        self._queue(conn, p.encode(p.error(code, text)))
-        conn.closing = True
-        # A peer that never reads its error must not hold a slot forever.
-        heapq.heappush(self._lingering, (time.monotonic() + CLOSING_S, next(self._order), conn))
+    def _close_gently(self, conn: Connection, reason: str, error: ErrorReply | None = None,
+                      *, drop_unsent: bool = False) -> None:
+        """Send what is queued and ``error``, then close; the client leaves its room at once.
+
+        ``drop_unsent``: a slow reader would not read the backlog anyway, so
+        only the chunk it is in the middle of is kept, and the error follows it.
+        """
+        if conn.closed or conn.phase in (Phase.CLOSING, Phase.LINGER):
+            return
+        if error is not None:
+            if drop_unsent:
+                del conn.out[1 if conn.started else 0:]
+                conn.out_bytes = sum(len(chunk) for chunk in conn.out)
+            data = p.encode(p.error(*error))
+            conn.out.append(data)
+            conn.out_bytes += len(data)
+        conn.phase = Phase.CLOSING  # no more input handled or output queued
+        conn.why = reason
+        # A peer that never reads its last output must not hold a slot forever.
+        conn.close_by = self._now + CLOSING_S
+        self._schedule(conn)
+        self._dirty.add(conn)
         if conn.id in self.core.members:
             self._dispatch(self.core.disconnect(conn.id, time.time()))
 
     def _start_linger(self, conn: Connection) -> None:
-        """The error is sent: shut our side, drain theirs until EOF or a deadline."""
+        """The last output is sent: shut our side, drain theirs until EOF or a deadline."""
+        conn.phase = Phase.LINGER
+        if conn.eof:                            # they have shut theirs already
+            self._doom(conn, conn.why)
+            return
         try:
+            if isinstance(conn.sock, ssl.SSLSocket):
+                try:
+                    conn.sock.unwrap()          # sends TLS close_notify: "no truncation"
+                except (OSError, ValueError):
+                    pass                        # it wants their close_notify: not waiting
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
-            self._doom(conn, "closed after error")
+            self._doom(conn, conn.why)
             return
-        heapq.heappush(self._lingering, (time.monotonic() + LINGER_S, next(self._order), conn))
+        assert conn.close_by is not None
+        conn.close_by = min(conn.close_by, self._now + LINGER_S)
+        self._schedule(conn)
 
     def _drain(self, conn: Connection, data: memoryview) -> None:
+        """Input while closing: discarded. EOF closes once our last output is sent."""
         conn.drained += len(data)
-        if not data or conn.drained > LINGER_BYTES:
-            self._doom(conn, "closed after error")
-
-    def _linger_timeout(self) -> float | None:
-        if not self._lingering:
-            return None
-        return max(0.0, self._lingering[0][0] - time.monotonic())
-
-    def _expire_lingering(self, now: float) -> None:
-        while self._lingering and (self._lingering[0][0] <= now or self._lingering[0][2].closed):
-            _, _, conn = heapq.heappop(self._lingering)
-            self._close(conn, "closed after error")
+        if not data:
+            conn.eof = True
+            if conn.phase is not Phase.CLOSING:     # LINGER, or doomed: done
+                self._doom(conn, conn.why or "closed by peer")
+            else:
+                self._watch(conn, selectors.EVENT_WRITE)   # EOF stays readable: stop watching
+        elif conn.drained > LINGER_BYTES:
+            self._doom(conn, conn.why or "closed")
 
     def _shutdown(self) -> None:
         """Stop accepting, tell everyone, flush for up to ``shutdown_grace_s``."""
@@ -348,8 +683,15 @@ class TcpServer:
         self.selector.unregister(self.listener)
         self.listener.close()
         self._dispatch([self.core.shutdown_notice(time.time())])
+        self._now = time.monotonic()
         for conn in list(self.conns.values()):
-            conn.closing = True     # nothing more is read or queued; flush, then shut
+            if conn.phase is Phase.OPEN:
+                conn.phase = Phase.CLOSING  # nothing more is read or queued; flush, then shut
+                conn.why = "server shutting down"
+                conn.close_by = self._now + self.config.shutdown_grace_s
+            elif conn.phase in (Phase.HELLO, Phase.HANDSHAKE):
+                self._doom(conn, "server shutting down")
+        self._reap()
         self._flush_dirty()
         deadline = time.monotonic() + self.config.shutdown_grace_s
         while any(c.out for c in self.conns.values()):
@@ -426,8 +768,18 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.log_level)
     try:
         server = TcpServer(config)
+    except cfg.ConfigError as exc:
+        print(f"chat-sync: {exc}", file=sys.stderr)
+        return 2
+    except ssl.SSLError as exc:             # before OSError: it is one
+        print(f"chat-sync: cannot use TLS certificate {config.tls_cert}: "
+              f"{exc.reason or exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
-        if exc.filename is not None:        # the chat log's file, not the socket
+        if exc.filename is not None and exc.filename in (config.tls_cert, config.tls_key):
+            print(f"chat-sync: cannot read TLS file {exc.filename}: {exc.strerror}",
+                  file=sys.stderr)
+        elif exc.filename is not None:      # the chat log's file, not the socket
             print(f"chat-sync: cannot open chat log {exc.filename}: {exc.strerror}",
                   file=sys.stderr)
         else:

@@ -86,7 +86,9 @@ def test_several_requests_in_one_send_and_one_request_in_many() -> None:
 # -- bounds and hostile peers ----------------------------------------------------------
 
 def test_a_client_that_never_reads_is_dropped_and_the_others_keep_up() -> None:
-    with serve(port=0, max_send_buffer_bytes=64 * 1024) as server:
+    # The reader sends as fast as it can: no request rate limit here (the flood
+    # defence has its own tests in test_hardening_tcp.py).
+    with serve(port=0, max_send_buffer_bytes=64 * 1024, rate_limit_per_s=0) as server:
         # The kernel buffers a few MB for a loopback peer; a small receive
         # buffer on the sleeper keeps its share small, so the server's own
         # bound is what trips.
@@ -165,7 +167,8 @@ def expected_line_count(burst: bytes) -> int:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_garbage_from_one_client_leaves_the_others_unaffected(seed: int) -> None:
-    with serve(port=0) as server, connect(server.host, server.port) as alice, \
+    # Every garbage line is a request; counting their errors needs no rate limit.
+    with serve(port=0, rate_limit_per_s=0) as server, connect(server.host, server.port) as alice, \
             connect(server.host, server.port) as bob, \
             connect(server.host, server.port) as mallory:
         alice.join("lobby", "alice")
