@@ -27,6 +27,7 @@ setup(
             "matplotlib",    # the notebooks' plots (Agg backend, no display)
             "mypy",          # tests/test_types.py: the package stays --strict clean
             "types-PyYAML",  # yaml's type stubs, for that check
+            "hypothesis",    # tests/test_properties.py: properties of the cores on made-up input
         ],
     },
     entry_points={"console_scripts": ["chat-sync=chat_sync.cli:main"]},
