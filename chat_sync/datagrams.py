@@ -212,6 +212,9 @@ class UdpChat:
                  unverified_timeout_s: float = DEFAULT_UNVERIFIED_TIMEOUT_S,
                  stats: RetransmitStats | None = None) -> None:
         self.core = core
+        if max_datagram_bytes < p.MIN_DATAGRAM_BYTES:
+            raise ValueError(f"max_datagram_bytes must be at least {p.MIN_DATAGRAM_BYTES}: "
+                             "a join notice must fit")
         self.max_datagram_bytes = max_datagram_bytes
         self.max_clients = max_clients
         self.client_timeout_s = client_timeout_s
@@ -481,7 +484,10 @@ class UdpChat:
             biggest = p.chat_message(room.name if room else "", user, request.text,
                                      _BIG_SEQ, wall)
         elif isinstance(request, p.Whisper):
-            biggest = p.whisper(user, request.to, request.text, wall)
+            # The delivery carries the target's own spelling, which may be longer
+            # in bytes than the one typed ('ẞ' and 'ß' are the same name).
+            target = self.core.user_named(request.to) or request.to
+            biggest = p.whisper(user, target, request.text, wall)
         else:
             return
         size = len(p.encode_datagram({**biggest, "history": True, "id": request.id,

@@ -43,6 +43,8 @@ MAX_USER_CHARS = 24
 MAX_ROOM_CHARS = 32
 MAX_ID_CHARS = 64                   # a string request id
 MAX_DATAGRAM_BYTES = 1200           # one UDP datagram, both ways
+MIN_DATAGRAM_BYTES = 576            # the least a limit may be: every IPv4 host takes 576,
+                                    # and the longest join notice fits in it
 HISTORY_SIZE = 20                   # broadcasts replayed per room on join
 MAX_SEND_BUFFER_BYTES = 1024 * 1024 # unsent bytes held for one TCP client
 MAX_CLIENTS = 1000

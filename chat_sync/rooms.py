@@ -106,6 +106,11 @@ class ChatCore:
             del self._names[p.name_key(member.user)]
         return outputs
 
+    def user_named(self, name: str) -> str | None:
+        """The connected user whose name compares equal to ``name``, as they spelled it."""
+        conn = self._names.get(p.name_key(name))
+        return None if conn is None else self.members[conn].user
+
     def shutdown_notice(self, now: float) -> Broadcast:
         """The notice every connection gets when the server stops."""
         message = p.system(None, p.SystemEvent.SHUTDOWN, None, "server shutting down", None, now)

@@ -252,8 +252,8 @@ def test_a_missing_or_bad_id_is_bad_message(fields: dict[str, Any]) -> None:
 
 @pytest.mark.timeout(10)
 def test_a_datagram_over_the_limit_is_refused() -> None:
-    net = joined_pair(max_datagram_bytes=300)
-    big = json.dumps({"type": "message", "text": "x" * 400, "id": 9}).encode()
+    net = joined_pair(max_datagram_bytes=600)
+    big = json.dumps({"type": "message", "text": "x" * 700, "id": 9}).encode()
     [error] = of_type("error", to(ALICE, net.send_raw(ALICE, big)))
     assert error["code"] == "datagram_too_large"
     assert net.send_raw(STRANGER, big) == []
@@ -262,11 +262,11 @@ def test_a_datagram_over_the_limit_is_refused() -> None:
 
 @pytest.mark.timeout(10)
 def test_a_message_whose_delivery_would_not_fit_is_refused_with_its_id() -> None:
-    net = joined_pair(max_datagram_bytes=400)
+    net = joined_pair(max_datagram_bytes=600)
     seq = net.chat.core.seq
     # The request itself fits; the broadcast adds room, user, seq, ts and n.
-    text = "y" * 330
-    assert len(json.dumps({"type": "message", "text": text, "id": 5})) < 400
+    text = "y" * 530
+    assert len(json.dumps({"type": "message", "text": text, "id": 5})) < 600
     actions = net.send(ALICE, type="message", text=text, id=5)
     [error] = of_type("error", to(ALICE, actions))
     assert error == {"type": "error", "code": "datagram_too_large", "field": "text", "id": 5,
@@ -274,31 +274,31 @@ def test_a_message_whose_delivery_would_not_fit_is_refused_with_its_id() -> None
     assert to(BOB, actions) == [] and net.chat.core.seq == seq
     whisper = net.send(ALICE, type="whisper", to="bob", text=text)
     assert of_type("error", to(ALICE, whisper))[0]["code"] == "datagram_too_large"
-    fits = net.send(ALICE, type="message", text="y" * 200)
+    fits = net.send(ALICE, type="message", text="y" * 400)
     for action in fits:
         if isinstance(action, Send):
-            assert len(action.payload) <= 400
+            assert len(action.payload) <= 600
     assert of_type("message", to(BOB, fits))
 
 
 @pytest.mark.timeout(10)
 def test_long_who_and_rooms_lists_are_cut_and_say_how_many_more() -> None:
-    users = [(("10.0.0.1", 1000 + i), f"user{i:02d}") for i in range(40)]
-    together, apart = Net(max_datagram_bytes=300), Net(max_datagram_bytes=300)
+    users = [(("10.0.0.1", 1000 + i), f"user{i:02d}") for i in range(80)]
+    together, apart = Net(max_datagram_bytes=600), Net(max_datagram_bytes=600)
     for addr, user in users:
         together.join(addr, user)
         apart.join(addr, user, room=f"room{user}")       # 40 rooms of one
     addr = users[0][0]
     who_reply = together.send(addr, type="who")
     [who] = of_type("who", to(addr, who_reply))
-    assert who["more"] > 0 and len(who["users"]) + who["more"] == 40
+    assert who["more"] > 0 and len(who["users"]) + who["more"] == 80
     assert who["users"] == [user for _, user in users[:len(who["users"])]]
     rooms_reply = apart.send(addr, type="rooms")
     [rooms] = of_type("rooms", to(addr, rooms_reply))
-    assert rooms["more"] > 0 and len(rooms["rooms"]) + rooms["more"] == 40
+    assert rooms["more"] > 0 and len(rooms["rooms"]) + rooms["more"] == 80
     for action in who_reply + rooms_reply:
-        assert isinstance(action, Send) and len(action.payload) <= 300
-    net2 = joined_pair(max_datagram_bytes=300)
+        assert isinstance(action, Send) and len(action.payload) <= 600
+    net2 = joined_pair(max_datagram_bytes=600)
     [short] = of_type("who", to(ALICE, net2.send(ALICE, type="who")))
     assert "more" not in short and short["users"] == ["alice", "bob"]
 

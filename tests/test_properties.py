@@ -600,11 +600,6 @@ def verified_run(max_datagram_bytes: int, *addresses: Address) -> UdpRun:
 
 
 @pytest.mark.timeout(TIMEOUT_S)
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: _check_fits measures a whisper with the 'to' the sender typed, "
-                   "but the delivery carries the target's own name; 'ß'*24 reaches user "
-                   "'ẞ'*24 (same name_key, 24 bytes longer) and a delivery of 1201 bytes "
-                   "goes out under the 1200-byte limit")
 def test_udp_whisper_to_a_longer_spelling_of_a_name_fits() -> None:
     alice, bob = ("127.0.0.1", 40001), ("127.0.0.1", 40002)
     run = verified_run(p.MAX_DATAGRAM_BYTES, alice, bob)
@@ -619,13 +614,11 @@ def test_udp_whisper_to_a_longer_spelling_of_a_name_fits() -> None:
 
 
 @pytest.mark.timeout(TIMEOUT_S)
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: UdpChat accepts a max_datagram_bytes its join notices cannot "
-                   "fit: names of 4-byte letters at their length limits make a 421-byte "
-                   "notice under a 400-byte limit; only messages and whispers are checked "
-                   "(_check_fits), and the config allows any limit from 1")
-def test_udp_join_notice_fits_a_small_datagram_limit() -> None:
+def test_udp_join_notice_fits_the_smallest_datagram_limit() -> None:
+    """Names of 4-byte letters at their length limits: the longest join notice fits."""
+    with pytest.raises(ValueError):
+        UdpChat(ChatCore(epoch="e"), max_datagram_bytes=p.MIN_DATAGRAM_BYTES - 1)
     addr: Address = ("127.0.0.1", 40001)
-    run = verified_run(400, addr)
+    run = verified_run(p.MIN_DATAGRAM_BYTES, addr)
     run.step("request", addr, {"type": "join", "room": "\U00020001" * 32,
                                "user": "\U00020000" * 24})
