@@ -85,6 +85,7 @@ class SystemEvent(enum.StrEnum):
     JOIN = "join"
     LEAVE = "leave"
     SHUTDOWN = "shutdown"
+    HISTORY_GAP = "history_gap"      # a rejoin's ``since`` is older than the room remembers
 
 
 class ErrorCode(enum.StrEnum):

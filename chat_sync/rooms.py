@@ -21,7 +21,9 @@ Invariants:
 - A room keeps its last ``history_size`` broadcasts. A join replays those
   after ``since`` (marked ``"history": true``) to the joiner, then announces
   the join, so a client that reconnects with ``since`` = the last seq it
-  saw gets no gap and no repeat while history still covers the outage.
+  saw gets no gap and no repeat while history still covers the outage. When
+  it does not (``since`` is older than the newest broadcast that fell out),
+  the replay starts with a ``history_gap`` notice: loss is said, not hidden.
 - Rooms are created on demand and kept while empty (their history is still
   useful); at ``max_rooms`` the oldest empty room is dropped to make space.
 - ``epoch``, random per ChatCore, tells clients in the welcome which run of
@@ -74,6 +76,7 @@ class Room:
     name: str
     history: collections.deque[dict[str, Any]]
     members: dict[ConnId, str] = field(default_factory=dict)   # conn -> user, in join order
+    forgotten: int = 0           # seq of the newest broadcast that fell out of history
 
 
 class ChatCore:
@@ -165,6 +168,11 @@ class ChatCore:
             member.user = request.user
         outputs = self._leave_room(member, now, notify_self=True)
         since = request.since if request.since is not None else -1
+        if since < room.forgotten and request.since is not None:
+            outputs.append(Reply(member.conn, p.system(
+                room.name, p.SystemEvent.HISTORY_GAP, None,
+                f"history no longer holds broadcasts up to seq {room.forgotten}; "
+                "some messages since you left are lost to you", None, now)))
         for old in room.history:
             if old["seq"] > since:
                 outputs.append(Reply(member.conn, {**old, "history": True}))
@@ -273,6 +281,8 @@ class ChatCore:
 
         When the request had an id, the sender gets its own copy carrying it.
         """
+        if len(room.history) == room.history.maxlen:   # the oldest falls out: remember it
+            room.forgotten = room.history[0]["seq"] if room.history else message["seq"]
         room.history.append(message)
         if rid is None or sender is None:
             return [Broadcast(tuple(room.members), message, room.name)]

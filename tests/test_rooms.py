@@ -488,3 +488,31 @@ def test_nobody_may_be_called_system_which_marks_notices_in_the_log(name: str) -
     chat = Chat()
     chat.connect(1)
     assert is_error(only(chat.join(1, "lobby", name)[1]), "name_taken", "user")
+
+
+@pytest.mark.parametrize("history_size", [0, 2])
+def test_a_rejoin_older_than_history_says_so_before_the_replay(history_size: int) -> None:
+    chat = chat_with("alice", history_size=history_size)     # seq 1: alice joined
+    for text in ("one", "two", "three"):                     # seq 2, 3, 4
+        chat.send(1, type="message", text=text)
+    chat.connect(2)
+    got = chat.join(2, "lobby", "bob", since=1)[2]
+    assert got[0]["type"] == "system" and got[0]["event"] == "history_gap"
+    assert got[0]["room"] == "lobby" and "seq" not in got[0]
+    forgotten = 2 if history_size == 2 else 4
+    assert f"up to seq {forgotten}" in got[0]["text"]
+    assert [m["text"] for m in got[1:-1]] == ["two", "three"][2 - history_size:] and \
+        all(m["history"] for m in got[1:-1])
+    assert got[-1]["event"] == "join"
+
+
+def test_a_rejoin_that_history_still_covers_gets_no_gap_notice() -> None:
+    chat = chat_with("alice", history_size=2)
+    for text in ("one", "two", "three"):                     # seq 2, 3, 4; seq 2 falls out
+        chat.send(1, type="message", text=text)
+    chat.connect(2)
+    got = chat.join(2, "lobby", "bob", since=2)[2]
+    assert [m.get("event", m["type"]) for m in got] == ["message", "message", "join"]
+    chat.connect(3)
+    fresh = chat.join(3, "lobby", "carol")[3]                # no since: a first visit
+    assert all(m.get("event") != "history_gap" for m in fresh)
