@@ -369,7 +369,10 @@ def fanout(address: tuple[str, int], clients: int, messages: int, window: int, r
         elapsed = time.monotonic() - started
         shares = {"generator_cpu_share": round((time.process_time() - cpu_started) / elapsed, 2)}
         if server_cpu is not None:
-            shares["server_cpu_share"] = round((server_cpu() - server_cpu_started) / elapsed, 2)
+            used = server_cpu() - server_cpu_started
+            shares["server_cpu_share"] = round(used / elapsed, 2)
+            delivered_now = sum(c.received for c in load.clients)
+            shares["server_cpu_us_per_delivery"] = round(used / max(1, delivered_now) * 1e6, 2)
         delivered = sum(c.received for c in load.clients)
         latencies.sort()
         return {
@@ -380,6 +383,11 @@ def fanout(address: tuple[str, int], clients: int, messages: int, window: int, r
             "latency_ms_p50": round(percentile(latencies, 0.50) * 1000, 2),
             "latency_ms_p99": round(percentile(latencies, 0.99) * 1000, 2),
             "latency_ms_max": round((latencies[-1] if latencies else 0.0) * 1000, 2),
+            "latency_ms_mean": round(sum(latencies) / max(1, len(latencies)) * 1000, 2),
+            # Little's law: deliveries in flight (each client's window, to every
+            # client) over deliveries per second is the mean wait they imply.
+            "littles_law_ms": round(clients * window * clients / (delivered / elapsed) * 1000, 2)
+            if delivered else 0.0,
             **shares,
         }
     finally:
@@ -412,10 +420,16 @@ def run_fanout(args: argparse.Namespace) -> dict[str, Any]:
         figures["raw_deliveries_per_s"] = raw["deliveries_per_s"]
         figures["raw_latency_ms_p50"] = raw["latency_ms_p50"]
         figures["raw_latency_ms_p99"] = raw["latency_ms_p99"]
+        figures["raw_latency_ms_mean"] = raw["latency_ms_mean"]
         figures["raw_losses"] = raw["losses"]
         figures["raw_generator_cpu_share"] = raw["generator_cpu_share"]
         figures["raw_server_cpu_share"] = raw["server_cpu_share"]
+        figures["raw_server_cpu_us_per_delivery"] = raw["server_cpu_us_per_delivery"]
         figures["ratio_to_raw"] = round(figures["deliveries_per_s"] / raw["deliveries_per_s"], 3)
+        # The same ratio by CPU spent per delivery: it holds even when the load
+        # generator, not the server, sets the pace (see generator_cpu_share).
+        figures["cpu_ratio_to_raw"] = round(raw["server_cpu_us_per_delivery"]
+                                            / max(0.01, figures["server_cpu_us_per_delivery"]), 3)
     return figures
 
 

@@ -32,6 +32,7 @@ def test_fanout_against_the_server_and_the_raw_relay(capsys: pytest.CaptureFixtu
     assert figures["deliveries"] == 5 * 5 * 20
     assert figures["losses"] == 0 and figures["order_errors"] == 0
     assert figures["raw_losses"] == 0 and figures["ratio_to_raw"] > 0
+    assert figures["cpu_ratio_to_raw"] > 0 and figures["generator_cpu_share"] > 0
     assert 0 < figures["latency_ms_p50"] <= figures["latency_ms_p99"]
 
 
