@@ -27,6 +27,7 @@ setup(
             "matplotlib",    # the notebooks' plots (Agg backend, no display)
             "mypy",          # tests/test_types.py: the package stays --strict clean
             "types-PyYAML",  # yaml's type stubs, for that check
+            "trustme",       # tests/test_tls.py: a throwaway CA and certificates, made per run
             "hypothesis",    # tests/test_properties.py: properties of the cores on made-up input
         ],
     },

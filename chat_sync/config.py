@@ -159,6 +159,10 @@ class TcpClientConfig:
                                             above=0.0, not_above="reconnect_max_delay_s")
     reconnect_max_delay_s: float = setting(10.0, "longest reconnect delay", above=0.0)
     connect_timeout_s: float = setting(5.0, "seconds to wait for a connection", above=0.0)
+    tls: bool = setting(False, "connect with TLS, checking the server's certificate "
+                        "against --host")
+    cafile: str | None = setting(None, "CA certificates (PEM) to trust with --tls "
+                                 "(unset = the system's)")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -38,6 +38,16 @@ Reconnection, and why nothing is missed or shown twice:
 - The first connection is not retried, and a refused first join
   (``name_taken``, a bad name) ends the program with exit code 2: asking
   again would get the same answer.
+
+TLS (``--tls``): the handshake runs in ``_open``, blocking and bounded by
+``connect_timeout_s``, and checks the server's certificate against
+``--host`` and the CAs of ``--cafile`` (or the system's). After it, one
+rule shapes the code: OpenSSL lets only one thread at a time use a
+connection, and this client has a reader thread and senders. So the TLS
+socket is made non-blocking; each thread waits for readiness on its own,
+outside ``_ssl_lock``, and holds the lock only for a ``recv`` or ``send``
+that cannot block. (A blocking ``recv`` holding the lock would starve the
+senders; two threads in OpenSSL at once can corrupt the connection.)
 """
 from __future__ import annotations
 
@@ -50,14 +60,17 @@ import os
 import queue
 import random
 import socket
+import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Union
 
 from . import commands as cmd
 from . import config as cfg
 from . import protocol as p
+from . import tls
 from .framing import LineBuffer
 from .terminal import Terminal, escape, main_streams, render
 
@@ -274,6 +287,9 @@ class ChatClient:
     calls ``connect``, ``execute`` or ``close``) with each ``ClientEvent``;
     without it, events go to a queue read by ``next_event``. ``random``
     supplies the back-off jitter; tests pass a fixed one.
+
+    Raises OSError (ssl.SSLError is one) if ``config.cafile`` cannot be
+    read or holds no certificate.
     """
 
     def __init__(self, config: cfg.TcpClientConfig, *,
@@ -289,7 +305,10 @@ class ChatClient:
         self._events: queue.Queue[ClientEvent] = queue.Queue()
         self._on_event = on_event if on_event is not None else self._events.put
         self._core_lock = threading.Lock()     # the core is used by the reader and callers
-        self._send_lock = threading.Lock()     # one sendall at a time
+        self._send_lock = threading.Lock()     # one request at a time, so lines never mix
+        self._ssl_lock = threading.Lock()      # TLS: one thread at a time inside OpenSSL
+        self._tls = tls.client_context(config.cafile) if config.tls else None
+        self._read_timeout: float | None = None    # TLS: how long a read may wait
         self._sock: socket.socket | None = None
         self._lines = LineBuffer()
         self._closing = threading.Event()      # close() was called
@@ -383,7 +402,8 @@ class ChatClient:
                 except OSError:
                     pass          # the server is gone already; nothing to say goodbye to
             try:
-                sock.shutdown(socket.SHUT_RDWR)    # wakes the reader's recv with EOF
+                with self._ssl_lock:
+                    sock.shutdown(socket.SHUT_RDWR)    # wakes the reader's recv with EOF
             except OSError:
                 pass
         reader = self._reader
@@ -417,6 +437,16 @@ class ChatClient:
         sock = socket.create_connection((self.config.host, self.config.port),
                                         timeout=self.config.connect_timeout_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls is not None:
+            try:
+                # The handshake, bounded by the connect timeout; it checks the
+                # certificate and that it names config.host.
+                sock = self._tls.wrap_socket(sock, server_hostname=self.config.host)
+            except BaseException:
+                sock.close()
+                raise
+            sock.setblocking(False)     # from now on: see the module comment
+        self._read_timeout = self.config.connect_timeout_s
         with self._core_lock:
             if self._closing.is_set():
                 sock.close()
@@ -435,7 +465,9 @@ class ChatClient:
         except BaseException:
             self._disconnect()
             raise
-        sock.settimeout(None)
+        self._read_timeout = None
+        if self._tls is None:
+            sock.settimeout(None)
 
     def _disconnect(self) -> None:
         with self._core_lock:
@@ -500,7 +532,7 @@ class ChatClient:
         Raises _Lost at EOF, on a line too long or a shutdown notice; OSError
         on a socket error or timeout; JoinError if the opening join is refused.
         """
-        data = sock.recv(RECV_BYTES)
+        data = self._recv(sock)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("[%s] <- %r", self.peer, data)
         if not data:
@@ -518,6 +550,31 @@ class ChatClient:
             with self._core_lock:
                 actions = self.core.receive(message)
             self._act(sock, actions)
+
+    def _recv(self, sock: socket.socket) -> bytes:
+        """One read of up to RECV_BYTES; b"" at EOF.
+
+        A TLS socket is non-blocking: wait for it outside ``_ssl_lock``, read
+        inside. Raises TimeoutError after ``_read_timeout`` (plain sockets
+        have it as their socket timeout), OSError on a failed connection.
+        """
+        if not isinstance(sock, ssl.SSLSocket):
+            return sock.recv(RECV_BYTES)
+        timeout = self._read_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            readable = True
+            with self._ssl_lock:
+                try:
+                    return sock.recv(RECV_BYTES)
+                except (ssl.SSLWantReadError, BlockingIOError):
+                    pass                    # a record not yet whole, or nothing yet
+                except ssl.SSLWantWriteError:
+                    readable = False        # OpenSSL must send something first
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError("timed out")
+            tls.wait(sock, readable=readable, timeout=remaining)
 
     def _act(self, sock: socket.socket, actions: list[Action]) -> None:
         for action in actions:
@@ -548,7 +605,23 @@ class ChatClient:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("[%s] -> %r", self.peer, data)
         with self._send_lock:
-            sock.sendall(data)
+            if not isinstance(sock, ssl.SSLSocket):
+                sock.sendall(data)
+                return
+            view = memoryview(data)     # after a want-write, OpenSSL wants the same bytes again
+            while view:
+                sent, readable = 0, False
+                with self._ssl_lock:
+                    try:
+                        sent = sock.send(view)
+                    except ssl.SSLWantWriteError:
+                        pass
+                    except ssl.SSLWantReadError:
+                        readable = True
+                if sent:
+                    view = view[sent:]
+                else:
+                    tls.wait(sock, readable=readable, timeout=None)
 
     def _emit(self, event: ClientEvent) -> None:
         self._on_event(event)
@@ -619,12 +692,27 @@ def main(argv: list[str] | None = None) -> int:
     stdin, stdout = main_streams()
     terminal = Terminal.open(stdin, stdout, plain=config.plain, environ=os.environ)
     user = config.user
-    client = ChatClient(config, on_event=lambda event: show_event(terminal, user, event))
     try:
+        try:
+            client = ChatClient(config, on_event=lambda event: show_event(terminal, user, event))
+        except OSError as exc:              # ssl.SSLError is one
+            print(f"chat-sync: cannot use --cafile {config.cafile}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return EXIT_FAILED
         try:
             client.connect()
         except JoinError as exc:
             print(f"chat-sync: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except ssl.SSLCertVerificationError as exc:
+            hint = ("--host must be a name the certificate holds" if "mismatch" in
+                    str(exc.verify_message) else "--cafile names the CA to trust")
+            print(f"chat-sync: cannot connect to {client.peer}: TLS certificate check failed: "
+                  f"{exc.verify_message} ({hint})", file=sys.stderr)
+            return EXIT_FAILED
+        except ssl.SSLError as exc:
+            print(f"chat-sync: cannot connect to {client.peer}: TLS failed: {exc.reason or exc}"
+                  " (does the server speak TLS?)", file=sys.stderr)
             return EXIT_FAILED
         except OSError as exc:
             print(f"chat-sync: cannot connect to {client.peer}: {exc.strerror or exc}",
