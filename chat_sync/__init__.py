@@ -7,6 +7,7 @@ Public surface:
 - ``rooms.ChatCore``: rooms, history and ``seq``, with no I/O.
 - ``tcp_server.serve``: run a TCP server in a thread and get a handle.
 - ``config``: settings dataclasses and the YAML/TOML/JSON loader.
+- ``guard``: per-connection limits (rate, slow readers, timeouts), no I/O.
 - ``tcp_client.ChatClient``: a client for programs, tests and notebooks.
 - ``udp_server.serve``, ``udp_client``: the same chat over reliable UDP.
 - ``faultrelay.FaultRelay``: a seeded UDP relay that loses, duplicates, reorders.

@@ -279,11 +279,27 @@ def _text(obj: dict[str, Any], field: str, limit: int, rid: RequestId) -> str:
     return value
 
 
+# Letters that render as nothing (Hangul fillers), and marks that are invisible
+# (combining grapheme joiner, variation selectors): a name must not hide in them.
+_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u034f\u180b\u180c\u180d\u180f"
+                       + "".join(map(chr, range(0xFE00, 0xFE10))))
+# Scripts that may share a name: Unicode TS #39's "highly restrictive" level, as
+# Japanese (Latin, Han, kana), Korean (Latin, Han, Hangul) and Chinese (Latin, Han,
+# Bopomofo) are written. Any other mix, such as Latin with Cyrillic ("аlice" with a
+# Cyrillic "а"), is refused.
+_SCRIPT_MIXES = ({"LATIN", "CJK", "HIRAGANA", "KATAKANA"}, {"LATIN", "CJK", "HANGUL"},
+                 {"LATIN", "CJK", "BOPOMOFO"})
+
+
 def check_name(value: object, field: str, limit: int, rid: RequestId = None) -> str:
     """Return the NFKC form of a user or room name, or raise BAD_MESSAGE.
 
-    A name is 1..limit letters, digits, '_' or '-'. Letters may be any
-    script's; control, format (bidi overrides) and symbol characters may not.
+    A name is 1..limit letters, digits, '_' or '-', and the combining marks
+    that scripts such as Devanagari need after a letter. Letters may be any
+    script's but one script per name (or a mix a language uses, like
+    Japanese), so a Cyrillic "а" cannot pass for a Latin "a" inside a Latin
+    name. Control, format (bidi overrides), symbol and invisible characters
+    are refused.
     """
     if not isinstance(value, str):
         raise _bad(field, "must be a string", rid)
@@ -292,10 +308,22 @@ def check_name(value: object, field: str, limit: int, rid: RequestId = None) -> 
     name = unicodedata.normalize("NFKC", value)
     if not 1 <= len(name) <= limit:
         raise _bad(field, f"must be 1 to {limit} characters, got {len(name)}", rid)
-    for char in name:
-        if not (char.isalnum() or char in "_-"):
+    scripts: set[str] = set()
+    for index, char in enumerate(name):
+        mark = unicodedata.category(char) in ("Mn", "Mc") and index > 0
+        if char in _INVISIBLE or not (char.isalnum() or char in "_-" or mark):
             raise _bad(field, f"may hold only letters, digits, '_' and '-', not {char!r}", rid)
+        if char.isalpha():
+            scripts.add(_script(char))
+    if len(scripts) > 1 and not any(scripts <= mix for mix in _SCRIPT_MIXES):
+        raise _bad(field, f"mixes scripts ({', '.join(sorted(scripts)).lower()}); "
+                          "letters that look alike could pass for another name", rid)
     return name
+
+
+def _script(letter: str) -> str:
+    """A letter's script, as the first word of its Unicode name ("LATIN", "CYRILLIC")."""
+    return unicodedata.name(letter, "UNKNOWN").split()[0]
 
 
 def peek_id(data: bytes) -> RequestId:

@@ -633,8 +633,6 @@ def test_a_full_width_look_alike_cannot_join_the_server_as_alice() -> None:
 
 # Known gaps, kept as strict expected failures so that fixing one is noticed.
 
-@pytest.mark.xfail(strict=True, reason="cross-script homoglyphs (Cyrillic а for Latin a) need "
-                   "Unicode TS #39 confusable skeletons or a one-script rule; NFKC keeps them")
 def test_cyrillic_look_alike_cannot_impersonate() -> None:
     core = ChatCore()
     core.connect(1)
@@ -643,16 +641,12 @@ def test_cyrillic_look_alike_cannot_impersonate() -> None:
     assert join(core, 2, "\u0430lice")["type"] == "error"
 
 
-@pytest.mark.xfail(strict=True, reason="Hangul fillers (U+3164, U+115F) are letters (Lo) "
-                   "that render blank, so 'alice' + filler looks like 'alice'")
 def test_an_invisible_letter_cannot_pad_a_name() -> None:
     core = ChatCore()
     core.connect(1)
     assert join(core, 1, "alice\u3164")["type"] == "error"
 
 
-@pytest.mark.xfail(strict=True, reason="check_name accepts only isalnum() characters, so the "
-                   "combining marks (Mn, Mc) that Indic scripts need are refused")
 def test_a_devanagari_name_is_a_name() -> None:
     core = ChatCore()
     core.connect(1)

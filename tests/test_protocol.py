@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Any
 
 import pytest
@@ -322,3 +323,16 @@ def test_requests_are_frozen() -> None:
     request = p.Message("hi")
     with pytest.raises(AttributeError):
         request.text = "changed"      # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", ["Zoë-李", "田中さん", "김철수", "हिन्दी", "алиса", "Ωμέγα"])
+def test_names_in_one_script_or_a_language_mix_are_accepted(name: str) -> None:
+    assert p.check_name(name, "user", p.MAX_USER_CHARS) == unicodedata.normalize("NFKC", name)
+
+
+@pytest.mark.parametrize("name", ["\u0430lice", "p\u0430ypal", "Ωmega", "alice\u3164",
+                                  "x\ufe0f", "\u0308a"])
+def test_mixed_scripts_and_invisible_characters_are_refused(name: str) -> None:
+    with pytest.raises(p.ProtocolError) as caught:
+        p.check_name(name, "user", p.MAX_USER_CHARS)
+    assert caught.value.code is p.ErrorCode.BAD_MESSAGE and caught.value.field == "user"
