@@ -606,6 +606,13 @@ def run_udp(args: argparse.Namespace) -> dict[str, Any]:
     notices = [text for tally in tallies for text in tally.notices]
     for text in (failures + order_errors + notices)[:10]:
         progress(text)
+    for tally, stats in zip(tallies, client_stats):
+        missing = [(sender, k) for sender in range(args.clients) for k in range(args.messages)
+                   if (sender, k) not in tally.copies]
+        if missing:
+            progress(f"u{tally.index} never received {len(missing)}, first {missing[:5]}; "
+                     f"its client: sessions={stats['sessions']} lost={stats['lost']} "
+                     f"keepalives={stats['keepalives']} given_up={stats['given_up']}")
     ideal = 1 / (1 - args.loss) ** 2 - 1
     client_sent = sum(stats["sent"] for stats in client_stats)
     client_retransmitted = sum(stats["retransmitted"] for stats in client_stats)
@@ -809,7 +816,7 @@ def run_idle(args: argparse.Namespace) -> dict[str, Any]:
 # -- soak --------------------------------------------------------------------------------
 SOAK_TIMEOUT_S = 5.0        # every blocking socket call of the soak
 SOAK_GRACE_S = 15.0         # after the load: how long the well-behaved may take to get the rest
-ERROR_CODE = re.compile(rb'"type":"error","code":"([a-z_]+)"')
+ERROR_CODE = re.compile(rb'"type":"error","code":"(\w+)"')
 DISCONNECTED = re.compile(r"\] disconnected: (.*)$")
 REFUSED = re.compile(r"\] refused: (.*)$")
 
@@ -1193,7 +1200,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
                 while (remaining := deadline - time.monotonic()) > 0:
                     ticker.wait(min(10.0, remaining))
                     progress(f"soak: {time.monotonic() - started:.0f} s, RSS {rss[-1]} KiB, "
-                             f"{sum(counts.counts.values())} events")
+                             f"{counts.counts['connections_made']} connections so far")
                 stop.set()
                 for thread in threads:
                     thread.join(SOAK_GRACE_S + 2 * SOAK_TIMEOUT_S)

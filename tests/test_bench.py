@@ -90,3 +90,9 @@ def test_the_udp_servers_stats_line_is_found_in_its_log() -> None:
              "2026-01-01 10:00:01,001 INFO chat_sync.udp_server stopped"]
     assert bench.udp_server_stats(lines)["retransmitted"] == 2
     assert bench.udp_server_stats(lines[:1]) == {}
+
+
+@pytest.mark.timeout(10)
+def test_error_codes_are_counted_digits_and_all() -> None:
+    line = b'{"type":"error","code":"bad_utf8","text":"invalid UTF-8 at byte 26"}'
+    assert bench.ERROR_CODE.findall(line) == [b"bad_utf8"]
