@@ -61,11 +61,12 @@ Defences against forged addresses and floods
   and acked, and the history and the join notice follow, in ``n`` order. A
   forged address gets at most the welcome, pongs and errors, within 3x,
   and no room ever hears of it.
-- **Rate limit**: a token bucket per peer (``rate_limit_per_s``,
-  ``rate_burst``). A datagram over the limit is dropped, unacked and
-  unanswered: answering a flood would feed it. A verified peer is told
-  ``rate_limited`` at most once per ``TELL_EVERY_S``. An ack that retires a
-  datagram is free: a busy room makes a client send one per datagram.
+- **Rate limit**: a token bucket per peer (``guard.TokenBucket``, the TCP
+  server's, with ``rate_limit_per_s`` and ``rate_burst``). A datagram over
+  the limit is dropped, unacked and unanswered: answering a flood would
+  feed it. A verified peer is told ``rate_limited`` at most once per
+  ``TELL_EVERY_S``. An ack that retires a datagram is free: a busy room
+  makes a client send one per datagram.
 - **Bounded before verification**: unverified peers count toward
   ``max_clients``; each is forgotten ``unverified_timeout_s`` after its
   first datagram; and when the table is full, a new address takes the place
@@ -86,6 +87,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union, cast
 
 from . import protocol as p
+from .guard import TokenBucket
 from .retransmit import DedupWindow, RetransmitStats
 from .rooms import ChatCore, Output, Reply
 
@@ -145,35 +147,6 @@ class Report:
 
 
 Action = Union[Send, Acked, Cancel, Log, Report]
-
-
-class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` kept; ``take`` spends one.
-
-    Refilled lazily, when asked, so an idle peer's bucket costs nothing. (The
-    TCP server's ``guard`` module has the same one; this one came first in
-    the UDP server, and may give way to it.)
-    """
-
-    __slots__ = ("rate", "burst", "tokens", "stamp")
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError(f"need rate > 0 and burst >= 1, got {rate} and {burst}")
-        self.rate = rate
-        self.burst = burst
-        self.tokens = float(burst)          # a new peer may start with a burst
-        self.stamp = now
-
-    def take(self, now: float) -> bool:
-        """Spend one token if there is one; False if the bucket is empty."""
-        elapsed = max(0.0, now - self.stamp)    # a clock that steps back earns nothing
-        self.tokens = min(float(self.burst), self.tokens + elapsed * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 @dataclass(eq=False)

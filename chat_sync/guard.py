@@ -81,7 +81,8 @@ class TokenBucket:
     """``rate`` tokens a second, at most ``burst`` kept; ``take`` spends one.
 
     Refilled lazily: the tokens earned since the last call are added when
-    asked, so an idle bucket costs nothing.
+    asked, so an idle bucket costs nothing. The UDP server (``datagrams``)
+    keeps one per peer too.
     """
 
     __slots__ = ("rate", "burst", "tokens", "stamp")

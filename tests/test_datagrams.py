@@ -16,8 +16,8 @@ import pytest
 
 from chat_sync import protocol as p
 from chat_sync.datagrams import (AMPLIFICATION_FACTOR, MAX_DEFERRED, MAX_UNACKED, Acked,
-                                 Action, Address, Cancel, Log, Report, Send, TokenBucket,
-                                 UdpChat)
+                                 Action, Address, Cancel, Log, Report, Send, UdpChat)
+from chat_sync.guard import TokenBucket
 from chat_sync.rooms import ChatCore
 
 ALICE: Address = ("127.0.0.1", 40001)
