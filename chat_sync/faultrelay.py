@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .protocol import DEFAULT_HOST, MAX_CLIENTS
+from .wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +268,7 @@ class FaultRelay:
         self._upstreams: dict[Address, _Upstream] = {}
         self._selector: selectors.BaseSelector | None = None
         self._listener: socket.socket | None = None
-        self._wake_reader: socket.socket | None = None
-        self._wake_writer: socket.socket | None = None
+        self._wakeup: Wakeup | None = None
         self._thread: threading.Thread | None = None
         self._started = False
         self._stopping = False
@@ -283,10 +283,9 @@ class FaultRelay:
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._listener.bind((DEFAULT_HOST, 0))
         self._listener.setblocking(False)
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._wake_reader.setblocking(False)
+        self._wakeup = Wakeup()
         self._selector.register(self._listener, selectors.EVENT_READ)
-        self._selector.register(self._wake_reader, selectors.EVENT_READ)
+        self._selector.register(self._wakeup.reader, selectors.EVENT_READ)
         self._thread = threading.Thread(target=self._run, name="fault-relay", daemon=True)
         self._thread.start()
         return self
@@ -301,13 +300,10 @@ class FaultRelay:
 
     def stop(self) -> None:
         """Stop the thread and close every socket. Datagrams still delayed are lost."""
-        if self._thread is None or self._wake_writer is None:
+        if self._thread is None or self._wakeup is None:
             return
         self._stopping = True
-        try:
-            self._wake_writer.send(b"\0")
-        except OSError:
-            pass                              # the loop is already gone
+        self._wakeup.wake()
         self._thread.join()
         self._close_all()
 
@@ -355,20 +351,13 @@ class FaultRelay:
         return max(0.0, deadline - time.monotonic())
 
     def _on_readable(self, key: selectors.SelectorKey) -> None:
-        if key.fileobj is self._wake_reader:
-            self._drain_wake()
+        assert self._wakeup is not None
+        if key.fileobj is self._wakeup.reader:
+            self._wakeup.drain()
         elif key.fileobj is self._listener:
             self._receive_from_client()
         else:
             self._receive_from_server(key.data)
-
-    def _drain_wake(self) -> None:
-        assert self._wake_reader is not None
-        try:
-            while self._wake_reader.recv(64):
-                pass
-        except BlockingIOError:
-            pass
 
     def _receive_from_client(self) -> None:
         assert self._listener is not None
@@ -421,9 +410,10 @@ class FaultRelay:
     def _close_all(self) -> None:
         for upstream in self._upstreams.values():
             upstream.sock.close()
-        for sock in (self._listener, self._wake_reader, self._wake_writer):
-            if sock is not None:
-                sock.close()
+        if self._listener is not None:
+            self._listener.close()
+        if self._wakeup is not None:
+            self._wakeup.close()
         if self._selector is not None:
             self._selector.close()
         self._upstreams.clear()

@@ -63,6 +63,7 @@ from typing import Any, NamedTuple, Union
 
 from . import protocol
 from .framing import LineBuffer
+from .wakeup import Wakeup
 
 log = logging.getLogger("chat_sync.recorder")
 
@@ -252,32 +253,6 @@ class _Link:
         return side.inbound.direction
 
 
-class _Wakeup:
-    """A socketpair that wakes ``select()`` from another thread."""
-
-    def __init__(self) -> None:
-        self.reader, self.writer = socket.socketpair()
-        self.reader.setblocking(False)
-        self.writer.setblocking(False)
-
-    def wake(self) -> None:
-        try:
-            self.writer.send(b"\0")
-        except OSError:
-            pass    # full of wake-ups already, or closed: the loop will notice either way
-
-    def drain(self) -> None:
-        try:
-            while self.reader.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
-
-    def close(self) -> None:
-        self.reader.close()
-        self.writer.close()
-
-
 _LISTENER = "listener"
 _WAKEUP = "wakeup"
 
@@ -314,7 +289,7 @@ class RecordingRelay:
         self.address: Address = self._listener.getsockname()[:2]
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._listener, selectors.EVENT_READ, _LISTENER)
-        self._wakeup = _Wakeup()
+        self._wakeup = Wakeup()
         self._selector.register(self._wakeup.reader, selectors.EVENT_READ, _WAKEUP)
         self._links: dict[int, _Link] = {}
         self._ids = itertools.count(1)
