@@ -535,3 +535,16 @@ def from_args(cls: type[C], args: argparse.Namespace) -> C:
         if value is not None:
             given[f.name] = value
     return load(cls, getattr(args, "config", None), given)
+
+
+def from_command_line(cls: type[C], argv: list[str] | None, *, prog: str,
+                      description: str) -> C:
+    """Load ``cls`` as a program's ``main`` is asked to: from ``argv`` and ``--config``.
+
+    ``argv`` is the arguments after the program's name (``sys.argv[1:]`` if
+    None). ``--help`` and a bad flag exit (SystemExit) as argparse does.
+    Raises ``ConfigError`` like ``load``.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser, cls)
+    return from_args(cls, parser.parse_args(argv))

@@ -48,20 +48,17 @@ byte to a socketpair the selector watches, never by polling a flag.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import enum
 import heapq
 import itertools
 import logging
 import selectors
-import signal
 import socket
 import ssl
 import sys
 import threading
 import time
-from types import TracebackType
 from typing import Any
 
 from . import config as cfg
@@ -71,6 +68,7 @@ from .framing import LineBuffer, LineTooLong
 from .guard import Breach, Guard, GuardLimits
 from .logs import ChatLog
 from .rooms import ChatCore, ConnId, Output, Reply
+from .serving import ServerHandle, run_in_foreground, setup_logging
 from .wakeup import Wakeup
 
 log = logging.getLogger("chat_sync.tcp_server")
@@ -716,52 +714,19 @@ class TcpServer:
         log.info("stopped")
 
 
-class ServerHandle:
-    """A server running in a background thread: ``port``, ``stop()``, a context manager."""
-
-    def __init__(self, server: TcpServer) -> None:
-        self.server = server
-        self.host, self.port = server.address
-        self._thread = threading.Thread(target=server.serve_forever, name="tcp-server",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop gracefully and wait for the loop thread; raises if it does not end."""
-        self.server.stop()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise RuntimeError(f"server thread did not stop within {timeout} s")
-
-    def __enter__(self) -> ServerHandle:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-
-def serve(config: cfg.TcpServerConfig = cfg.TcpServerConfig(), **overrides: Any) -> ServerHandle:
+def serve(config: cfg.TcpServerConfig = cfg.TcpServerConfig(), **overrides: Any
+          ) -> ServerHandle[TcpServer]:
     """Start a server in a background thread; returns its handle once it is bound.
 
     ``overrides`` replace config fields, e.g. ``serve(port=0)``.
     """
-    return ServerHandle(TcpServer(cfg.replace(config, **overrides)))
-
-
-def setup_logging(level: str) -> None:
-    """Operational log to stderr (the chat log is separate, see ``logs``)."""
-    logging.basicConfig(stream=sys.stderr, level=level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return ServerHandle(TcpServer(cfg.replace(config, **overrides)), name="tcp-server")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="chat-sync tcp-server",
-                                     description="Run the chat_sync TCP chat server.")
-    cfg.add_arguments(parser, cfg.TcpServerConfig)
-    args = parser.parse_args(argv)
     try:
-        config = cfg.from_args(cfg.TcpServerConfig, args)
+        config = cfg.from_command_line(cfg.TcpServerConfig, argv, prog="chat-sync tcp-server",
+                                       description="Run the chat_sync TCP chat server.")
     except cfg.ConfigError as exc:
         print(f"chat-sync: {exc}", file=sys.stderr)
         return 2
@@ -786,11 +751,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"chat-sync: cannot listen on {config.host}:{config.port}: {exc.strerror}",
                   file=sys.stderr)
         return 1
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: server.stop())
-    print(f"listening on {server.address[0]}:{server.address[1]}", flush=True)
-    server.serve_forever()
-    return 0
+    return run_in_foreground(server)
 
 
 if __name__ == "__main__":

@@ -24,17 +24,14 @@ A reliable datagram is registered with the timer *before* its first
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import queue
 import selectors
-import signal
 import socket
 import sys
 import threading
 import time
-from types import TracebackType
 from typing import Any
 
 from . import config as cfg
@@ -43,7 +40,7 @@ from .datagrams import Acked, Action, Cancel, Key, Log, Report, Send, UdpChat
 from .logs import ChatLog
 from .retransmit import RetransmitQueue, TimerThread
 from .rooms import ChatCore
-from .tcp_server import setup_logging
+from .serving import ServerHandle, run_in_foreground, setup_logging
 from .wakeup import Wakeup
 
 log = logging.getLogger("chat_sync.udp_server")
@@ -192,43 +189,16 @@ class UdpServer:
             self._turn(max(0.0, deadline - time.monotonic()))
 
 
-class UdpServerHandle:
-    """A UDP server running in a background thread: ``port``, ``stop()``, a context manager."""
-
-    def __init__(self, server: UdpServer) -> None:
-        self.server = server
-        self.host, self.port = server.address
-        self._thread = threading.Thread(target=server.serve_forever, name="udp-server",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.server.stop()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise RuntimeError(f"server thread did not stop within {timeout} s")
-
-    def __enter__(self) -> UdpServerHandle:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-
 def serve(config: cfg.UdpServerConfig = cfg.UdpServerConfig(), **overrides: Any
-          ) -> UdpServerHandle:
+          ) -> ServerHandle[UdpServer]:
     """Start a UDP server in a background thread; ``overrides`` replace config fields."""
-    return UdpServerHandle(UdpServer(cfg.replace(config, **overrides)))
+    return ServerHandle(UdpServer(cfg.replace(config, **overrides)), name="udp-server")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="chat-sync udp-server",
-                                     description="Run the chat_sync UDP chat server.")
-    cfg.add_arguments(parser, cfg.UdpServerConfig)
-    args = parser.parse_args(argv)
     try:
-        config = cfg.from_args(cfg.UdpServerConfig, args)
+        config = cfg.from_command_line(cfg.UdpServerConfig, argv, prog="chat-sync udp-server",
+                                       description="Run the chat_sync UDP chat server.")
     except cfg.ConfigError as exc:
         print(f"chat-sync: {exc}", file=sys.stderr)
         return 2
@@ -239,11 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chat-sync: cannot bind {config.host}:{config.port}: {exc.strerror}",
               file=sys.stderr)
         return 1
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: server.stop())
-    print(f"listening on {server.address[0]}:{server.address[1]}", flush=True)
-    server.serve_forever()
-    return 0
+    return run_in_foreground(server)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ from helpers import LineClient, connect, wait_for
 
 from chat_sync import config as cfg
 from chat_sync import protocol as p
-from chat_sync.tcp_server import ServerHandle, serve
+from chat_sync.serving import ServerHandle
+from chat_sync.tcp_server import serve
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -25,7 +25,8 @@ from helpers import LineClient, connect, request_line, wait_for
 from chat_sync import protocol as p
 from chat_sync.guard import Guard, GuardLimits, TokenBucket
 from chat_sync.rooms import ChatCore, Reply
-from chat_sync.tcp_server import Connection, ServerHandle, serve
+from chat_sync.serving import ServerHandle
+from chat_sync.tcp_server import Connection, serve
 
 pytestmark = pytest.mark.timeout(20)
 

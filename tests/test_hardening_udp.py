@@ -44,8 +44,8 @@ from test_udp import (  # noqa: F401  (servers, clients: fixtures)
 
 from chat_sync import protocol as p
 from chat_sync.datagrams import AMPLIFICATION_FACTOR
+from chat_sync.serving import ServerHandle
 from chat_sync.udp_client import Received
-from chat_sync.udp_server import UdpServerHandle
 
 BURST = 16                 # datagrams an attacker sends before it waits for the server's count
 GARBAGE = {                # what the vandal sends, and the reason the server counts it under
@@ -60,7 +60,7 @@ GARBAGE = {                # what the vandal sends, and the reason the server co
 }
 
 
-def dropped(server: UdpServerHandle, reason: str) -> int:
+def dropped(server: ServerHandle, reason: str) -> int:
     return server.server.chat.dropped[reason]     # every reason exists from the start
 
 
@@ -78,7 +78,7 @@ def kernel_drops(port: int) -> str:
     return "unknown"
 
 
-def counted(server: UdpServerHandle, predicate: Callable[[], bool], what: str) -> None:
+def counted(server: ServerHandle, predicate: Callable[[], bool], what: str) -> None:
     """Wait until the server has counted what was sent; say so if the kernel dropped some."""
     try:
         wait_for(predicate, WAIT, what)

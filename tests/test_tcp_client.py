@@ -40,7 +40,8 @@ from chat_sync.tcp_client import (
     ServerShutdown,
     Show,
 )
-from chat_sync.tcp_server import ServerHandle, serve
+from chat_sync.serving import ServerHandle
+from chat_sync.tcp_server import serve
 from chat_sync.terminal import Terminal, render
 
 REPO = Path(__file__).resolve().parent.parent

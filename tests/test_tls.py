@@ -25,8 +25,9 @@ from helpers import LineClient, StreamLines, request_line
 
 from chat_sync import tcp_server, tls
 from chat_sync.config import TcpClientConfig
+from chat_sync.serving import ServerHandle
 from chat_sync.tcp_client import ChatClient, ClientEvent, Received
-from chat_sync.tcp_server import ServerHandle, serve
+from chat_sync.tcp_server import serve
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -38,6 +38,7 @@ from chat_sync.faultrelay import (
     FaultRelay,
     FaultSchedule,
 )
+from chat_sync.serving import ServerHandle
 from chat_sync.udp_client import (
     Acked,
     ClientEvent,
@@ -53,7 +54,7 @@ from chat_sync.udp_client import (
     UdpChatClient,
     UdpClientCore,
 )
-from chat_sync.udp_server import UdpServerHandle, serve
+from chat_sync.udp_server import serve
 
 REPO = Path(__file__).resolve().parent.parent
 UP, DOWN = Direction.UPSTREAM, Direction.DOWNSTREAM
@@ -240,9 +241,9 @@ class Servers:
     """Starts UDP servers and stops every one at the end of a test."""
 
     def __init__(self) -> None:
-        self.started: list[UdpServerHandle] = []
+        self.started: list[ServerHandle] = []
 
-    def start(self, **overrides: Any) -> UdpServerHandle:
+    def start(self, **overrides: Any) -> ServerHandle:
         handle = serve(**{"port": 0, "shutdown_grace_s": 0.3, **FAST, **overrides})
         self.started.append(handle)
         return handle
@@ -287,7 +288,7 @@ def clients() -> Iterator[Clients]:
         made.close_all()
 
 
-def address(handle: UdpServerHandle | FaultRelay) -> tuple[str, int]:
+def address(handle: ServerHandle | FaultRelay) -> tuple[str, int]:
     if isinstance(handle, FaultRelay):
         return handle.address
     return handle.host, handle.port
@@ -465,7 +466,7 @@ class Run:
     idle_wakeups: list[int]          # during idle_window, before the clients closed
 
 
-def chat_through(relay: FaultRelay, server: UdpServerHandle, clients: Clients,
+def chat_through(relay: FaultRelay, server: ServerHandle, clients: Clients,
                  per_client: int, idle_window: float = 0.0, **overrides: Any) -> Run:
     """Three clients each send ``per_client`` messages through ``relay``; check delivery.
 
@@ -540,7 +541,7 @@ class ScriptedSchedule(FaultSchedule):
         super().receive(direction, flow, datagram, now)
 
 
-def scripted_relay(server: UdpServerHandle) -> tuple[FaultRelay, ScriptedSchedule]:
+def scripted_relay(server: ServerHandle) -> tuple[FaultRelay, ScriptedSchedule]:
     relay = FaultRelay(address(server))
     schedule = ScriptedSchedule()
     relay.schedule = schedule            # before start(): the relay thread owns it after
@@ -772,14 +773,14 @@ def test_garbage_from_many_sockets_does_not_disturb_a_chatting_pair(servers: Ser
 
 # -- Idle means idle ---------------------------------------------------------------------------
 
-def wakeups(server: UdpServerHandle, chatters: list[UdpChatClient]) -> list[int]:
+def wakeups(server: ServerHandle, chatters: list[UdpChatClient]) -> list[int]:
     counts = [server.server.timer.wakeups]
     for chatter in chatters:
         counts += [chatter.timer.wakeups, chatter.reader_wakeups]
     return counts
 
 
-def measure_idle_window(server: UdpServerHandle, chatters: list[UdpChatClient],
+def measure_idle_window(server: ServerHandle, chatters: list[UdpChatClient],
                         window: float) -> list[int]:
     """Wake-ups of every timer during ``window`` seconds of silence, after settling."""
     wait_for(lambda: server.server.timer.pending == 0

@@ -18,7 +18,8 @@ from chat_sync import protocol as p
 from chat_sync.config import TcpClientConfig
 from chat_sync.tcp_client import (Backoff, ChatClient, ClientCore, ClientEvent, Closed,
                                   Notice, Received, Send, Show)
-from chat_sync.tcp_server import ServerHandle, serve
+from chat_sync.serving import ServerHandle
+from chat_sync.tcp_server import serve
 from lesson06_relay import CuttingRelay
 from lesson_target import load
 

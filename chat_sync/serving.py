@@ -1,0 +1,87 @@
+"""Running a chat server, TCP or UDP: in a background thread, or as the program.
+
+Theory of operation
+-------------------
+Both servers (``tcp_server.TcpServer``, ``udp_server.UdpServer``) are bound
+when they are built, so their ``address`` is known before they serve; then
+``serve_forever`` runs their loop in the calling thread until ``stop``,
+which any thread or a signal handler may call. That is all this module
+needs of a server (``Server``), and it runs one in one of two ways:
+
+- ``ServerHandle``: in a daemon thread, for tests, notebooks, lessons and
+  programs that embed a server (each server module's ``serve`` makes one).
+  ``stop`` asks the loop to end and waits for its thread.
+- ``run_in_foreground``: in the main thread, as ``chat-sync tcp-server`` and
+  ``chat-sync udp-server`` do. SIGINT (Ctrl-C) and SIGTERM stop the loop
+  gracefully. Once bound, the program prints ``listening on HOST:PORT`` on
+  stdout: with ``--port 0`` that line is how a parent process (the bench,
+  the tests) learns the port, and that the server is ready.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from types import TracebackType
+from typing import Generic, Protocol, TypeVar
+
+
+class Server(Protocol):
+    """What it takes to run a server: an address, a loop, and a way to stop it."""
+
+    @property
+    def address(self) -> tuple[str, int]: ...
+
+    def serve_forever(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Server)
+
+
+class ServerHandle(Generic[S]):
+    """A server running in a background thread: ``port``, ``stop()``, a context manager.
+
+    ``name`` names the thread. The server is ``server``; ``host`` and
+    ``port`` are where it listens.
+    """
+
+    def __init__(self, server: S, name: str) -> None:
+        self.server = server
+        self.host, self.port = server.address
+        self._thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully and wait for the loop thread; raises if it does not end."""
+        self.server.stop()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise RuntimeError(f"server thread did not stop within {timeout} s")
+
+    def __enter__(self) -> ServerHandle[S]:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def setup_logging(level: str) -> None:
+    """Operational log to stderr (the chat log is separate, see ``logs``)."""
+    logging.basicConfig(stream=sys.stderr, level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def run_in_foreground(server: Server) -> int:
+    """Serve in this thread until SIGINT or SIGTERM; returns the exit code, 0.
+
+    Prints ``listening on HOST:PORT`` first (see the module comment).
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: server.stop())
+    print(f"listening on {server.address[0]}:{server.address[1]}", flush=True)
+    server.serve_forever()
+    return 0
