@@ -289,7 +289,19 @@ def join_all(load: LoadGenerator, rooms: Callable[[LoadClient], str], timeout: f
     for client in load.clients:
         load.send(client, {"type": "join", "room": rooms(client), "user": client.name})
     load.run_until(lambda: all(c.joined for c in load.clients), on_line, timeout)
+    ping_all(load, timeout)
+
+
+def ping_all(load: LoadGenerator, timeout: float) -> None:
+    """Every client pings and waits for its pong: nothing queued before it is left."""
+    def on_line(client: LoadClient, line: bytes) -> None:
+        if line.startswith(b'{"type":"pong"'):
+            client.ponged = True
+        elif line.startswith(b'{"type":"error"'):
+            raise RuntimeError(f"{client.name}: {line!r}")
+
     for client in load.clients:
+        client.ponged = False
         load.send(client, {"type": "ping"})
     load.run_until(lambda: all(c.ponged for c in load.clients), on_line, timeout)
 
@@ -457,8 +469,12 @@ def run_connections(args: argparse.Namespace) -> dict[str, Any]:
         try:
             started = time.monotonic()
             load.connect(server.address, args.clients)
+            connected_s = time.monotonic() - started
+            ping_all(load, args.timeout)            # so the server has accepted them all
+            rss_connected = server.rss_kib()
+            started = time.monotonic()
             join_all(load, lambda c: f"room{c.index % rooms}", args.timeout)
-            joined_s = time.monotonic() - started
+            joined_s = connected_s + time.monotonic() - started
             rss_after = server.rss_kib()
             progress(f"all joined in {joined_s:.1f} s; one message to room0")
             members = [c for c in load.clients if c.index % rooms == 0]
@@ -470,17 +486,25 @@ def run_connections(args: argparse.Namespace) -> dict[str, Any]:
                     got.add(client.index)
 
             sent_at = time.monotonic()
+            cpu_at = time.process_time()
             load.send(members[0], {"type": "message", "text": marker})
             load.run_until(lambda: len(got) == len(members), on_line, args.timeout)
             reach_ms = (time.monotonic() - sent_at) * 1000
+            reader_ms = (time.process_time() - cpu_at) * 1000
         finally:
             load.close()
     return {
         "scenario": "connections", "clients": args.clients, "rooms": rooms,
         "room_size": len(members), "connect_and_join_s": round(joined_s, 2),
-        "rss_kib_before": rss_before, "rss_kib_after": rss_after,
+        "rss_kib_before": rss_before, "rss_kib_connected": rss_connected,
+        "rss_kib_after": rss_after,
         "kib_per_client": round((rss_after - rss_before) / args.clients, 2),
+        # Connected, not joined yet: the connection itself, without what the
+        # storm of join notices (each to a whole room) left in the allocator.
+        "kib_per_client_connected": round((rss_connected - rss_before) / args.clients, 2),
         "one_message_to_room_ms": round(reach_ms, 2),
+        # Part of that is this process reading the 1,000 sockets, one at a time.
+        "generator_cpu_ms": round(reader_ms, 2),
     }
 
 
