@@ -5,10 +5,12 @@ Public surface:
 - ``protocol``: message types, limits, error codes, ``decode``/``encode``.
 - ``framing.LineBuffer``: newline framing for a byte stream.
 - ``rooms.ChatCore``: rooms, history and ``seq``, with no I/O.
-- ``tcp_server.serve``: run a TCP server in a thread and get a handle.
+- ``tcp_server.serve``: run a TCP server in a thread and get a handle
+  (``serving.ServerHandle``).
 - ``config``: settings dataclasses and the YAML/TOML/JSON loader.
 - ``guard``: per-connection limits (rate, slow readers, timeouts), no I/O.
 - ``tcp_client.ChatClient``: a client for programs, tests and notebooks.
+- ``client_events``: what both clients report, ``Received``, ``Notice``, ``Closed``.
 - ``udp_server.serve``, ``udp_client``: the same chat over reliable UDP.
 - ``faultrelay.FaultRelay``: a seeded UDP relay that loses, duplicates, reorders.
 - ``recorder.RecordingRelay``, ``pcap.write_pcap``: record TCP traffic, export it.

@@ -14,9 +14,10 @@ Three layers, each testable alone:
    for a queue that tests and notebooks read with ``next_event``. Any
    thread may send commands. ``close`` sends ``leave`` and shuts the socket
    down, which wakes the blocked ``recv``, so the reader thread always ends.
-3. ``main`` is the terminal program: the main thread waits for the client
-   to finish (and catches Ctrl-C), a stdin thread turns typed lines into
-   commands, the reader thread prints. Neither reader blocks the other.
+3. ``main`` is the terminal program (``terminal.run``, which the UDP client
+   shares): the main thread waits for the client to finish (and catches
+   Ctrl-C), a stdin thread turns typed lines into commands, the reader
+   thread prints. Neither reader blocks the other.
 
 Reconnection, and why nothing is missed or shown twice:
 
@@ -51,7 +52,6 @@ senders; two threads in OpenSSL at once can corrupt the connection.)
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import enum
 import itertools
@@ -71,14 +71,16 @@ from . import commands as cmd
 from . import config as cfg
 from . import protocol as p
 from . import tls
+from .client_events import EXIT_FAILED, EXIT_OK
+# The events, re-exported ("as"): a program that uses ChatClient imports them from here.
+from .client_events import (ClientEvent as ClientEvent, Closed as Closed,
+                            JoinError as JoinError, Notice as Notice, Received as Received)
 from .framing import LineBuffer
-from .terminal import Terminal, escape, main_streams, render
+from .terminal import Terminal, escape, main_streams, run, show_event
 
 log = logging.getLogger("chat_sync.tcp_client")
 
 RECV_BYTES = 64 * 1024
-EXIT_OK = 0
-EXIT_FAILED = 2
 
 
 # -- Back-off (pure) ------------------------------------------------------------
@@ -238,41 +240,6 @@ class ClientCore:
             return False
         self.last_seq[key] = seq
         return True
-
-
-# -- Events for the user of ChatClient -------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Received:
-    """A server message to show (duplicates already dropped)."""
-
-    message: dict[str, Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class Notice:
-    """Local news: connection lost, reconnecting, help text, a command's usage."""
-
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Closed:
-    """The client has finished; this is always its last event."""
-
-    exit_code: int
-    reason: str
-
-
-ClientEvent = Union[Received, Notice, Closed]
-
-
-class JoinError(Exception):
-    """The server refused the join that opens a connection."""
-
-    def __init__(self, code: str, text: str) -> None:
-        super().__init__(f"error {code}: {text}")
-        self.code = code
-        self.text = text
 
 
 class _Lost(Exception):
@@ -636,52 +603,10 @@ class ChatClient:
 
 
 # -- The terminal program ------------------------------------------------------------------
-def show_event(terminal: Terminal, user: str, event: ClientEvent) -> None:
-    """Print one client event on the terminal."""
-    if isinstance(event, Received):
-        terminal.show(render(event.message, me=user, colour=terminal.colour))
-    elif isinstance(event, Notice):
-        for line in event.text.splitlines():
-            terminal.show("-- " + escape(line))
-    elif isinstance(event, Closed) and event.exit_code != EXIT_OK:
-        terminal.show("-- " + escape(event.reason))
-
-
-def pump_stdin(client: ChatClient, terminal: Terminal) -> None:
-    """The stdin thread: each typed line becomes a command; EOF or /quit closes the client."""
-    while True:
-        line = terminal.read_line()
-        if line is None:
-            client.close()
-            return
-        if not client.send_line(line):
-            return
-
-
-def run(client: ChatClient, terminal: Terminal) -> int:
-    """Chat until /quit, end of input, Ctrl-C, or giving up; returns the exit code.
-
-    ``client`` must be connected. The stdin thread is a daemon: when the
-    client gives up, the program ends even though a ``read`` is still blocked.
-    """
-    stdin_thread = threading.Thread(target=pump_stdin, args=(client, terminal),
-                                    name="stdin", daemon=True)
-    stdin_thread.start()
-    try:
-        code = client.wait()
-    except KeyboardInterrupt:
-        code = client.close()
-    assert code is not None
-    return code
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="chat-sync tcp-client",
-                                     description="Chat on a chat_sync TCP server.")
-    cfg.add_arguments(parser, cfg.TcpClientConfig)
-    args = parser.parse_args(argv)
     try:
-        config = cfg.from_args(cfg.TcpClientConfig, args)
+        config = cfg.from_command_line(cfg.TcpClientConfig, argv, prog="chat-sync tcp-client",
+                                       description="Chat on a chat_sync TCP server.")
     except cfg.ConfigError as exc:
         print(f"chat-sync: {exc}", file=sys.stderr)
         return EXIT_FAILED

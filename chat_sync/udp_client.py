@@ -13,7 +13,7 @@ Three layers, as in the TCP client:
    next deadline (keepalive, gap timeout); the ``TimerThread`` retransmits
    unacked requests (key = request ``id``) and reports give-ups; and any
    caller (the stdin thread, a test) sends. One lock guards the core.
-3. ``main`` is the terminal program, the same shape as the TCP client's.
+3. ``main`` is the terminal program: ``terminal.run``, as for the TCP client.
 
 Closing: ``close`` waits up to ``CLOSE_WAIT_S`` for requests in flight, sends
 ``leave`` (which ends the session on the server) and waits up to
@@ -21,8 +21,6 @@ Closing: ``close`` waits up to ``CLOSE_WAIT_S`` for requests in flight, sends
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import os
 import queue
@@ -32,61 +30,28 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 from . import commands as cmd
 from . import config as cfg
+from .client_events import EXIT_FAILED, EXIT_OK
+# The events, re-exported ("as"): a program that uses UdpChatClient imports them from here.
+from .client_events import (ClientEvent as ClientEvent, Closed as Closed,
+                            JoinError as JoinError, Notice as Notice, Received as Received)
 from .retransmit import RetransmitQueue, TimerThread
 from .retransmit import TooManyPending
-from .terminal import Terminal, escape, main_streams, render
+from .terminal import Terminal, main_streams, run, show_event
 from .udp_session import (Acked, Action, ClientState, Deliver, Failed, JoinRefused, Note,
                           SendAck, Transmit, UdpClientCore)
 from .wakeup import Wakeup
 
 log = logging.getLogger("chat_sync.udp_client")
-EXIT_OK = 0
-EXIT_FAILED = 2
 CLOSE_WAIT_S = 1.0         # close(): longest wait for acks in flight, then for the leave's ack
 RECV_BYTES = 65_535        # any datagram fits; the server promises max_datagram_bytes
 DATAGRAMS_PER_TURN = 256   # bound one turn of the reader, so deadlines are not starved
 
 STATS_HELP = "  /stats           retransmit and reorder counters of this client"
 HELP = cmd.HELP.replace("  /quit", STATS_HELP + "\n  /quit", 1)
-
-
-# -- Events for the user of UdpChatClient ----------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Received:
-    """A server message, delivered once and in order."""
-
-    message: dict[str, Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class Notice:
-    """Local news: not delivered, messages lost, rejoining, help text, stats."""
-
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Closed:
-    """The client has finished; this is always its last event."""
-
-    exit_code: int
-    reason: str
-
-
-ClientEvent = Union[Received, Notice, Closed]
-
-
-class JoinError(Exception):
-    """The server refused the first join."""
-
-    def __init__(self, code: str, text: str) -> None:
-        super().__init__(f"error {code}: {text}")
-        self.code = code
-        self.text = text
 
 
 # -- The socket shell -------------------------------------------------------------------
@@ -448,51 +413,10 @@ class UdpChatClient:
 
 
 # -- The terminal program ----------------------------------------------------------------------
-def show_event(terminal: Terminal, user: str, event: ClientEvent) -> None:
-    """Print one client event on the terminal."""
-    if isinstance(event, Received):
-        terminal.show(render(event.message, me=user, colour=terminal.colour))
-    elif isinstance(event, Notice):
-        for line in event.text.splitlines():
-            terminal.show("-- " + escape(line))
-    elif isinstance(event, Closed) and event.exit_code != EXIT_OK:
-        terminal.show("-- " + escape(event.reason))
-
-
-def pump_stdin(client: UdpChatClient, terminal: Terminal) -> None:
-    """The stdin thread: each typed line becomes a command; EOF or /quit closes the client."""
-    while True:
-        line = terminal.read_line()
-        if line is None:
-            client.close()
-            return
-        if not client.send_line(line):
-            return
-
-
-def run(client: UdpChatClient, terminal: Terminal) -> int:
-    """Chat until /quit, end of input, Ctrl-C or failure; returns the exit code.
-
-    ``client`` must be connected. The stdin thread is a daemon: when the
-    client fails, the program ends even though a ``read`` is still blocked.
-    """
-    stdin_thread = threading.Thread(target=pump_stdin, args=(client, terminal),
-                                    name="stdin", daemon=True)
-    stdin_thread.start()
-    try:
-        client.wait()
-    except KeyboardInterrupt:
-        pass
-    return client.close()
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="chat-sync udp-client",
-                                     description="Chat on a chat_sync UDP server.")
-    cfg.add_arguments(parser, cfg.UdpClientConfig)
-    args = parser.parse_args(argv)
     try:
-        config = cfg.from_args(cfg.UdpClientConfig, args)
+        config = cfg.from_command_line(cfg.UdpClientConfig, argv, prog="chat-sync udp-client",
+                                       description="Chat on a chat_sync UDP server.")
     except cfg.ConfigError as exc:
         print(f"chat-sync: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -517,7 +441,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             client.close()
             return EXIT_OK
-        return run(client, terminal)
+        code = run(client, terminal)
+        client.close()                  # after a failure it still holds a socket and a thread
+        return code
     finally:
         terminal.close()
 

@@ -42,7 +42,7 @@ from chat_sync.tcp_client import (
 )
 from chat_sync.serving import ServerHandle
 from chat_sync.tcp_server import serve
-from chat_sync.terminal import Terminal, render
+from chat_sync.terminal import Terminal, render, run, show_event
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 5.0
@@ -551,9 +551,9 @@ def test_terminal_shell_sends_typed_lines_and_exits_0_at_eof(server: ServerHandl
     stdout = io.StringIO()
     term = Terminal(io.StringIO("hi bob\n/nope\n"), stdout, plain=True)
     client = ChatClient(_config(server.port, "x"),
-                        on_event=lambda event: tcp_client.show_event(term, "x", event))
+                        on_event=lambda event: show_event(term, "x", event))
     client.connect()
-    assert tcp_client.run(client, term) == 0
+    assert run(client, term) == 0
     until(bob, message_from("x", "hi bob"))
     until(bob, lambda e: isinstance(e, Received) and e.message.get("event") == "leave")
     lines = stdout.getvalue().splitlines()
