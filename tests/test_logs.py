@@ -125,3 +125,17 @@ def test_a_typed_backslash_n_cannot_pass_for_an_escaped_newline() -> None:
     real = format_entry(0.0, "lobby", "mallory", "a\nb")
     assert typed != real
     assert typed.endswith("mallory: a\\\\nb") and real.endswith("mallory: a\\nb")
+
+
+def test_chat_log_batches_fit_the_size_limit(tmp_path: Path) -> None:
+    log = ChatLog(str(tmp_path / "chat.log"), max_bytes=25, backups=1)
+    try:
+        chunks = log._chunks(["a" * 10, "b" * 10, "c" * 10, "d" * 40, "e"])
+    finally:
+        log.close()
+    assert chunks == [["a" * 10, "b" * 10], ["c" * 10], ["d" * 40], ["e"]]
+    unlimited = ChatLog(str(tmp_path / "other.log"), max_bytes=0, backups=0)
+    try:
+        assert unlimited._chunks(["x"] * 300) == [["x"] * 300]
+    finally:
+        unlimited.close()
