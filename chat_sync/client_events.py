@@ -16,10 +16,16 @@ each event to their ``on_event`` callback, or to a queue read with
 
 A join refused when the client starts is no event: ``connect`` raises
 ``JoinError``, since asking again would get the same answer.
+
+``EventStream`` is where a client puts its events: it keeps the rule that
+``Closed`` comes once and last, and lets any thread wait for it.
 """
 from __future__ import annotations
 
 import dataclasses
+import queue
+import threading
+from collections.abc import Callable
 from typing import Any, Union
 
 EXIT_OK = 0
@@ -58,3 +64,50 @@ class JoinError(Exception):
         super().__init__(f"error {code}: {text}")
         self.code = code
         self.text = text
+
+
+class EventStream:
+    """One client's events, on their way to ``on_event`` or to a queue. Thread-safe.
+
+    ``on_event`` is called in the thread that emits each event; without it,
+    events wait in a queue that ``next`` reads. ``finish`` ends the stream.
+    """
+
+    def __init__(self, on_event: Callable[[ClientEvent], None] | None = None) -> None:
+        self._queue: queue.Queue[ClientEvent] = queue.Queue()
+        self._on_event = on_event if on_event is not None else self._queue.put
+        self._lock = threading.Lock()
+        self._finished = threading.Event()  # Closed has been emitted
+        self.exit_code: int | None = None   # set once, just before Closed is emitted
+
+    def emit(self, event: ClientEvent) -> None:
+        self._on_event(event)
+
+    def finish(self, code: int, reason: str) -> None:
+        """Record the exit code and emit ``Closed``; only the first call does anything."""
+        with self._lock:
+            if self.exit_code is not None:
+                return
+            self.exit_code = code
+        self.emit(Closed(code, reason))
+        self._finished.set()
+
+    @property
+    def finished(self) -> bool:
+        """True once ``Closed`` has been emitted."""
+        return self._finished.is_set()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait until the stream is finished; its exit code, or None on timeout."""
+        self._finished.wait(timeout)
+        return self.exit_code
+
+    def next(self, timeout: float) -> ClientEvent:
+        """The next event from the queue (only without ``on_event``).
+
+        Raises TimeoutError if none arrives within ``timeout`` seconds.
+        """
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no event within {timeout} s") from None

@@ -57,7 +57,6 @@ import enum
 import itertools
 import logging
 import os
-import queue
 import random
 import socket
 import ssl
@@ -71,7 +70,7 @@ from . import commands as cmd
 from . import config as cfg
 from . import protocol as p
 from . import tls
-from .client_events import EXIT_FAILED, EXIT_OK
+from .client_events import EXIT_FAILED, EXIT_OK, EventStream
 # The events, re-exported ("as"): a program that uses ChatClient imports them from here.
 from .client_events import (ClientEvent as ClientEvent, Closed as Closed,
                             JoinError as JoinError, Notice as Notice, Received as Received)
@@ -269,8 +268,7 @@ class ChatClient:
         self.backoff = Backoff(config.reconnect_base_delay_s, config.reconnect_max_delay_s,
                                config.reconnect_tries)
         self._random = random
-        self._events: queue.Queue[ClientEvent] = queue.Queue()
-        self._on_event = on_event if on_event is not None else self._events.put
+        self._events = EventStream(on_event)
         self._core_lock = threading.Lock()     # the core is used by the reader and callers
         self._send_lock = threading.Lock()     # one request at a time, so lines never mix
         self._ssl_lock = threading.Lock()      # TLS: one thread at a time inside OpenSSL
@@ -279,12 +277,15 @@ class ChatClient:
         self._sock: socket.socket | None = None
         self._lines = LineBuffer()
         self._closing = threading.Event()      # close() was called
-        self._finished = threading.Event()     # Closed has been emitted
         self._reader: threading.Thread | None = None
-        self.exit_code: int | None = None
         self.peer = f"{config.host}:{config.port}"
 
     # -- public -------------------------------------------------------------------
+    @property
+    def exit_code(self) -> int | None:
+        """EXIT_OK or EXIT_FAILED once the client has finished; None until then."""
+        return self._events.exit_code
+
     @property
     def user(self) -> str:
         return self.core.user
@@ -317,9 +318,9 @@ class ChatClient:
             self.close()
             return False
         if isinstance(command, cmd.Help):
-            self._emit(Notice(cmd.HELP))
+            self._events.emit(Notice(cmd.HELP))
         elif isinstance(command, cmd.Usage):
-            self._emit(Notice(command.text))
+            self._events.emit(Notice(command.text))
         elif isinstance(command, cmd.Say):
             self.send(cmd.message_request(command.text))
         elif isinstance(command, cmd.Whisper):
@@ -333,22 +334,22 @@ class ChatClient:
                 joined = self.core.state is ClientState.JOINED
                 request = self.core.join(command.room) if joined else None
             if request is None:
-                self._emit(Notice("not connected: cannot join now"))
+                self._events.emit(Notice("not connected: cannot join now"))
             else:
                 self._send_or_notice(request)
-        return not self._finished.is_set()
+        return not self._events.finished
 
     def send_line(self, line: str) -> bool:
         """Parse and carry out one typed line; returns False once the client is closed."""
         command = cmd.parse_command(line)
         if command is None:
-            return not self._finished.is_set()
+            return not self._events.finished
         return self.execute(command)
 
     def send(self, request: dict[str, Any]) -> None:
         """Send one request if we are in a room; otherwise say why not (a Notice)."""
         if self.core.state is not ClientState.JOINED:
-            self._emit(Notice("not connected: not sent"))
+            self._events.emit(Notice("not connected: not sent"))
             return
         self._send_or_notice(request)
 
@@ -379,24 +380,20 @@ class ChatClient:
             if reader.is_alive():
                 raise RuntimeError(f"reader thread did not stop within {timeout} s")
         self._disconnect()
-        self._finish(EXIT_OK, "closed")
+        self._events.finish(EXIT_OK, "closed")
         assert self.exit_code is not None
         return self.exit_code
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait until the client has finished; returns its exit code, or None on timeout."""
-        self._finished.wait(timeout)
-        return self.exit_code
+        return self._events.wait(timeout)
 
     def next_event(self, timeout: float = 5.0) -> ClientEvent:
         """The next event from the queue (only without ``on_event``).
 
         Raises TimeoutError if none arrives within ``timeout`` seconds.
         """
-        try:
-            return self._events.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError(f"no event within {timeout} s") from None
+        return self._events.next(timeout)
 
     # -- connecting ------------------------------------------------------------------
     def _open(self) -> None:
@@ -457,7 +454,7 @@ class ChatClient:
                 except (_Lost, OSError) as exc:
                     if self._closing.is_set():
                         break
-                    self._emit(Notice(f"connection to {self.peer} lost: {exc}"))
+                    self._events.emit(Notice(f"connection to {self.peer} lost: {exc}"))
                 self._disconnect()
                 failure = self._reconnect()
                 if failure is not None:
@@ -467,14 +464,15 @@ class ChatClient:
             code, reason = EXIT_FAILED, f"internal error: {exc!r}"
             raise
         finally:
-            self._finish(code, reason)
+            self._events.finish(code, reason)
 
     def _reconnect(self) -> str | None:
         """Try to reconnect with back-off; returns why it gave up, or None."""
         tries = self.backoff.tries
         for attempt in range(tries):
             delay = self.backoff.delay(attempt, self._random())
-            self._emit(Notice(f"reconnecting in {delay:.2f} s (try {attempt + 1} of {tries})"))
+            self._events.emit(Notice(f"reconnecting in {delay:.2f} s "
+                                     f"(try {attempt + 1} of {tries})"))
             if self._closing.wait(delay):
                 return None       # close() was called: stop trying, without failing
             try:
@@ -482,14 +480,14 @@ class ChatClient:
             except JoinError as exc:
                 if exc.code != p.ErrorCode.NAME_TAKEN:
                     return f"rejoin refused: {exc}"   # asking again gets the same answer
-                self._emit(Notice(f"rejoin refused: {exc}"))
+                self._events.emit(Notice(f"rejoin refused: {exc}"))
                 # name_taken: our old connection may still linger on the server.
             except OSError as exc:
                 if self._closing.is_set():
                     return None
-                self._emit(Notice(f"reconnect failed: {exc}"))
+                self._events.emit(Notice(f"reconnect failed: {exc}"))
             else:
-                self._emit(Notice(f"reconnected to {self.peer}, back in {self.room}"))
+                self._events.emit(Notice(f"reconnected to {self.peer}, back in {self.room}"))
                 return None
         return f"gave up reconnecting to {self.peer} after {tries} tries"
 
@@ -512,7 +510,7 @@ class ChatClient:
             try:
                 message = p.decode(line)
             except p.ProtocolError as exc:
-                self._emit(Notice(f"ignored a bad line from the server: {exc}"))
+                self._events.emit(Notice(f"ignored a bad line from the server: {exc}"))
                 continue
             with self._core_lock:
                 actions = self.core.receive(message)
@@ -546,9 +544,9 @@ class ChatClient:
     def _act(self, sock: socket.socket, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Show):
-                self._emit(Received(action.message))
+                self._events.emit(Received(action.message))
             elif isinstance(action, Note):
-                self._emit(Notice(action.text))
+                self._events.emit(Notice(action.text))
             elif isinstance(action, Send):
                 self._send_raw(sock, action.request)
             elif isinstance(action, JoinRefused):
@@ -565,7 +563,7 @@ class ChatClient:
                 raise ConnectionError("not connected")
             self._send_raw(sock, request)
         except OSError as exc:
-            self._emit(Notice(f"not sent: {exc}"))
+            self._events.emit(Notice(f"not sent: {exc}"))
 
     def _send_raw(self, sock: socket.socket, request: dict[str, Any]) -> None:
         data = p.encode(request)
@@ -589,17 +587,6 @@ class ChatClient:
                     view = view[sent:]
                 else:
                     tls.wait(sock, readable=readable, timeout=None)
-
-    def _emit(self, event: ClientEvent) -> None:
-        self._on_event(event)
-
-    def _finish(self, code: int, reason: str) -> None:
-        with self._core_lock:
-            if self.exit_code is not None:
-                return
-            self.exit_code = code
-        self._emit(Closed(code, reason))
-        self._finished.set()
 
 
 # -- The terminal program ------------------------------------------------------------------

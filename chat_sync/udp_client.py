@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import selectors
 import socket
 import sys
@@ -34,7 +33,7 @@ from typing import Any
 
 from . import commands as cmd
 from . import config as cfg
-from .client_events import EXIT_FAILED, EXIT_OK
+from .client_events import EXIT_FAILED, EXIT_OK, EventStream
 # The events, re-exported ("as"): a program that uses UdpChatClient imports them from here.
 from .client_events import (ClientEvent as ClientEvent, Closed as Closed,
                             JoinError as JoinError, Notice as Notice, Received as Received)
@@ -80,13 +79,11 @@ class UdpChatClient:
                                   gap_timeout_s=config.gap_timeout_s,
                                   max_datagram_bytes=config.max_datagram_bytes,
                                   stats=retransmit.stats)
-        self.exit_code: int | None = None
         self.reader_wakeups = 0             # select() timeouts: keepalive and gap deadlines
         self.send_errors = 0                # sends refused (e.g. ICMP: nobody listening)
         self._lock = threading.Lock()       # guards the core
         self._changed = threading.Condition(self._lock)   # notified after each step
-        self._events: queue.Queue[ClientEvent] = queue.Queue()
-        self._on_event = on_event if on_event is not None else self._events.put
+        self._events = EventStream(on_event)
         self._sock: socket.socket | None = None
         self._selector: selectors.BaseSelector | None = None
         self._wakeup: Wakeup | None = None
@@ -95,11 +92,15 @@ class UdpChatClient:
         self._ready = threading.Event()     # connect() has returned: joined
         self._leave_acked = threading.Event()
         self._stopping = threading.Event()  # the reader must end
-        self._finished = threading.Event()  # Closed has been emitted
         self._close_lock = threading.Lock()
         self._closed = False
 
     # -- public ---------------------------------------------------------------------------
+    @property
+    def exit_code(self) -> int | None:
+        """EXIT_OK or EXIT_FAILED once the client has finished; None until then."""
+        return self._events.exit_code
+
     @property
     def user(self) -> str:
         return self.core.user
@@ -192,9 +193,9 @@ class UdpChatClient:
             self.close()
             return False
         if isinstance(command, cmd.Help):
-            self._emit(Notice(HELP))
+            self._events.emit(Notice(HELP))
         elif isinstance(command, cmd.Usage):
-            self._emit(Notice(command.text))
+            self._events.emit(Notice(command.text))
         elif isinstance(command, cmd.Say):
             self.request(cmd.message_request(command.text))
         elif isinstance(command, cmd.Whisper):
@@ -207,16 +208,16 @@ class UdpChatClient:
             with self._lock:
                 actions = self.core.join(command.room, time.monotonic())
             self._perform(actions)
-        return not self._finished.is_set()
+        return not self._events.finished
 
     def send_line(self, line: str) -> bool:
         """Parse and carry out one typed line (``/stats`` included); False once closed."""
         if line.strip().lower() == "/stats":
-            self._emit(Notice(self.describe_stats()))
-            return not self._finished.is_set()
+            self._events.emit(Notice(self.describe_stats()))
+            return not self._events.finished
         command = cmd.parse_command(line)
         if command is None:
-            return not self._finished.is_set()
+            return not self._events.finished
         return self.execute(command)
 
     def say(self, text: str) -> bool:
@@ -250,15 +251,11 @@ class UdpChatClient:
 
         Raises TimeoutError if none arrives within ``timeout`` seconds.
         """
-        try:
-            return self._events.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError(f"no event within {timeout} s") from None
+        return self._events.next(timeout)
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait until the client has finished; its exit code, or None on timeout."""
-        self._finished.wait(timeout)
-        return self.exit_code
+        return self._events.wait(timeout)
 
     def close(self) -> int:
         """Say goodbye (see the module comment), stop both threads, close the socket.
@@ -282,7 +279,7 @@ class UdpChatClient:
             for resource in (self._selector, self._sock, self._wakeup):
                 if resource is not None:
                     resource.close()
-            self._finish(EXIT_OK, "closed")
+            self._events.finish(EXIT_OK, "closed")
             assert self.exit_code is not None
             return self.exit_code
 
@@ -304,15 +301,7 @@ class UdpChatClient:
             self._changed.notify_all()
         if self._ready.is_set():
             self._stopping.set()            # the reader ends; close() cleans up
-            self._finish(EXIT_FAILED, str(failure))
-
-    def _finish(self, code: int, reason: str) -> None:
-        with self._lock:
-            if self.exit_code is not None:
-                return
-            self.exit_code = code
-        self._emit(Closed(code, reason))
-        self._finished.set()
+            self._events.finish(EXIT_FAILED, str(failure))
 
     # -- the reader thread ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -335,7 +324,7 @@ class UdpChatClient:
                 self._perform(actions)
         except BaseException as exc:        # a bug: still end with a Closed event
             self._stopping.set()
-            self._finish(EXIT_FAILED, f"internal error: {exc!r}")
+            self._events.finish(EXIT_FAILED, f"internal error: {exc!r}")
             raise
 
     def _read(self) -> None:
@@ -364,7 +353,7 @@ class UdpChatClient:
                 except TooManyPending:
                     with self._lock:
                         self.core.cancel(action.rid)
-                    self._emit(Notice("not sent: too many requests wait for an ack"))
+                    self._events.emit(Notice("not sent: too many requests wait for an ack"))
                     continue
                 self._send(action.payload)
             elif isinstance(action, SendAck):
@@ -374,9 +363,9 @@ class UdpChatClient:
                 if action.rid == self.core.leave_id:
                     self._leave_acked.set()
             elif isinstance(action, Deliver):
-                self._emit(Received(action.message))
+                self._events.emit(Received(action.message))
             elif isinstance(action, Note):
-                self._emit(Notice(action.text))
+                self._events.emit(Notice(action.text))
             elif isinstance(action, JoinRefused):
                 self._fail(JoinError(action.code, action.text))
             elif isinstance(action, Failed):
@@ -407,9 +396,6 @@ class UdpChatClient:
         self._perform(actions)
         if self._wakeup is not None:
             self._wakeup.wake()             # with nothing out, a keepalive deadline is back
-
-    def _emit(self, event: ClientEvent) -> None:
-        self._on_event(event)
 
 
 # -- The terminal program ----------------------------------------------------------------------
