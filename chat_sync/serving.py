@@ -11,11 +11,14 @@ needs of a server (``Server``), and it runs one in one of two ways:
 - ``ServerHandle``: in a daemon thread, for tests, notebooks, lessons and
   programs that embed a server (each server module's ``serve`` makes one).
   ``stop`` asks the loop to end and waits for its thread.
-- ``run_in_foreground``: in the main thread, as ``chat-sync tcp-server`` and
-  ``chat-sync udp-server`` do. SIGINT (Ctrl-C) and SIGTERM stop the loop
-  gracefully. Once bound, the program prints ``listening on HOST:PORT`` on
-  stdout: with ``--port 0`` that line is how a parent process (the bench,
-  the tests) learns the port, and that the server is ready.
+- as the program, ``chat-sync tcp-server`` or ``chat-sync udp-server``: its
+  ``main`` calls ``configure`` (the settings from the command line, then
+  the operational log on stderr), builds the server, and hands it to
+  ``run_in_foreground``, which serves in the main thread until SIGINT
+  (Ctrl-C) or SIGTERM stops the loop gracefully. Once bound, the program
+  prints ``listening on HOST:PORT`` on stdout: with ``--port 0`` that line
+  is how a parent process (the bench, the tests) learns the port, and that
+  the server is ready.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ import sys
 import threading
 from types import TracebackType
 from typing import Generic, Protocol, TypeVar
+
+from . import config as cfg
 
 
 class Server(Protocol):
@@ -69,10 +74,25 @@ class ServerHandle(Generic[S]):
         self.stop()
 
 
-def setup_logging(level: str) -> None:
-    """Operational log to stderr (the chat log is separate, see ``logs``)."""
-    logging.basicConfig(stream=sys.stderr, level=level.upper(),
+ServerConfig = TypeVar("ServerConfig", cfg.TcpServerConfig, cfg.UdpServerConfig)
+
+
+def configure(cls: type[ServerConfig], argv: list[str] | None, *, prog: str,
+              description: str) -> ServerConfig | None:
+    """A server program's first steps: its settings from ``argv``, then its log.
+
+    The operational log goes to stderr at the ``log_level`` setting (the chat
+    log is separate, see ``logs``). Returns None after saying on stderr what
+    is wrong with a setting: the program then exits with 2.
+    """
+    try:
+        config = cfg.from_command_line(cls, argv, prog=prog, description=description)
+    except cfg.ConfigError as exc:
+        print(f"chat-sync: {exc}", file=sys.stderr)
+        return None
+    logging.basicConfig(stream=sys.stderr, level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return config
 
 
 def run_in_foreground(server: Server) -> int:

@@ -68,7 +68,7 @@ from .framing import LineBuffer, LineTooLong
 from .guard import Breach, Guard, GuardLimits
 from .logs import ChatLog
 from .rooms import ChatCore, ConnId, Output, Reply
-from .serving import ServerHandle, run_in_foreground, setup_logging
+from .serving import ServerHandle, configure, run_in_foreground
 from .wakeup import Wakeup
 
 log = logging.getLogger("chat_sync.tcp_server")
@@ -724,13 +724,10 @@ def serve(config: cfg.TcpServerConfig = cfg.TcpServerConfig(), **overrides: Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = cfg.from_command_line(cfg.TcpServerConfig, argv, prog="chat-sync tcp-server",
-                                       description="Run the chat_sync TCP chat server.")
-    except cfg.ConfigError as exc:
-        print(f"chat-sync: {exc}", file=sys.stderr)
+    config = configure(cfg.TcpServerConfig, argv, prog="chat-sync tcp-server",
+                       description="Run the chat_sync TCP chat server.")
+    if config is None:
         return 2
-    setup_logging(config.log_level)
     try:
         server = TcpServer(config)
     except cfg.ConfigError as exc:

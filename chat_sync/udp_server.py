@@ -40,7 +40,7 @@ from .datagrams import Acked, Action, Cancel, Key, Log, Report, Send, UdpChat
 from .logs import ChatLog
 from .retransmit import RetransmitQueue, TimerThread
 from .rooms import ChatCore
-from .serving import ServerHandle, run_in_foreground, setup_logging
+from .serving import ServerHandle, configure, run_in_foreground
 from .wakeup import Wakeup
 
 log = logging.getLogger("chat_sync.udp_server")
@@ -196,13 +196,10 @@ def serve(config: cfg.UdpServerConfig = cfg.UdpServerConfig(), **overrides: Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = cfg.from_command_line(cfg.UdpServerConfig, argv, prog="chat-sync udp-server",
-                                       description="Run the chat_sync UDP chat server.")
-    except cfg.ConfigError as exc:
-        print(f"chat-sync: {exc}", file=sys.stderr)
+    config = configure(cfg.UdpServerConfig, argv, prog="chat-sync udp-server",
+                       description="Run the chat_sync UDP chat server.")
+    if config is None:
         return 2
-    setup_logging(config.log_level)
     try:
         server = UdpServer(config)
     except OSError as exc:
