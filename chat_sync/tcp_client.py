@@ -14,10 +14,10 @@ Three layers, each testable alone:
    for a queue that tests and notebooks read with ``next_event``. Any
    thread may send commands. ``close`` sends ``leave`` and shuts the socket
    down, which wakes the blocked ``recv``, so the reader thread always ends.
-3. ``main`` is the terminal program (``terminal.run``, which the UDP client
-   shares): the main thread waits for the client to finish (and catches
-   Ctrl-C), a stdin thread turns typed lines into commands, the reader
-   thread prints. Neither reader blocks the other.
+3. ``main`` is the terminal program (``client_program``, which the UDP
+   client shares): the main thread waits for the client to finish (and
+   catches Ctrl-C), a stdin thread turns typed lines into commands, the
+   reader thread prints. Neither reader blocks the other.
 
 Reconnection, and why nothing is missed or shown twice:
 
@@ -74,8 +74,9 @@ from .client_events import EXIT_FAILED, EXIT_OK, EventStream
 # The events, re-exported ("as"): a program that uses ChatClient imports them from here.
 from .client_events import (ClientEvent as ClientEvent, Closed as Closed,
                             JoinError as JoinError, Notice as Notice, Received as Received)
+from .client_program import configure, run, show_event
 from .framing import LineBuffer
-from .terminal import Terminal, escape, main_streams, run, show_event
+from .terminal import Terminal, escape, main_streams
 
 log = logging.getLogger("chat_sync.tcp_client")
 
@@ -591,19 +592,14 @@ class ChatClient:
 
 # -- The terminal program ------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = cfg.from_command_line(cfg.TcpClientConfig, argv, prog="chat-sync tcp-client",
-                                       description="Chat on a chat_sync TCP server.")
-    except cfg.ConfigError as exc:
-        print(f"chat-sync: {exc}", file=sys.stderr)
+    config = configure(cfg.TcpClientConfig, argv, prog="chat-sync tcp-client",
+                       description="Chat on a chat_sync TCP server.")
+    if config is None:
         return EXIT_FAILED
-    if config.user is None:
-        print("chat-sync: a user name is required: --user NAME, or user: in the config file",
-              file=sys.stderr)
-        return EXIT_FAILED
+    user = config.user
+    assert user is not None                 # configure made sure of it
     stdin, stdout = main_streams()
     terminal = Terminal.open(stdin, stdout, plain=config.plain, environ=os.environ)
-    user = config.user
     try:
         try:
             client = ChatClient(config, on_event=lambda event: show_event(terminal, user, event))

@@ -26,21 +26,14 @@ sequences are the only ones that ever reach the terminal.
   Trade-off: Python's ``readline`` cannot ask for a forced redisplay, so
   the cursor ends up at the end of the re-printed text even if the user had
   moved it left; the next keystroke puts it right again.
-
-``run`` is the terminal program of both chat clients, TCP and UDP: it needs
-no more of a client than ``Client`` says. The client's own reader thread
-prints each event (``show_event``), a stdin thread turns typed lines into
-commands (``pump_stdin``), and the main thread waits for the client to
-finish: Python runs signal handlers, Ctrl-C's too, in the main thread only.
 """
 from __future__ import annotations
 
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
-from .client_events import EXIT_OK, ClientEvent, Closed, Notice, Received
 from .logs import escape as _escape_line
 from .protocol import MessageType, SystemEvent, name_key
 
@@ -282,60 +275,3 @@ def main_streams() -> tuple[TextIO, TextIO]:
     if reconfigure is not None:
         reconfigure(errors="backslashreplace")
     return sys.stdin, stdout
-
-
-# -- The terminal program of both chat clients ----------------------------------------
-class Client(Protocol):
-    """What the terminal program needs of a chat client (``tcp_client.ChatClient``,
-    ``udp_client.UdpChatClient``)."""
-
-    def send_line(self, line: str) -> bool:
-        """Carry out one typed line; False once the client is closed."""
-        ...
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        """Wait until the client has finished; its exit code, or None on timeout."""
-        ...
-
-    def close(self) -> int:
-        """Leave, stop the client's threads; returns its exit code. Safe to call again."""
-        ...
-
-
-def show_event(terminal: Terminal, user: str, event: ClientEvent) -> None:
-    """Print one client event on the terminal."""
-    if isinstance(event, Received):
-        terminal.show(render(event.message, me=user, colour=terminal.colour))
-    elif isinstance(event, Notice):
-        for line in event.text.splitlines():
-            terminal.show("-- " + escape(line))
-    elif isinstance(event, Closed) and event.exit_code != EXIT_OK:
-        terminal.show("-- " + escape(event.reason))
-
-
-def pump_stdin(client: Client, terminal: Terminal) -> None:
-    """The stdin thread: each typed line becomes a command; EOF or /quit closes the client."""
-    while True:
-        line = terminal.read_line()
-        if line is None:
-            client.close()
-            return
-        if not client.send_line(line):
-            return
-
-
-def run(client: Client, terminal: Terminal) -> int:
-    """Chat until /quit, end of input, Ctrl-C, or the client gives up; returns the exit code.
-
-    ``client`` must be connected. The stdin thread is a daemon: when the
-    client gives up, the program ends even though a ``read`` is still blocked.
-    """
-    stdin_thread = threading.Thread(target=pump_stdin, args=(client, terminal),
-                                    name="stdin", daemon=True)
-    stdin_thread.start()
-    try:
-        code = client.wait()
-    except KeyboardInterrupt:
-        code = client.close()
-    assert code is not None
-    return code

@@ -13,7 +13,7 @@ Three layers, as in the TCP client:
    next deadline (keepalive, gap timeout); the ``TimerThread`` retransmits
    unacked requests (key = request ``id``) and reports give-ups; and any
    caller (the stdin thread, a test) sends. One lock guards the core.
-3. ``main`` is the terminal program: ``terminal.run``, as for the TCP client.
+3. ``main`` is the terminal program: ``client_program``, as for the TCP client.
 
 Closing: ``close`` waits up to ``CLOSE_WAIT_S`` for requests in flight, sends
 ``leave`` (which ends the session on the server) and waits up to
@@ -37,9 +37,10 @@ from .client_events import EXIT_FAILED, EXIT_OK, EventStream
 # The events, re-exported ("as"): a program that uses UdpChatClient imports them from here.
 from .client_events import (ClientEvent as ClientEvent, Closed as Closed,
                             JoinError as JoinError, Notice as Notice, Received as Received)
+from .client_program import configure, run, show_event
 from .retransmit import RetransmitQueue, TimerThread
 from .retransmit import TooManyPending
-from .terminal import Terminal, main_streams, run, show_event
+from .terminal import Terminal, main_streams
 from .udp_session import (Acked, Action, ClientState, Deliver, Failed, JoinRefused, Note,
                           SendAck, Transmit, UdpClientCore)
 from .wakeup import Wakeup
@@ -400,19 +401,14 @@ class UdpChatClient:
 
 # -- The terminal program ----------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = cfg.from_command_line(cfg.UdpClientConfig, argv, prog="chat-sync udp-client",
-                                       description="Chat on a chat_sync UDP server.")
-    except cfg.ConfigError as exc:
-        print(f"chat-sync: {exc}", file=sys.stderr)
+    config = configure(cfg.UdpClientConfig, argv, prog="chat-sync udp-client",
+                       description="Chat on a chat_sync UDP server.")
+    if config is None:
         return EXIT_FAILED
-    if config.user is None:
-        print("chat-sync: a user name is required: --user NAME, or user: in the config file",
-              file=sys.stderr)
-        return EXIT_FAILED
+    user = config.user
+    assert user is not None                 # configure made sure of it
     stdin, stdout = main_streams()
     terminal = Terminal.open(stdin, stdout, plain=config.plain, environ=os.environ)
-    user = config.user
     client = UdpChatClient(config, on_event=lambda event: show_event(terminal, user, event))
     try:
         try:

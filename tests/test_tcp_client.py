@@ -22,6 +22,7 @@ from helpers import StreamLines
 from chat_sync import commands as cmd
 from chat_sync import protocol as p
 from chat_sync import tcp_client
+from chat_sync.client_program import run, show_event
 from chat_sync.config import TcpClientConfig, TcpServerConfig
 from chat_sync.tcp_client import (
     Backoff,
@@ -42,7 +43,7 @@ from chat_sync.tcp_client import (
 )
 from chat_sync.serving import ServerHandle
 from chat_sync.tcp_server import serve
-from chat_sync.terminal import Terminal, render, run, show_event
+from chat_sync.terminal import Terminal, render
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 5.0
