@@ -177,7 +177,10 @@ class UdpChatClient:
             actions = self.core.start(time.monotonic())
         self._perform(actions)
         with self._changed:
-            self._changed.wait_for(lambda: self.core.state is not ClientState.JOINING
+            # Joined, or failed *and told why*: the core turns FAILED under the lock
+            # a moment before its Failed action stores the reason.
+            self._changed.wait_for(lambda: self.core.state is ClientState.JOINED
+                                   or self._failure is not None
                                    or self._stopping.is_set(), timeout)
             state, failure = self.core.state, self._failure
         if state is ClientState.JOINED:
