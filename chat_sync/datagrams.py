@@ -40,9 +40,42 @@ Rules (the README's UDP section is the spec):
   ``rooms``/``who`` lists are cut, saying how many were left out.
 - Bounded: at most ``max_clients`` peers; a peer with more than
   ``MAX_UNACKED`` datagrams unacked, one that stays silent for
-  ``client_timeout_s``, or one the retransmit timer gave up on is dropped,
-  and its room hears that it left. A ``leave`` ends a UDP session: with no
-  connection to close, it is how a client says goodbye.
+  ``client_timeout_s``, or one the retransmit timer gave up on and that
+  acks nothing newer (below) is dropped, and its room hears that it left.
+  A ``leave`` ends a UDP session: with no connection to close, it is how a
+  client says goodbye.
+
+Give-ups, drops and what survives them
+--------------------------------------
+A give-up is evidence about one datagram, not always about the peer. At 20%
+loss each way a round trip fails with p = 0.36, so all seven tries of the
+default ``max_retries`` (6) fail about once per 1,300 datagrams, while the
+peer goes on acking the others. Dropping it then would cost a rejoin whose
+``since`` needs the room's history to cover the absence: 20 broadcasts,
+which a busy room says in a second or two, and which never covers a
+datagram the client missed twelve seconds (the whole retry span) before.
+So:
+
+- ``give_up`` drops the peer only if it is unreachable: it has acked no
+  datagram sent after the one given up. If it has (``Peer.highest_acked``),
+  it is alive and that datagram was unlucky: it goes out again with the
+  same ``n``, a new round of retries, at most ``MAX_ROUNDS`` rounds, then
+  the peer is dropped after all. The same ``n`` means no rejoin and no
+  history are needed, and the client's ``ReorderBuffer`` delivers it once.
+- A verified peer dropped by the timer, or for not acking, leaves a
+  *tombstone*: its ``DedupWindow``, for ``client_timeout_s`` after it was
+  last heard (at most ``max_clients`` of them). The address's next session
+  starts from a copy of it, so a request the old session applied, whose ack
+  was lost and which the client sends again into the new one, is acked, not
+  applied a second time (it would be refused ``not_joined``, and the client
+  would send it again under a new id: a duplicate). A new session that is
+  dropped before it is verified (its welcome given up, or expired) puts the
+  tombstone back as it found it: its own window also marks the requests it
+  deferred and never applied. A new client process on a reused port starts
+  with ``id`` 1, and a session opened by id 1 starts a fresh window (a
+  client still waiting for its first join must have it applied). ``leave``
+  and silence leave no tombstone: the first ends the session on purpose,
+  and the second lasted ``client_timeout_s`` already.
 
 Defences against forged addresses and floods
 --------------------------------------------
@@ -82,6 +115,7 @@ from it that the server forgot it: it finds out with its next request.
 from __future__ import annotations
 
 import collections
+import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Union, cast
@@ -97,6 +131,7 @@ Key = tuple[Address, int]        # (peer address, n): one reliable server datagr
 MAX_UNACKED = 256                # unacked datagrams one peer may hold before it is dropped
 AMPLIFICATION_FACTOR = 3         # bytes out per byte in, to an unverified address (RFC 9000)
 MAX_DEFERRED = 8                 # requests an unverified address may have waiting
+MAX_ROUNDS = 3                   # extra rounds of retries for a datagram to a live peer
 TELL_EVERY_S = 1.0               # say rate_limited (and log a defence) at most this often
 DEFAULT_RATE_LIMIT_PER_S = 50.0
 DEFAULT_RATE_BURST = 100
@@ -149,6 +184,14 @@ class Report:
 Action = Union[Send, Acked, Cancel, Log, Report]
 
 
+@dataclass(frozen=True)
+class Tombstone:
+    """What outlives a dropped session: the ids its requests used (see the module comment)."""
+
+    dedup: DedupWindow
+    last_heard: float            # monotonic; kept ``client_timeout_s`` after it
+
+
 @dataclass(eq=False)
 class Peer:
     addr: Address
@@ -159,6 +202,10 @@ class Peer:
     verified: bool
     next_n: int = 1
     unacked: set[int] = field(default_factory=set)
+    sent: dict[int, bytes] = field(default_factory=dict)   # n -> payload, while unacked
+    highest_acked: int = 0       # the newest n it acked: it is reachable up to there
+    rounds: collections.Counter[int] = field(default_factory=collections.Counter)
+    inherited: Tombstone | None = None   # until verified: the old session's, untouched
     # Until verified (see "Anti-amplification"):
     bytes_in: int = 0
     bytes_out: int = 0
@@ -205,6 +252,9 @@ class UdpChat:
         # datagrams never sent because the address was forgotten (discarded).
         self.amplification = collections.Counter(
             {"bytes_in": 0, "bytes_out": 0, "held": 0, "skipped": 0, "discarded": 0})
+        self.tombstones: collections.OrderedDict[Address, Tombstone] = \
+            collections.OrderedDict()          # oldest first
+        self.rounds = 0                       # datagrams sent again after a give-up
         self._doomed: set[Peer] = set()       # stopped acking: dropped when the step ends
         self._touched: set[Peer] = set()      # unverified, with something new to release
 
@@ -230,11 +280,23 @@ class UdpChat:
         return []
 
     def give_up(self, key: Key, wall: float) -> list[Action]:
-        """The retransmit timer gave up on ``key``: that peer is unreachable."""
+        """The retransmit timer gave up on ``key``.
+
+        If the peer has acked a datagram sent after it, it is alive: ``key``
+        goes out again (a reliable ``Send``: register it with the timer
+        afresh), at most ``MAX_ROUNDS`` times. Otherwise the peer is
+        unreachable and dropped; its room hears that it left.
+        """
         peer = self.peers.get(key[0])
-        if peer is None or key[1] not in peer.unacked:
+        n = key[1]
+        if peer is None or n not in peer.unacked:
             return []
-        return self._finish(self._drop(peer, wall), wall)
+        payload = peer.sent.get(n)
+        if peer.highest_acked > n and peer.rounds[n] < MAX_ROUNDS and payload is not None:
+            peer.rounds[n] += 1
+            self.rounds += 1
+            return [Send(peer.addr, payload, key)]
+        return self._finish(self._drop(peer, wall, tombstone=True), wall)
 
     def expire(self, now: float, wall: float) -> list[Action]:
         """Drop every peer silent for ``client_timeout_s``, and every address still
@@ -249,7 +311,12 @@ class UdpChat:
             quietest = next(iter(self.peers.values()))
             if now - quietest.last_heard < self.client_timeout_s:
                 break
-            actions += self._drop(quietest, wall)
+            actions += self._drop(quietest, wall, tombstone=False)
+        while self.tombstones:
+            tombstone = next(iter(self.tombstones.values()))
+            if now - tombstone.last_heard < self.client_timeout_s:
+                break
+            self.tombstones.popitem(last=False)
         return self._finish(actions, wall)
 
     def next_expiry(self) -> float | None:
@@ -299,7 +366,7 @@ class UdpChat:
                     return self._server_full(addr, data, rid)
                 oldest = next(iter(self.unverified.values()))
                 actions += self._forget_unverified(oldest, "unverified_evicted", wall)
-            peer = self._connect(addr, len(data), now)
+            peer = self._connect(addr, len(data), now, rid)
             actions += self._perform(self.core.connect(addr))     # the welcome
         elif not self._take_token(peer, now):
             return self._over_limit(peer, now)
@@ -311,11 +378,19 @@ class UdpChat:
             return actions            # acked again, applied once
         return actions + self._request(peer, obj, wall)
 
-    def _connect(self, addr: Address, size: int, now: float) -> Peer:
+    def _connect(self, addr: Address, size: int, now: float, rid: int) -> Peer:
         bucket = (TokenBucket(self.rate_limit_per_s, self.rate_burst, now)
                   if self.rate_limit_per_s > 0 else None)
-        peer = Peer(addr, now, now, DedupWindow(stats=self.stats), bucket,
-                    verified=not self.anti_amplification)
+        # A tombstone's ids carry over, unless id 1 opens the session: a new
+        # client process, or one whose first join must be applied afresh.
+        tombstone = self.tombstones.pop(addr, None)
+        if rid == 1:
+            tombstone = None
+        dedup = (_copy_window(tombstone.dedup) if tombstone is not None
+                 else DedupWindow(stats=self.stats))
+        peer = Peer(addr, now, now, dedup, bucket, verified=not self.anti_amplification)
+        if not peer.verified:
+            peer.inherited = tombstone
         if bucket is not None:
             bucket.take(now)                      # the datagram that introduced it
         self.peers[addr] = peer
@@ -394,6 +469,9 @@ class UdpChat:
             # Retires a datagram: free of the rate limit (a busy room means many).
             self._heard(peer, now)
             peer.unacked.discard(n)
+            peer.sent.pop(n, None)
+            peer.rounds.pop(n, None)
+            peer.highest_acked = max(peer.highest_acked, n)
             actions: list[Action] = [Acked((peer.addr, n))]
             if not peer.verified:
                 actions += self._verify(peer, wall)
@@ -403,6 +481,7 @@ class UdpChat:
         if 0 < n < peer.first_unsent():
             self.dropped["duplicate_ack"] += 1    # its first ack came; a sign of life
             self._heard(peer, now)
+            peer.highest_acked = max(peer.highest_acked, n)
             return []
         self.dropped["unknown_ack"] += 1          # never sent: proves nothing, changes nothing
         unsent = peer.first_unsent()
@@ -413,6 +492,7 @@ class UdpChat:
     def _verify(self, peer: Peer, wall: float) -> list[Action]:
         """``peer`` acked a datagram it was sent: release what waited, apply its requests."""
         peer.verified = True
+        peer.inherited = None                     # its own window is the one now
         self.unverified.pop(peer.addr, None)
         self._touched.discard(peer)
         actions: list[Action] = list(peer.held)   # now unlimited, still in n order
@@ -443,7 +523,8 @@ class UdpChat:
                 # otherwise the address would linger until client_timeout_s.
                 in_room = self.core.members[peer.addr].room is not None
                 outputs = self.core.handle(peer.addr, request, wall) if in_room else []
-                return self._perform(outputs, drop=peer) + self._drop(peer, wall)
+                return self._perform(outputs, drop=peer) + self._drop(peer, wall,
+                                                                       tombstone=False)
             self._check_fits(peer, request, wall)
             return self._perform(self.core.handle(peer.addr, request, wall))
         except p.ProtocolError as exc:
@@ -476,12 +557,22 @@ class UdpChat:
         report = Report(peer.addr, logging.INFO,
                         f"forgotten ({reason}): never acked; received {peer.bytes_in} bytes, "
                         f"sent {peer.bytes_out}, {len(peer.held)} datagrams never sent")
-        return [report] + self._drop(peer, wall)
+        return [report] + self._drop(peer, wall, tombstone=True)
 
-    def _drop(self, peer: Peer, wall: float) -> list[Action]:
+    def _drop(self, peer: Peer, wall: float, *, tombstone: bool) -> list[Action]:
+        """Forget ``peer``. With ``tombstone``, the ids a verified peer's requests
+        used outlive it, and an unverified one puts back the tombstone it inherited
+        (its own window also marks requests deferred, never applied)."""
         self.peers.pop(peer.addr, None)
         self.unverified.pop(peer.addr, None)
         self._touched.discard(peer)
+        kept = peer.dedup if peer.verified else (
+            peer.inherited.dedup if peer.inherited is not None else None)
+        if tombstone and kept is not None:
+            self.tombstones.pop(peer.addr, None)
+            self.tombstones[peer.addr] = Tombstone(kept, peer.last_heard)
+            while len(self.tombstones) > self.max_clients:
+                self.tombstones.popitem(last=False)
         # Stop retransmitting to a forgotten peer. Should the address come back,
         # its new stream starts again at n=1; old datagrams still being resent
         # would pass for the new ones, and the acks for them would cancel them.
@@ -491,6 +582,7 @@ class UdpChat:
         cancelled: list[Action] = [Cancel((peer.addr, n)) for n in sorted(peer.unacked)
                                    if n < unsent]
         peer.unacked.clear()
+        peer.sent.clear()
         peer.held.clear()
         peer.deferred.clear()
         return cancelled + self._perform(self.core.disconnect(peer.addr, wall))
@@ -511,7 +603,7 @@ class UdpChat:
             peer = self._doomed.pop()
             if peer.addr in self.peers:
                 self.dropped["not_acking"] += 1
-                actions += self._drop(peer, wall)
+                actions += self._drop(peer, wall, tombstone=True)
         while self._touched:
             actions += self._release(self._touched.pop())
         return actions
@@ -579,11 +671,17 @@ class UdpChat:
         peer.next_n += 1
         peer.unacked.add(n)
         send = Send(peer.addr, body[:-1] + b',"n":%d}' % n, (peer.addr, n))
+        peer.sent[n] = send.payload               # the timer's bytes, not a copy
         if peer.verified:
             return [send]
         peer.held.append(send)                    # _release sends it when it fits
         self._touched.add(peer)
         return []
+
+
+def _copy_window(window: DedupWindow) -> DedupWindow:
+    """A copy of ``window`` that still counts into the same stats."""
+    return copy.deepcopy(window, {id(window.stats): window.stats})
 
 
 def _datagram_id(obj: dict[str, Any]) -> int:

@@ -13,9 +13,16 @@ datagrams.
 The rules of the wire (the README's UDP section is the spec):
 
 - Every request carries ``id`` = 1, 2, 3 ..., given as it goes out; it is
-  retransmitted until the server's ``{"type":"ack","id":N}`` comes, and a
-  give-up is told to the user: "message N was not delivered", with the
-  start of its text.
+  retransmitted until the server's ``{"type":"ack","id":N}`` comes. When
+  the retransmit timer gives up, the question is whether the server is
+  there. If any datagram came from it during those retries, it is, and the
+  request (or its ack) was unlucky: the same request, same id, goes out
+  again for another round, at most ``MAX_ROUNDS`` rounds, still the one in
+  flight, so nothing overtakes it and the server's ``DedupWindow`` applies
+  it once. If nothing came, the server is unreachable: the user is told
+  "message N was not delivered", with the start of its text, and the next
+  request goes out. (Dropping an unlucky request instead loses it when the
+  server never got it, and says "not delivered" of one it applied.)
 - One request is out at a time; the rest wait in a bounded queue. The server
   applies requests in the order they arrive, so with several out a lost one
   would be overtaken by the next, and a person's lines would reach the room
@@ -24,29 +31,62 @@ The rules of the wire (the README's UDP section is the spec):
   counter. Each is acked (``{"type":"ack","n":N}``), a duplicate too, since
   the first ack may have been lost. A ``ReorderBuffer`` delivers the stream
   once, in ``n`` order; a hole still open after ``gap_timeout_s`` is skipped
-  and reported ("N messages lost"). The server resends a datagram until it
-  gives up on us and drops us, so the timeout must outlast its retries.
+  and reported ("N messages lost"). The server resends a datagram for as
+  long as we ack the ones after it (``datagrams``: rounds), or until it
+  drops us, so the timeout must outlast a round of its retries (0.2 s
+  doubling to 3 s, seven tries: about 12 s by default).
 - The ``seq`` of room broadcasts rides inside; as in the TCP client, the
   highest one seen per room is kept, for rejoining with ``since``.
 - A ``ping`` goes out after ``keepalive_s`` with nothing sent, so the server
   does not time us out. Its ``pong`` is not shown.
 
 A new session. The server forgets an address after a restart, a timeout or
-a give-up. Our next datagram then opens a new session there: a ``welcome``
-with ``n`` = 1 and the reply to that datagram (``not_joined`` for a message)
-with ``n`` = 2. Those numbers are behind our stream, so they look like
-duplicates. Two things tell them apart. A welcome with another ``epoch``
-comes from a new run of the server. And a reply carries the ``id`` of our
-request: a duplicate of a datagram we delivered cannot answer a request
-whose reply we have not delivered yet (this catches a server that merely
-forgot us, whose epoch is unchanged). Such a datagram starts a fresh
-``ReorderBuffer``; the low-numbered datagrams that came just before it (the
-welcome) were kept aside in a small stash and go in first. The new welcome
-makes the core join its room again with ``since`` (without it after a
-restart: the old ``seq`` means nothing there, as in the TCP client), and
-the requests refused with ``not_joined`` meanwhile are sent again once it
-is back in. Trade-off: a duplicate of an old low-numbered datagram can sit
-in the stash in place of a new one that has not arrived yet.
+a give-up on a peer it could not reach. Our next datagram then opens a new
+session there: a ``welcome`` with ``n`` = 1 and the reply to that datagram
+(``not_joined`` for a message) with ``n`` = 2. Those numbers are behind our
+stream, so they look like duplicates. Two things tell them apart. A welcome
+with another ``epoch`` comes from a new run of the server. And a reply
+carries the ``id`` of our request: a duplicate of a datagram we delivered
+cannot answer a request whose reply we have not delivered yet (this catches
+a server that merely forgot us, whose epoch is unchanged). Such a datagram
+starts a fresh ``ReorderBuffer``, and the new welcome makes the core join
+its room again with ``since`` (without it after a restart: the old ``seq``
+means nothing there, as in the TCP client). The rules that make this exact:
+
+- The welcome comes first, so it is kept aside (the *stash*) until the
+  reply shows it is new, with what follows it. Only a welcome of this run
+  whose ``seq`` (the server's count when it welcomed us) is above our
+  session's opens the stash, and it starts empty: an old duplicate kept
+  aside would stand in for the new stream's datagram with its ``n``, which
+  would then be dropped as a duplicate (a ``not_joined`` lost that way
+  left a message unsent, to be sent again much later, out of order).
+- ``since`` is the last ``seq`` delivered in order. What the old stream
+  holds after a hole is not delivered when the new one starts: a room
+  broadcast comes back with the history, and the hole's with it; delivering
+  those would move ``since`` past the hole, and lose it. (Whispers and
+  replies in it are delivered; a whisper in the hole is lost. If the
+  history no longer covers the absence the server says ``history_gap``.)
+- A live room broadcast whose ``seq`` is not above the welcome's cannot
+  belong to this session: a late copy from the one the server forgot. It is
+  ignored and not acked, since an ack names only ``n`` and would retire the
+  new stream's datagram with that number.
+- The requests refused with ``not_joined`` meanwhile are sent again, in
+  their order, once we are back in, before anything queued. The request in
+  flight when the server forgot us is sent again with its id; the server
+  keeps the old session's ``DedupWindow`` for the address (``datagrams``:
+  tombstones), so if the old session applied it, it is acked and not
+  applied again, and ``not_joined`` means it never was.
+- A join still out may be answered by the new session: any answer to one of
+  our joins completes the rejoin, and the rejoin queued behind it is then
+  dropped unsent (a second join would be refused: already in the room).
+
+Trade-offs: n names no session, so a datagram of the old session that comes
+very late, after the new one has reached its ``n``, is taken for the new
+one's (room broadcasts are caught by their ``seq``; replies and whispers are
+not). After a restart a request that the old run applied and did not ack is
+applied again by the new run (its ``DedupWindow`` died with it). And a server
+that gives up on the newest datagram it sent us, with nothing after it to
+ack, drops us while we wait: we find out with our next request or keepalive.
 """
 from __future__ import annotations
 
@@ -61,12 +101,19 @@ from .retransmit import Gap, ReorderBuffer, RetransmitStats
 from .terminal import escape
 
 STASH_MAX_N = 64           # low stream numbers kept aside in case a new session starts
+MAX_ROUNDS = 3             # extra rounds of retries for a request while the server answers
 MAX_AWAITING = 1024        # requests remembered while their reply is awaited
 MAX_RESEND = 64            # requests kept to send again after a rejoin
 MAX_QUEUED = 256           # requests waiting for their turn to go out
 _BIG_ID = 2**53 - 1        # stands in for an id when checking a request's size
 _KEEPALIVE = "_keepalive"  # marks a queued ping as ours; never sent
+_REJOIN = "_rejoin"        # marks a queued join as a rejoin; never sent
 TEXT_START_CHARS = 30      # how much of an undelivered message the user is shown
+
+def _is_int(value: object) -> TypeGuard[int]:
+    """True for an integer that is not a bool: a ``seq``."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
 
 def _is_count(value: object) -> TypeGuard[int]:
     """True for a positive integer (and not a bool): a valid ``id`` or ``n``."""
@@ -173,6 +220,8 @@ class UdpClientCore:
         self.bad_datagrams = 0              # undecodable, or without a valid n
         self.sessions = 0                   # new sessions the server opened for us
         self.keepalives = 0                 # pings sent because we were idle
+        self.rounds = 0                     # requests sent again after a give-up
+        self.stale = 0                      # broadcasts of an older session, ignored
         self._next_id = 1                   # ids are given when a request goes out
         self._queue: collections.deque[dict[str, Any]] = collections.deque()   # its turn next
         self._unacked: dict[int, dict[str, Any]] = {}    # rid -> request: out, not acked
@@ -183,8 +232,12 @@ class UdpClientCore:
         self._resend: list[dict[str, Any]] = []               # refused while forgotten
         self._reorder = self._new_reorder()
         self._retired = collections.Counter[str]()   # counters of replaced reorder buffers
-        self._stash: dict[int, dict[str, Any]] = {}  # low n that looked stale
+        self._stash: dict[int, dict[str, Any]] = {}  # a new session's first datagrams
+        self._session_seq: int | None = None  # seq in the welcome that opened this stream
         self._last_sent: float | None = None
+        self._last_heard: float | None = None        # when the server's last datagram came
+        self._rounds: collections.Counter[int] = collections.Counter()   # rid -> extra rounds
+        self._round_began: dict[int, float] = {}     # rid -> when its retries last began
 
     # -- questions ---------------------------------------------------------------------
     @property
@@ -208,7 +261,9 @@ class UdpClientCore:
                 "acks_sent": self.acks_sent,
                 "bad_datagrams": self.bad_datagrams,
                 "sessions": self.sessions,
-                "keepalives": self.keepalives}
+                "keepalives": self.keepalives,
+                "rounds": self.rounds,
+                "stale": self.stale}
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` next has work: a gap times out, or a keepalive is due."""
@@ -262,7 +317,7 @@ class UdpClientCore:
 
     def cancel(self, rid: int) -> list[Action]:
         """Forget request ``rid``, which the caller could not send after all."""
-        self._unacked.pop(rid, None)
+        self._forget(rid)
         self._awaiting.pop(rid, None)
         self._keepalive_ids.discard(rid)
         if self._pending_join is not None and self._pending_join[0] == rid:
@@ -278,28 +333,51 @@ class UdpClientCore:
             self.bad_datagrams += 1
             return [Note(f"ignored a bad datagram from the server: {exc}")]
         self.heard_from_server = True
+        self._last_heard = now
         if obj.get("type") == p.MessageType.ACK:
             rid = obj.get("id")
             if not _is_count(rid):
                 self.bad_datagrams += 1
                 return []
-            if self._unacked.pop(rid, None) is None:
+            if self._forget(rid) is None:
                 return []                   # a duplicate ack, or one for a request given up
             return [Acked(rid)] + self._pump(now)
         n = obj.get("n")
         if not _is_count(n):
             self.bad_datagrams += 1
             return [Note("ignored a datagram from the server without a valid n")]
+        if self._from_older_session(obj):
+            self.stale += 1                 # not acked: its n would ack the new stream's
+            return []
         actions: list[Action] = [self._ack(n, now)]
-        return actions + self._stream(n, obj, now)
+        actions += self._stream(n, obj, now)
+        return actions + self._pump(now)    # a rejoin queued while handling it goes now
 
     def given_up(self, rid: int, now: float) -> list[Action]:
-        """The retransmit timer gave up on request ``rid``: the server never acked it."""
-        request = self._unacked.pop(rid, None)
-        self._awaiting.pop(rid, None)
+        """The retransmit timer gave up on request ``rid``: the server never acked it.
+
+        If the server was heard from during those retries, it is there and
+        the request was unlucky: ``[Transmit]`` the same request, same id,
+        once more (at most ``MAX_ROUNDS`` times); it stays the one in flight.
+        Otherwise it is given up: the user is told, and the next goes out.
+        """
+        request = self._unacked.get(rid)
+        if request is None:
+            return []                       # acked meanwhile
+        began = self._round_began.get(rid, now)
+        heard = self._last_heard is not None and self._last_heard >= began
         keepalive = rid in self._keepalive_ids
+        if (heard and not keepalive and rid != self.leave_id
+                and self._rounds[rid] < MAX_ROUNDS):
+            self._rounds[rid] += 1
+            self._round_began[rid] = now
+            self.rounds += 1
+            self._last_sent = now
+            return [Transmit(rid, p.encode_datagram(request))]
+        self._forget(rid)
+        self._awaiting.pop(rid, None)
         self._keepalive_ids.discard(rid)
-        if request is None or rid == self.leave_id:
+        if rid == self.leave_id:
             return []
         if self._pending_join is not None and self._pending_join[0] == rid:
             self._pending_join = None
@@ -307,7 +385,7 @@ class UdpClientCore:
                 self.state = ClientState.FAILED
                 return [Failed("no answer from the server to our join")]
         if keepalive:
-            actions: list[Action] = [
+            actions: list[Action] = [] if heard else [
                 Note(f"the server is not answering (ping {rid} was not acked)")]
         else:
             text = f"{request.get('type')} {rid} was not delivered"
@@ -326,7 +404,7 @@ class UdpClientCore:
                 actions += self._queue_join(self.room, now)   # the last rejoin was lost
             else:
                 actions += self._submit(cmd.ping_request(), now, keepalive=True)
-        return actions
+        return actions + self._pump(now)
 
     # -- sending in turn ---------------------------------------------------------------------
     # One request is out at a time, so the server applies them in the order they
@@ -334,7 +412,8 @@ class UdpClientCore:
     # The price is TCP's: a lost request holds up the ones behind it.
 
     def _submit(self, request: dict[str, Any], now: float, *, front: bool = False,
-                keepalive: bool = False) -> list[Action]:
+                keepalive: bool = False, rejoin: bool = False,
+                pump: bool = True) -> list[Action]:
         size = len(p.encode_datagram({**request, "id": _BIG_ID}))
         if size > self.max_datagram_bytes:
             return [Note(f"not sent: {size} bytes, over the "
@@ -343,11 +422,13 @@ class UdpClientCore:
             return [Note(f"not sent: {MAX_QUEUED} requests already wait their turn")]
         if keepalive:
             request = {**request, _KEEPALIVE: True}
+        if rejoin:
+            request = {**request, _REJOIN: True}
         if front:
             self._queue.appendleft(request)
         else:
             self._queue.append(request)
-        return self._pump(now)
+        return self._pump(now) if pump else []
 
     def _pump(self, now: float) -> list[Action]:
         """Send the next queued request if none is out and its turn has come."""
@@ -355,11 +436,18 @@ class UdpClientCore:
             return []
         if self.state in (ClientState.LEFT, ClientState.FAILED):
             return []
+        if self._queue[0].get(_REJOIN) and self.state is ClientState.JOINED:
+            self._queue.popleft()           # an earlier join's answer put us back already
+            self._join_queued = False
+            return self._pump(now)
         is_join = self._queue[0].get("type") == p.MessageType.JOIN
         if self.state is not ClientState.JOINED and not is_join:
             return []                       # held until we are (back) in a room
         request = self._queue.popleft()
         keepalive = bool(request.pop(_KEEPALIVE, False))
+        if request.pop(_REJOIN, False):     # since as it is now, not when it was queued
+            request = cmd.join_request(self.room, self.user,
+                                       self.last_seq.get(p.name_key(self.room)))
         rid = self._next_id
         if is_join:
             self._join_queued = False
@@ -374,6 +462,7 @@ class UdpClientCore:
         self._next_id += 1
         request = {**request, "id": rid}
         self._unacked[rid] = request
+        self._round_began[rid] = now
         if reply:
             self._awaiting[rid] = request
             while len(self._awaiting) > MAX_AWAITING:
@@ -381,11 +470,18 @@ class UdpClientCore:
         self._last_sent = now
         return [Transmit(rid, p.encode_datagram(request))]
 
-    def _queue_join(self, room: str, now: float) -> list[Action]:
+    def _queue_join(self, room: str, now: float, *, pump: bool = True) -> list[Action]:
         """Join ``room`` before anything else waiting (a first join, or a rejoin)."""
         self._join_queued = True
         request = cmd.join_request(room, self.user, self.last_seq.get(p.name_key(room)))
-        return self._submit(request, now, front=True)
+        return self._submit(request, now, front=True, pump=pump,
+                            rejoin=self.state is ClientState.REJOINING)
+
+    def _forget(self, rid: int) -> dict[str, Any] | None:
+        """Stop retransmitting ``rid``; the request, or None if it was not out."""
+        self._rounds.pop(rid, None)
+        self._round_began.pop(rid, None)
+        return self._unacked.pop(rid, None)
 
     def _joining(self) -> bool:
         return self._pending_join is not None or self._join_queued
@@ -408,11 +504,44 @@ class UdpClientCore:
         if expected is not None and n < expected:
             if self._starts_new_session(message):
                 return self._new_session(n, message, now)
-            if n <= STASH_MAX_N:
-                self._stash[n] = message    # the latest copy of each low n
+            self._keep_aside(n, message)
             self._reorder.push(n, message, now)     # counted as a duplicate
             return []
         return self._release(self._reorder.push(n, message, now), now)
+
+    def _keep_aside(self, n: int, message: dict[str, Any]) -> None:
+        """Stash a datagram behind our stream that may belong to a new session.
+
+        A welcome from this run with a higher ``seq`` than ours opens one: the
+        stash starts again with it. What comes after it, low-numbered, is kept
+        too (the latest copy of each ``n``). Anything else is a duplicate: not
+        kept, so that an old copy cannot stand in for a new session's datagram.
+        """
+        if message.get("type") == p.MessageType.WELCOME:
+            seq = message.get("seq")
+            if (message.get("epoch") != self.epoch or not _is_int(seq)
+                    or self._session_seq is None):
+                return
+            if seq > self._session_seq:
+                self._stash = {n: message}
+            elif seq == self._session_seq and not self._stash:
+                self._stash = {n: message}  # ours again, or a new one just like it
+            return
+        if self._stash and n <= STASH_MAX_N:
+            self._stash[n] = message
+
+    def _from_older_session(self, message: dict[str, Any]) -> bool:
+        """A live room broadcast stamped before this stream's welcome: an older session's.
+
+        Every broadcast a session carries is newer than its welcome's ``seq``,
+        except the history a join replays (marked ``history``). A late copy
+        from the session the server forgot would otherwise take the place of
+        the new stream's datagram with the same ``n``.
+        """
+        seq = message.get("seq")
+        return (self._session_seq is not None and isinstance(message.get("room"), str)
+                and _is_int(seq) and seq <= self._session_seq
+                and message.get("history") is not True)
 
     def _starts_new_session(self, message: dict[str, Any]) -> bool:
         """Whether a datagram behind our stream opens a new one; see the module comment."""
@@ -424,9 +553,9 @@ class UdpClientCore:
     def _new_session(self, n: int, message: dict[str, Any], now: float) -> list[Action]:
         """The server has forgotten us and numbers a new stream; see the module comment."""
         self.sessions += 1
-        old = self._reorder
-        actions = self._release(old.poll(float("inf")), now)   # what the old stream still held
-        self._retired.update(duplicates=old.duplicates, gaps=old.gaps, skipped=old.skipped)
+        welcome = message if message.get("type") == p.MessageType.WELCOME else self._stash.get(1)
+        restarted = welcome is not None and welcome.get("epoch") != self.epoch
+        actions = self._retire(self._reorder, restarted, now)
         self._reorder = self._new_reorder()
         released: list[dict[str, Any] | Gap] = []
         for m in sorted(self._stash):
@@ -435,6 +564,42 @@ class UdpClientCore:
         self._stash.clear()
         released += self._reorder.push(n, message, now)
         return actions + self._release(released, now)
+
+    def _retire(self, old: ReorderBuffer[dict[str, Any]], restarted: bool,
+                now: float) -> list[Action]:
+        """What the old stream still holds: everything after a hole that never filled.
+
+        From the same run, its room broadcasts are dropped, not delivered: the
+        rejoin asks for everything after the last ``seq`` delivered in order,
+        and the history brings them back with whatever the hole held (or the
+        server says ``history_gap``). Delivering them would move ``since``
+        past the hole and lose it. Whispers and replies are delivered. After a
+        restart there is no history to ask: everything is delivered, and the
+        holes are reported as lost.
+        """
+        lost_before = old.skipped
+        items = old.poll(float("inf"))
+        if restarted:
+            self._retired.update(duplicates=old.duplicates, gaps=old.gaps, skipped=old.skipped)
+            return self._release(items, now)
+        self._retired.update(duplicates=old.duplicates, gaps=old.gaps - len(
+            [item for item in items if isinstance(item, Gap)]), skipped=lost_before)
+        actions: list[Action] = []
+        missing = 0
+        for item in items:
+            if isinstance(item, Gap):
+                missing += item.count
+            elif _is_int(item.get("seq")) and isinstance(item.get("room"), str):
+                rid = item.get("id")
+                if _is_count(rid):
+                    self._awaiting.pop(rid, None)   # answered: the request was applied
+            else:
+                actions += self._handle(item, now)
+        if missing:
+            plural = "s" if missing != 1 else ""
+            actions.insert(0, Note(f"{missing} datagram{plural} of the old session never "
+                                   f"came; the room's messages come back with its history"))
+        return actions
 
     def _release(self, items: list[dict[str, Any] | Gap], now: float) -> list[Action]:
         actions: list[Action] = []
@@ -458,9 +623,8 @@ class UdpClientCore:
             self._keepalive_ids.discard(rid)
             if kind == p.MessageType.PONG:
                 return []                   # our own keepalive: nothing to show
-        pending = self._pending_join
-        if pending is not None and rid == pending[0]:
-            return self._join_answer(message, now)
+        if request is not None and request.get("type") == p.MessageType.JOIN:
+            return self._join_answer(rid, request, message, now)
         if (kind == p.MessageType.ERROR and message.get("code") == p.ErrorCode.NOT_JOINED
                 and request is not None
                 and self.state in (ClientState.JOINED, ClientState.REJOINING)):
@@ -479,6 +643,8 @@ class UdpClientCore:
         epoch = message.get("epoch")
         restarted = self.epoch is not None and epoch != self.epoch
         self.epoch = epoch
+        seq = message.get("seq")
+        self._session_seq = seq if _is_int(seq) else None
         if self.state not in (ClientState.JOINED, ClientState.REJOINING):
             return actions                  # the first session: our join is already out
         if restarted:
@@ -486,8 +652,13 @@ class UdpClientCore:
             actions.append(Note("the server has restarted; its history starts afresh"))
         self.state = ClientState.REJOINING
         actions.append(Note(f"the server had forgotten us; rejoining {self.room}"))
-        self._pending_join = None           # an answer to an older join cannot come now
-        return actions + self._queue_join(self.room, now)
+        # A join still out may yet be answered by the new session (_join_answer);
+        # if it was applied by the old one, only the rejoin queued here answers.
+        # Not sent yet: an answer to it may come in the same batch (receive sends it).
+        self._pending_join = None
+        if self._join_queued:
+            return actions                  # a join already waits its turn
+        return actions + self._queue_join(self.room, now, pump=False)
 
     def _forgotten(self, request: dict[str, Any], now: float) -> list[Action]:
         """``request`` was refused with ``not_joined``: the server does not know us."""
@@ -504,11 +675,17 @@ class UdpClientCore:
         self.state = ClientState.REJOINING
         return actions + self._queue_join(self.room, now)
 
-    def _join_answer(self, message: dict[str, Any], now: float) -> list[Action]:
-        """``message`` carries the id of our pending join: an error, or our join notice."""
-        assert self._pending_join is not None
-        room = self._pending_join[1]
-        self._pending_join = None
+    def _join_answer(self, rid: object, request: dict[str, Any], message: dict[str, Any],
+                     now: float) -> list[Action]:
+        """``message`` answers our join ``request``: an error, or our join notice.
+
+        Usually the pending join; after a new session, possibly one sent
+        before it that the new session applied (the rejoin queued behind it
+        is then dropped unsent).
+        """
+        room = str(request.get("room"))
+        if self._pending_join is not None and self._pending_join[0] == rid:
+            self._pending_join = None
         if message.get("type") == p.MessageType.ERROR:
             code, text = str(message.get("code")), str(message.get("text"))
             if self.state is ClientState.JOINING:
