@@ -58,6 +58,7 @@ from .protocol import (
     MAX_CLIENTS,
     MAX_CLIENTS_PER_IP,
     MAX_DATAGRAM_BYTES,
+    MIN_DATAGRAM_BYTES,
     MAX_LINE_BYTES,
     MAX_ROOMS,
     MAX_SEND_BUFFER_BYTES,
@@ -180,7 +181,7 @@ class UdpServerConfig:
     history_size: int = setting(HISTORY_SIZE, "messages replayed per room on join", min=0)
     max_text_chars: int = setting(MAX_TEXT_CHARS, "longest message text", min=1)
     max_datagram_bytes: int = setting(MAX_DATAGRAM_BYTES, "largest datagram, both ways",
-                                      min=1, max=MAX_UDP_PAYLOAD)
+                                      min=MIN_DATAGRAM_BYTES, max=MAX_UDP_PAYLOAD)
     max_clients: int = setting(MAX_CLIENTS, "known clients at most", min=1)
     max_rooms: int = setting(MAX_ROOMS, "rooms at most", min=1)
     client_timeout_s: float = setting(60.0, "forget a client silent this long", above=0.0)
@@ -225,7 +226,7 @@ class UdpClientConfig:
     min_rto: float = setting(0.2, "smallest adaptive retransmit timeout",
                              above=0.0, not_above="max_delay")
     max_datagram_bytes: int = setting(MAX_DATAGRAM_BYTES, "largest datagram, both ways",
-                                      min=1, max=MAX_UDP_PAYLOAD)
+                                      min=MIN_DATAGRAM_BYTES, max=MAX_UDP_PAYLOAD)
     gap_timeout_s: float = setting(15.0, "report a hole in the server's stream as lost "
                                    "after this long (longer than the server's retries)",
                                    above=0.0)

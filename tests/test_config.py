@@ -309,3 +309,11 @@ def test_shipped_config_is_the_defaults(name: str, cls: type[Any],
     # Every setting is spelled out, so a new field must be added to the file too.
     keys = set(yaml.safe_load(path.read_text(encoding="utf-8")))
     assert keys == {f.name for f in dataclasses.fields(cls)}
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("cls", [UdpServerConfig, UdpClientConfig])
+def test_a_datagram_limit_too_small_for_a_join_notice_is_a_config_error(cls: type) -> None:
+    with pytest.raises(ConfigError, match="max.datagram.bytes: must be in 576"):
+        load(cls, None, {"max_datagram_bytes": protocol.MIN_DATAGRAM_BYTES - 1})
+    assert load(cls, None, {"max_datagram_bytes": protocol.MIN_DATAGRAM_BYTES})
