@@ -58,11 +58,11 @@ from .protocol import (
     MAX_CLIENTS,
     MAX_CLIENTS_PER_IP,
     MAX_DATAGRAM_BYTES,
-    MIN_DATAGRAM_BYTES,
     MAX_LINE_BYTES,
     MAX_ROOMS,
     MAX_SEND_BUFFER_BYTES,
     MAX_TEXT_CHARS,
+    MIN_DATAGRAM_BYTES,
     PARTIAL_LINE_TIMEOUT_S,
     RATE_ABUSE_LIMIT,
     RATE_BURST,
@@ -70,6 +70,8 @@ from .protocol import (
     SEND_BUFFER_SOFT_BYTES,
     SLOW_READER_GRACE_S,
     TLS_HANDSHAKE_TIMEOUT_S,
+    DuplicateKey,
+    no_duplicate_keys,
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -484,16 +486,10 @@ def _parse_yaml(path: str, text: str) -> Any:
 
 
 def _parse_json(path: str, text: str) -> Any:
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in result:
-                raise ConfigError(f"{path}: key {_show(key)}: duplicate key")
-            result[key] = value
-        return result
-
     try:
-        return json.loads(text, object_pairs_hook=no_duplicates)
+        return json.loads(text, object_pairs_hook=no_duplicate_keys)
+    except DuplicateKey as exc:
+        raise ConfigError(f"{path}: key {_show(exc.key)}: duplicate key") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: invalid JSON: {exc}") from None
 

@@ -197,11 +197,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+class DuplicateKey(ValueError):
+    """A JSON object names ``key`` twice (``json`` would keep the last silently)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key = key
+
+
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An ``object_pairs_hook`` for ``json.loads``; raises DuplicateKey."""
     obj: dict[str, Any] = {}
     for key, value in pairs:
         if key in obj:
-            raise ValueError(f"duplicate key {key!r}")
+            raise DuplicateKey(key)
         obj[key] = value
     return obj
 
@@ -217,7 +226,7 @@ def decode(data: bytes) -> dict[str, Any]:
         raise ProtocolError(ErrorCode.BAD_UTF8,
                             f"invalid UTF-8 at byte {exc.start}") from None
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys,
+        obj = json.loads(text, object_pairs_hook=no_duplicate_keys,
                          parse_constant=_reject_constant)
     except RecursionError:
         raise ProtocolError(ErrorCode.BAD_JSON, "JSON nested too deeply") from None
