@@ -197,7 +197,7 @@ class UdpServerConfig:
                              above=0.0, not_above="max_delay")
     shutdown_grace_s: float = setting(2.0, "seconds to wait for acks of the shutdown "
                                       "notice", min=0.0)
-    # Defences (datagrams.py): each on by default.
+    # Defences (udp_server_core.py): each on by default.
     anti_amplification: bool = setting(True, "send an address that has not acked a datagram "
                                        "at most 3x the bytes it sent (RFC 9000 section 8)")
     unverified_timeout_s: float = setting(5.0, "forget an address that has not acked its "

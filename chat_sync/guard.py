@@ -81,7 +81,7 @@ class TokenBucket:
     """``rate`` tokens a second, at most ``burst`` kept; ``take`` spends one.
 
     Refilled lazily: the tokens earned since the last call are added when
-    asked, so an idle bucket costs nothing. The UDP server (``datagrams``)
+    asked, so an idle bucket costs nothing. The UDP server (``udp_server_core``)
     keeps one per peer too.
     """
 

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 Three layers, as in the TCP client:
 
-1. ``udp_session.UdpClientCore`` holds the client's state and does no I/O:
+1. ``udp_client_core.UdpClientCore`` holds the client's state and does no I/O:
    datagrams, timer give-ups and the time in, actions out. Its module
    comment gives the rules of the wire.
 2. ``UdpChatClient`` owns one UDP socket ``connect()``-ed to the server, so
@@ -41,7 +41,7 @@ from .client_program import configure, run, show_event
 from .retransmit import RetransmitQueue, TimerThread
 from .retransmit import TooManyPending
 from .terminal import Terminal, main_streams
-from .udp_session import (Acked, Action, ClientState, Deliver, Failed, JoinRefused, Note,
+from .udp_client_core import (Acked, Action, ClientState, Deliver, Failed, JoinRefused, Note,
                           SendAck, Transmit, UdpClientCore)
 from .wakeup import Wakeup
 

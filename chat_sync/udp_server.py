@@ -14,7 +14,7 @@ Two threads, each with one job:
   datagram it gives up on, is handed to the loop thread (a queue plus the
   wake-up socketpair). The loop asks ``UdpChat.resend`` whether it may go,
   because an address not verified yet has a byte budget that
-  retransmissions spend too (``datagrams``: anti-amplification).
+  retransmissions spend too (``udp_server_core``: anti-amplification).
 
 A reliable datagram is registered with the timer *before* its first
 ``sendto``, so an ack that comes back at once always finds it. Defences
@@ -36,7 +36,7 @@ from typing import Any
 
 from . import config as cfg
 from . import protocol as p
-from .datagrams import Acked, Action, Cancel, Key, Log, Report, Send, UdpChat
+from .udp_server_core import Acked, Action, Cancel, Key, Log, Report, Send, UdpChat
 from .logs import ChatLog
 from .retransmit import RetransmitQueue, TimerThread
 from .rooms import ChatCore

@@ -43,7 +43,7 @@ from test_udp import (  # noqa: F401  (servers, clients: fixtures)
 )
 
 from chat_sync import protocol as p
-from chat_sync.datagrams import AMPLIFICATION_FACTOR
+from chat_sync.udp_server_core import AMPLIFICATION_FACTOR
 from chat_sync.serving import ServerHandle
 from chat_sync.udp_client import Received
 

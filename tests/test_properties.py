@@ -1,7 +1,7 @@
 """Properties of the sans-IO cores, checked on inputs that hypothesis makes up.
 
 The example-based tests (test_framing, test_protocol, test_rooms,
-test_datagrams) say what the cores do on inputs a person thought of; these
+test_udp_server_core) say what the cores do on inputs a person thought of; these
 say what must hold on *any* input a peer can send:
 
 - framing: however TCP splits a stream, the same lines come out, and a line
@@ -37,9 +37,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chat_sync import datagrams
+from chat_sync import udp_server_core
 from chat_sync import protocol as p
-from chat_sync.datagrams import Action, Address, Send, UdpChat
+from chat_sync.udp_server_core import Action, Address, Send, UdpChat
 from chat_sync.framing import LineBuffer, LineTooLong
 from chat_sync.rooms import Broadcast, ChatCore, Output, Reply
 
@@ -568,7 +568,7 @@ class UdpRun:
         if send.key is not None:
             self.reliable[send.addr].append(send)
         self.bytes_out[send.addr] += len(send.payload)
-        factor = getattr(datagrams, "AMPLIFICATION_FACTOR", None)   # anti-amplification
+        factor = getattr(udp_server_core, "AMPLIFICATION_FACTOR", None)   # anti-amplification
         if factor is not None and send.addr not in self.verified:
             sent, received = self.bytes_out[send.addr], self.bytes_in[send.addr]
             assert sent <= factor * received, f"{sent} bytes to an unverified address " \

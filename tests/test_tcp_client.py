@@ -24,19 +24,14 @@ from chat_sync import protocol as p
 from chat_sync import tcp_client
 from chat_sync.client_program import run, show_event
 from chat_sync.config import TcpClientConfig, TcpServerConfig
-from chat_sync.tcp_client import (
+from chat_sync.tcp_client import ChatClient, ClientEvent, Closed, JoinError, Notice, Received
+from chat_sync.tcp_client_core import (
     Backoff,
-    ChatClient,
     ClientCore,
-    ClientEvent,
     ClientState,
-    Closed,
-    JoinError,
     JoinRefused,
     Joined,
     Note,
-    Notice,
-    Received,
     Send,
     ServerShutdown,
     Show,

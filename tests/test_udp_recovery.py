@@ -40,17 +40,17 @@ from typing import Any
 
 import pytest
 
-from chat_sync import datagrams
+from chat_sync import udp_server_core
 from chat_sync import protocol as p
 from chat_sync.config import UdpClientConfig
-from chat_sync.datagrams import Address, Send, UdpChat
+from chat_sync.udp_server_core import Address, Send, UdpChat
 from chat_sync.faultrelay import (Action, Direction, FaultDecider, FaultPlan, FaultRelay,
                                   FaultSchedule)
 from chat_sync.rooms import ChatCore
 from chat_sync.serving import ServerHandle
 from chat_sync.udp_client import ClientEvent, Notice, Received, UdpChatClient
 from chat_sync.udp_server import serve
-from chat_sync.udp_session import (MAX_ROUNDS, Acked, ClientState, Deliver, Note, SendAck,
+from chat_sync.udp_client_core import (MAX_ROUNDS, Acked, ClientState, Deliver, Note, SendAck,
                                    Transmit, UdpClientCore)
 
 EPOCH = "0000aaaa"
@@ -233,11 +233,11 @@ class Net:
         self.chat = UdpChat(ChatCore(p.Limits(), history_size=20, epoch="e"))
         self.now = 100.0
 
-    def send(self, addr: Address, **fields: Any) -> list[datagrams.Action]:
+    def send(self, addr: Address, **fields: Any) -> list[udp_server_core.Action]:
         return self.chat.receive(addr, json.dumps(fields).encode("utf-8"), self.now,
                                  WALL + self.now)
 
-    def ack(self, addr: Address, n: int) -> list[datagrams.Action]:
+    def ack(self, addr: Address, n: int) -> list[udp_server_core.Action]:
         return self.chat.receive(addr, b'{"type":"ack","n":%d}' % n, self.now, WALL)
 
     def join(self, addr: Address, user: str, rid: int = 1) -> None:
@@ -245,16 +245,16 @@ class Net:
                 + self.ack(addr, 1):
             self.ack_send(action)
 
-    def ack_send(self, action: datagrams.Action) -> None:
+    def ack_send(self, action: udp_server_core.Action) -> None:
         if isinstance(action, Send) and action.key is not None:
             self.ack(*action.key)
 
 
-def to(addr: Address, actions: list[datagrams.Action]) -> list[dict[str, Any]]:
+def to(addr: Address, actions: list[udp_server_core.Action]) -> list[dict[str, Any]]:
     return [p.decode(a.payload) for a in actions if isinstance(a, Send) and a.addr == addr]
 
 
-def keyed(addr: Address, actions: list[datagrams.Action]) -> list[Send]:
+def keyed(addr: Address, actions: list[udp_server_core.Action]) -> list[Send]:
     return [a for a in actions if isinstance(a, Send) and a.addr == addr and a.key is not None]
 
 
@@ -274,7 +274,7 @@ def test_cause_5_a_give_up_on_a_peer_that_acks_later_datagrams_sends_it_again() 
     [later] = keyed(ALICE, net.send(BOB, type="message", text="later", id=3))
     assert later.key is not None and unlucky.key is not None
     net.ack(*later.key)                                 # alice is there
-    for _ in range(datagrams.MAX_ROUNDS):
+    for _ in range(udp_server_core.MAX_ROUNDS):
         assert net.chat.give_up(unlucky.key, WALL) == [unlucky]   # same n, same bytes
         assert ALICE in net.chat.peers
     dropped = net.chat.give_up(unlucky.key, WALL)       # a bound, even so

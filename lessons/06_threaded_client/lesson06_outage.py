@@ -20,7 +20,8 @@ import random
 from collections.abc import Callable
 
 from chat_sync.config import TcpClientConfig
-from chat_sync.tcp_client import Backoff, ChatClient, ClientEvent, Closed, Notice, Received
+from chat_sync.tcp_client import ChatClient, ClientEvent, Closed, Notice, Received
+from chat_sync.tcp_client_core import Backoff
 from chat_sync.tcp_server import serve
 from chat_sync.terminal import render
 from lesson06_relay import CuttingRelay

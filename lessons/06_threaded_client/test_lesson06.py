@@ -16,8 +16,8 @@ import pytest
 
 from chat_sync import protocol as p
 from chat_sync.config import TcpClientConfig
-from chat_sync.tcp_client import (Backoff, ChatClient, ClientCore, ClientEvent, Closed,
-                                  Notice, Received, Send, Show)
+from chat_sync.tcp_client import ChatClient, ClientEvent, Closed, Notice, Received
+from chat_sync.tcp_client_core import Backoff, ClientCore, Send, Show
 from chat_sync.serving import ServerHandle
 from chat_sync.tcp_server import serve
 from lesson06_relay import CuttingRelay

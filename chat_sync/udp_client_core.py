@@ -32,7 +32,7 @@ The rules of the wire (the README's UDP section is the spec):
   the first ack may have been lost. A ``ReorderBuffer`` delivers the stream
   once, in ``n`` order; a hole still open after ``gap_timeout_s`` is skipped
   and reported ("N messages lost"). The server resends a datagram for as
-  long as we ack the ones after it (``datagrams``: rounds), or until it
+  long as we ack the ones after it (``udp_server_core``: rounds), or until it
   drops us, so the timeout must outlast a round of its retries (0.2 s
   doubling to 3 s, seven tries: about 12 s by default).
 - The ``seq`` of room broadcasts rides inside; as in the TCP client, the
@@ -73,7 +73,7 @@ means nothing there, as in the TCP client). The rules that make this exact:
 - The requests refused with ``not_joined`` meanwhile are sent again, in
   their order, once we are back in, before anything queued. The request in
   flight when the server forgot us is sent again with its id; the server
-  keeps the old session's ``DedupWindow`` for the address (``datagrams``:
+  keeps the old session's ``DedupWindow`` for the address (``udp_server_core``:
   tombstones), so if the old session applied it, it is acked and not
   applied again, and ``not_joined`` means it never was.
 - A join still out may be answered by the new session: any answer to one of

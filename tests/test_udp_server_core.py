@@ -1,4 +1,4 @@
-"""Tests of chat_sync.datagrams.UdpChat with no sockets: datagrams in, actions out.
+"""Tests of chat_sync.udp_server_core.UdpChat with no sockets: datagrams in, actions out.
 
 Each test plays one or more peers (plain addresses) against one ``UdpChat``
 and a fake clock: it feeds datagrams with ``Net.send`` and reads what the
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from chat_sync import protocol as p
-from chat_sync.datagrams import (AMPLIFICATION_FACTOR, MAX_DEFERRED, MAX_UNACKED, Acked,
+from chat_sync.udp_server_core import (AMPLIFICATION_FACTOR, MAX_DEFERRED, MAX_UNACKED, Acked,
                                  Action, Address, Cancel, Log, Report, Send, UdpChat)
 from chat_sync.guard import TokenBucket
 from chat_sync.rooms import ChatCore

@@ -1,0 +1,187 @@
+"""The TCP chat client's sans-IO core: server messages in, actions out.
+
+Theory of operation
+-------------------
+``ClientCore`` holds the client's state and no I/O: the room it is in, the
+join it is waiting for, the last ``seq`` it saw in each room. Feed it each
+decoded server message with ``receive``; it answers with actions (``Show``,
+``Send``, ``Joined``, ``JoinRefused``, ``ServerShutdown``, ``Note``), which
+the socket shell (``tcp_client.ChatClient``) carries out. ``Backoff`` is the
+reconnect schedule, pure too: the random fraction is passed in.
+
+Why a reconnect misses nothing and shows nothing twice: ``seq`` is one
+counter for the whole server. The core remembers, per room, the highest
+``seq`` it saw, and the shell's rejoin asks for ``since`` that seq; a
+broadcast whose seq is not above the last one seen in its room is dropped
+as a second line of defence. A new ``epoch`` in a welcome means the server
+restarted and counts afresh, so the core forgets the old numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import itertools
+from typing import Any, Union
+
+from . import commands as cmd
+from . import protocol as p
+from .terminal import escape
+
+
+# -- Back-off (pure) ------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+    """How long to wait before each reconnect attempt; see the module comment."""
+
+    base_delay_s: float
+    max_delay_s: float
+    tries: int
+
+    def delay(self, attempt: int, random_fraction: float) -> float:
+        """Seconds to wait before attempt ``attempt`` (0 for the first).
+
+        ``random_fraction`` is in [0, 1), e.g. ``random.random()``; passing it
+        in keeps this function pure. Returns a value in [cap/2, cap].
+        """
+        if attempt < 0:
+            raise ValueError(f"attempt must be >= 0, got {attempt}")
+        # 2.0 ** 1024 overflows a float; the cap is reached long before 60 doublings.
+        cap = min(self.max_delay_s, self.base_delay_s * 2.0 ** min(attempt, 60))
+        return cap / 2 + cap / 2 * random_fraction
+
+
+# -- The core (no I/O) -------------------------------------------------------------
+class ClientState(enum.Enum):
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"    # socket open, waiting for the welcome
+    JOINING = "joining"          # this connection's first join sent, waiting for its answer
+    JOINED = "joined"            # in a room; chat and commands may be sent
+
+
+@dataclasses.dataclass(frozen=True)
+class Show:
+    """Show this server message to the user."""
+
+    message: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Send:
+    """Send this request to the server."""
+
+    request: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Joined:
+    room: str
+
+
+@dataclasses.dataclass(frozen=True)
+class JoinRefused:
+    """The join that opens a connection was refused; the connection is useless."""
+
+    code: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerShutdown:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Note:
+    """Something the user should know that no server message says."""
+
+    text: str
+
+
+Action = Union[Show, Send, Joined, JoinRefused, ServerShutdown, Note]
+
+
+class ClientCore:
+    """The client's state machine: messages in, actions out. Not thread-safe."""
+
+    def __init__(self, user: str, room: str) -> None:
+        self.user = user
+        self.room = room                  # the room we are in, or are about to join
+        self.state = ClientState.DISCONNECTED
+        self.last_seq: dict[str, int] = {}   # name_key(room) -> highest seq seen there
+        self.epoch: object = None            # the server run those seqs belong to
+        self._ids = itertools.count(1)
+        self._pending_join: tuple[int, str] | None = None   # (request id, room)
+
+    def connection_made(self) -> None:
+        self.state = ClientState.CONNECTING
+        self._pending_join = None
+
+    def connection_lost(self) -> None:
+        self.state = ClientState.DISCONNECTED
+        self._pending_join = None
+
+    def join(self, room: str) -> dict[str, Any]:
+        """The request that joins ``room``, with ``since`` if we have been there before.
+
+        Its ``id`` lets ``receive`` tell the answer to this join from other traffic.
+        """
+        rid = next(self._ids)
+        self._pending_join = (rid, room)
+        return cmd.join_request(room, self.user, self.last_seq.get(p.name_key(room)), rid)
+
+    def receive(self, message: dict[str, Any]) -> list[Action]:
+        """Act on one decoded server message."""
+        kind = message.get("type")
+        if self.state is ClientState.CONNECTING:
+            if kind == p.MessageType.WELCOME:
+                return self._welcome(message)
+            return [Show(message)]        # e.g. server_full; the server closes next
+        if kind == p.MessageType.SYSTEM and message.get("event") == p.SystemEvent.SHUTDOWN:
+            return [Show(message), ServerShutdown(str(message.get("text", "")))]
+        pending = self._pending_join
+        if pending is not None and message.get("id") == pending[0]:
+            return self._join_answer(message)
+        if not self._is_new(message):
+            return []
+        return [Show(message)]
+
+    def _welcome(self, message: dict[str, Any]) -> list[Action]:
+        actions: list[Action] = [Show(message)]
+        if message.get("protocol") != p.PROTOCOL_VERSION:
+            actions.append(Note(f"the server speaks protocol {escape(str(message.get('protocol')))}"
+                                f", this client {p.PROTOCOL_VERSION}; expect trouble"))
+        epoch = message.get("epoch")
+        if self.epoch is not None and epoch != self.epoch:
+            self.last_seq.clear()
+            actions.append(Note("the server has restarted; its history starts afresh"))
+        self.epoch = epoch
+        self.state = ClientState.JOINING
+        actions.append(Send(self.join(self.room)))
+        return actions
+
+    def _join_answer(self, message: dict[str, Any]) -> list[Action]:
+        """``message`` carries the id of our pending join: an error, or our join notice."""
+        assert self._pending_join is not None
+        room = self._pending_join[1]
+        self._pending_join = None
+        if message.get("type") == p.MessageType.ERROR:
+            if self.state is ClientState.JOINING:
+                return [JoinRefused(str(message.get("code")), str(message.get("text")))]
+            return [Show(message)]        # a /join refused: we stay where we were
+        room_name = message.get("room")
+        self.room = room_name if isinstance(room_name, str) else room
+        self.state = ClientState.JOINED
+        self._is_new(message)             # record its seq
+        return [Joined(self.room), Show(message)]
+
+    def _is_new(self, message: dict[str, Any]) -> bool:
+        """False for a room broadcast we have already seen; records the seq of a new one."""
+        room, seq = message.get("room"), message.get("seq")
+        if not isinstance(room, str) or not isinstance(seq, int) or isinstance(seq, bool):
+            return True                   # not a room broadcast: replies, whispers...
+        key = p.name_key(room)
+        last = self.last_seq.get(key)
+        if last is not None and seq <= last:
+            return False
+        self.last_seq[key] = seq
+        return True
