@@ -1,4 +1,5 @@
-"""Install chat_sync: ``pip install .`` for the server and client, ``pip install -e '.[test]'`` to test."""
+"""Install chat_sync: ``pip install .`` for the server and client, ``pip install -e '.[test]'`` to
+test, ``pip install -e '.[course]'`` to open the course's notebooks."""
 import re
 from pathlib import Path
 
@@ -7,6 +8,14 @@ from setuptools import find_packages, setup
 VERSION = re.search(r'__version__ = "([^"]+)"',
                     Path(__file__).with_name("chat_sync").joinpath("__init__.py").read_text()
                     ).group(1)
+
+# What running the notebooks takes, headless (the tests) or in a browser (a student).
+NOTEBOOKS = [
+    "nbformat",      # read and validate the notebooks
+    "nbclient",      # run them headless in a kernel, as tests
+    "ipykernel",     # the python3 kernel nbclient and Jupyter start
+    "matplotlib",    # the notebooks' plots (Agg backend, no display)
+]
 
 setup(
     name="chat_sync",
@@ -21,14 +30,15 @@ setup(
         "test": [
             "pytest",
             "pytest-timeout",
-            "nbformat",      # read and validate the notebooks
-            "nbclient",      # run them headless in a kernel, as tests
-            "ipykernel",     # the python3 kernel nbclient starts
-            "matplotlib",    # the notebooks' plots (Agg backend, no display)
+            *NOTEBOOKS,
             "mypy",          # tests/test_types.py: the package stays --strict clean
             "types-PyYAML",  # yaml's type stubs, for that check
             "trustme",       # tests/test_tls.py: a throwaway CA and certificates, made per run
             "hypothesis",    # tests/test_properties.py: properties of the cores on made-up input
+        ],
+        "course": [
+            "notebook",      # `jupyter notebook`: open notebooks/ in a browser
+            *NOTEBOOKS,
         ],
     },
     entry_points={"console_scripts": ["chat-sync=chat_sync.cli:main"]},
