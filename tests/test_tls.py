@@ -9,6 +9,9 @@ peer was dealt with.
 from __future__ import annotations
 
 import os
+import re
+import shlex
+import shutil
 import socket
 import ssl
 import subprocess
@@ -324,3 +327,71 @@ def test_a_certificate_that_is_not_pem_exits_1(tmp_path: Path) -> None:
 def iter_events(client: ChatClient) -> Iterator[ClientEvent]:
     while True:
         yield client.next_event()
+
+
+# -- The README's recipe, as a newcomer follows it --------------------------------------------
+def readme_tls_blocks() -> list[str]:
+    """The ``sh`` blocks of the README's TLS section, in order."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"^## TLS\n(.*?)(?=^## )", text, re.S | re.M)
+    assert match, "README has no TLS section"
+    return re.findall(r"```sh\n(.*?)```", match.group(1), re.S)
+
+
+def as_subprocess(command: str, *extra: str) -> list[str]:
+    """A README ``chat-sync ...`` command as argv for this interpreter and this tree."""
+    words = shlex.split(command)
+    assert words[0] == "chat-sync", command
+    return [sys.executable, "-m", "chat_sync", *words[1:], *extra]
+
+
+@pytest.mark.timeout(90)
+def test_the_readme_recipes_make_the_files_its_commands_use_and_a_line_goes_through(
+        tmp_path: Path) -> None:
+    """Each certificate recipe, run as pasted in an empty directory, then the two commands."""
+    blocks = readme_tls_blocks()
+    recipes = [block for block in blocks if "chat-sync" not in block]
+    server_command = next(b for b in blocks if b.startswith("chat-sync tcp-server")).strip()
+    client_command = next(b for b in blocks if b.startswith("chat-sync tcp-client")).strip()
+    assert len(recipes) >= 2, "the TLS section should say how to make the certificate files"
+    for number, recipe in enumerate(recipes):
+        tool = shlex.split(recipe)[0]
+        if tool != "python3" and shutil.which(tool) is None:
+            continue                              # openssl missing: the trustme recipe is for that
+        where = tmp_path / f"recipe{number}"
+        where.mkdir()
+        made = subprocess.run(["bash", "-euc", recipe.replace("python3 ", f"{sys.executable} ")],
+                              cwd=where, capture_output=True, text=True, timeout=30)
+        assert made.returncode == 0, made.stderr
+        assert {"server.pem", "server-key.pem", "ca.pem"} <= {p.name for p in where.iterdir()}
+        chat_over_tls(where, server_command, client_command)
+
+
+def chat_over_tls(where: Path, server_command: str, client_command: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    server = subprocess.Popen(as_subprocess(server_command, "--port", "0"), cwd=where, env=env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    client: subprocess.Popen[str] | None = None
+    try:
+        assert server.stdout is not None
+        line = StreamLines(server.stdout).readline(timeout=15)
+        assert line is not None and line.startswith("listening on 127.0.0.1:"), line
+        port = line.rsplit(":", 1)[1].strip()
+        client = subprocess.Popen(as_subprocess(client_command, "--port", port, "--plain"),
+                                  cwd=where, env=env, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert client.stdin is not None and client.stdout is not None
+        client.stdin.write("hello over tls\n")
+        client.stdin.flush()
+        StreamLines(client.stdout).wait_for_line(lambda seen: "alice: hello over tls" in seen,
+                                                 timeout=15)
+        client.stdin.close()
+        assert client.wait(timeout=15) == 0
+        server.terminate()
+        assert server.wait(timeout=15) == 0
+    finally:
+        for proc in (client, server):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
