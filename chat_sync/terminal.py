@@ -19,25 +19,38 @@ sequences are the only ones that ever reach the terminal.
 - **plain** (``--plain``, or stdin/stdout not a TTY): one line per event,
   no prompt, no escape sequences, no colour. Right for pipes and scripts.
 - **TTY**: a prompt, colour unless ``NO_COLOR`` is set (https://no-color.org),
-  and readline-aware redraw. A message arriving while the user is half-way
-  through typing a line would otherwise be printed in the middle of it. So
-  ``show`` saves readline's line buffer, clears the line (``\\r\\x1b[K``),
-  prints the message, and re-prints the prompt and the saved buffer.
-  Trade-off: Python's ``readline`` cannot ask for a forced redisplay, so
-  the cursor ends up at the end of the re-printed text even if the user had
-  moved it left; the next keystroke puts it right again.
+  and a line editor of our own. A message arriving while the user is
+  half-way through typing a line would otherwise be printed in the middle of
+  it. So the input area (the prompt and the line being typed, which may wrap
+  over several rows) is ours alone: the terminal is in cbreak mode (keys
+  arrive one by one, unechoed), ``LineEditor`` applies them, and every write
+  to the screen, a key's echo or a message, happens under one lock. ``show``
+  erases the input area by the rows it takes at the terminal's width, prints
+  the message, and draws the area again, the cursor where it was.
+
+Why not readline: Python's ``readline`` echoes keys and draws its prompt in
+C, in the stdin thread, without the GIL and without any lock of ours; a
+message printed at the wrong moment drew the prompt twice, and a redraw from
+outside cannot know how many rows readline's line takes or where its cursor
+is. The editor here has readline's everyday keys (arrows, Home/End, Ctrl-U/K/W,
+history) and no more. Trade-off: a resize while a wrapped line is shown
+may leave a stale row, since the terminal rewraps what is already there.
 """
 from __future__ import annotations
 
+import codecs
+import collections
+import os
 import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
+from .line_editor import ONE_ROW, Layout, LineEditor, draw_input, erase_input, layout
+from .line_editor import CLEAR_LINE as CLEAR_LINE
 from .logs import escape as _escape_line
 from .protocol import MessageType, SystemEvent, name_key
 
-CLEAR_LINE = "\r\x1b[K"      # carriage return, then erase to the end of the line
 
 # SGR colour codes; used only when colour is on.
 _RESET = "\x1b[0m"
@@ -149,88 +162,96 @@ def _render_rooms(rooms: object) -> str:
     return ", ".join(parts) or "none"
 
 
-def redraw(text: str, prompt: str, buffer: str) -> str:
+def redraw(text: str, prompt: str, buffer: str, *, cursor: int | None = None,
+           width: int | None = None, shown: Layout = ONE_ROW) -> str:
     """What to write so ``text`` appears above the line being typed.
 
-    Clear the current line, write ``text`` and a newline, then re-print the
-    prompt and what the user had typed so far (``buffer``).
+    Erase the input area (drawn as ``shown``), write ``text`` and a newline,
+    then draw the prompt and what the user had typed so far (``buffer``)
+    again, the cursor where it was.
     """
-    return CLEAR_LINE + text + "\n" + prompt + buffer
+    return erase_input(shown) + text + "\n" + draw_input(prompt, buffer, cursor, width)
 
 
+
+# -- The terminal shell ------------------------------------------------------------------
 class Terminal:
     """Where the clients print events and read typed lines.
 
-    ``plain`` selects plain mode (see the module comment). ``line_buffer``
-    returns what the user has typed so far (``readline.get_line_buffer``);
-    it is used only in TTY mode. ``show`` may be called from any thread.
+    ``plain`` selects plain mode (see the module comment). In TTY mode
+    ``keys`` reads what the user typed, as bytes (b"" at end of input), and
+    ``width`` gives the terminal's width; both default to the real ones, and
+    tests pass fakes. ``show`` may be called from any thread.
     """
 
     def __init__(self, stdin: TextIO, stdout: TextIO, *, plain: bool, colour: bool = False,
-                 prompt: str = "> ", line_buffer: Callable[[], str] | None = None) -> None:
+                 prompt: str = "> ", keys: Callable[[], bytes] | None = None,
+                 width: Callable[[], int] | None = None) -> None:
         self.stdin = stdin
         self.stdout = stdout
         self.plain = plain
         self.colour = colour and not plain
         self.prompt = "" if plain else prompt
-        self._line_buffer = line_buffer
-        self._lock = threading.Lock()
-        self._prompt_shown = False    # a read_line is waiting for the user
+        self._keys = keys if keys is not None else self._read_keys
+        self._width = width if width is not None else self._terminal_width
+        self._lock = threading.Lock()    # one writer at a time: the stdin thread or a reader
+        self._editor = LineEditor()
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._typed: collections.deque[str | None] = collections.deque()   # lines finished
+        self._editing = False            # the input area is on screen
+        self._shown = ONE_ROW            # ... laid out like this
+        self._closed = False
         self._saved_tty: list[Any] | None = None   # termios settings to restore
 
     @classmethod
     def open(cls, stdin: TextIO, stdout: TextIO, *, plain: bool,
              environ: Mapping[str, str]) -> Terminal:
-        """A terminal for the real streams: TTY mode only if both are TTYs and not ``plain``.
-
-        Importing ``readline`` is what makes ``input()`` editable, with
-        history; it is done only in TTY mode because it also changes how
-        ``input()`` treats its streams.
-        """
+        """A terminal for the real streams: TTY mode only if both are TTYs and not ``plain``."""
         interactive = not plain and stdin.isatty() and stdout.isatty()
-        if not interactive:
+        saved = _tty_settings(stdin) if interactive else None
+        if saved is None:
             return cls(stdin, stdout, plain=True)
-        line_buffer: Callable[[], str] | None = None
-        try:
-            import readline
-            line_buffer = readline.get_line_buffer
-        except ImportError:           # Windows, or Python built without it
-            pass
-        terminal = cls(stdin, stdout, plain=False, colour=colour_wanted(stdout, environ),
-                       line_buffer=line_buffer)
-        terminal._saved_tty = _tty_settings(stdin)
+        terminal = cls(stdin, stdout, plain=False, colour=colour_wanted(stdout, environ))
+        terminal._saved_tty = saved
         return terminal
 
     def close(self) -> None:
-        """Leave the terminal as we found it.
+        """Erase the input area and leave the terminal as we found it.
 
-        The program may end while the stdin thread is still inside readline,
-        which had switched the TTY to raw, no-echo mode; the saved settings
-        are put back so the user's shell is usable again.
+        The program may end while the stdin thread still waits for keys,
+        with the TTY in cbreak (no echo) mode; the saved settings are put
+        back so the user's shell is usable again.
         """
         if self.plain:
             return
         with self._lock:
-            self.stdout.write("\n")
-            self.stdout.flush()
+            self._closed = True
+            if self._editing:
+                self._editing = False
+                self.stdout.write(erase_input(self._shown))
+                self.stdout.flush()
         if self._saved_tty is not None:
             _restore_tty(self.stdin, self._saved_tty)
 
     def show(self, text: str) -> None:
-        """Print one line (already rendered and escaped) without garbling the input line."""
+        """Print one line (already rendered and escaped) above the line being typed."""
         with self._lock:
-            if self.plain or not self._prompt_shown:
+            if self.plain or not self._editing:
                 self.stdout.write(text + "\n")
             else:
-                buffer = self._line_buffer() if self._line_buffer is not None else ""
-                self.stdout.write(redraw(text, self.prompt, buffer))
+                width = self._width()
+                self.stdout.write(redraw(text, self.prompt, self._editor.buffer,
+                                         cursor=self._editor.cursor, width=width,
+                                         shown=self._shown))
+                self._shown = layout(self.prompt, self._editor.buffer, self._editor.cursor, width)
             self.stdout.flush()
 
     def read_line(self) -> str | None:
         """The next typed line without its line ending, or None at end of input.
 
-        In TTY mode this is ``input()`` (so readline edits the line); in plain
-        mode a bare ``readline()`` of the stream, with no prompt.
+        In TTY mode the line editor's (the stdin thread's): keys are read
+        outside the lock and applied, and echoed, under it; in plain mode a
+        bare ``readline()`` of the stream, with no prompt.
         """
         if self.plain:
             line = self.stdin.readline()
@@ -238,21 +259,74 @@ class Terminal:
                 return None
             return line.rstrip("\r\n")
         with self._lock:
-            self._prompt_shown = True
-        try:
-            return input(self.prompt)
-        except EOFError:
-            return None
-        finally:
+            if not self._editing and not self._editor.ended and not self._closed:
+                self._start_editing()
+        while True:
             with self._lock:
-                self._prompt_shown = False
+                if self._typed:
+                    return self._typed.popleft()
+                if self._editor.ended or self._closed:
+                    return None
+            data = self._keys()
+            with self._lock:
+                if self._closed:
+                    return None
+                finished: list[str | None] = [None]           # b"": the TTY is gone
+                if data:
+                    finished = self._editor.feed(self._decoder.decode(data))
+                self._echo(finished)
+                self._typed.extend(finished)
+
+    def _start_editing(self) -> None:
+        """Cbreak mode (keys one by one, no echo: we echo), and the prompt. Under the lock."""
+        if self._saved_tty is not None:
+            _cbreak(self.stdin)
+        width = self._width()
+        self.stdout.write(draw_input(self.prompt, self._editor.buffer, self._editor.cursor, width))
+        self._shown = layout(self.prompt, self._editor.buffer, self._editor.cursor, width)
+        self._editing = True
+        self.stdout.flush()
+
+    def _echo(self, finished: list[str | None]) -> None:
+        """Show the keys just applied: each finished line stays; the input area follows."""
+        out = erase_input(self._shown)
+        for line in finished:
+            if line is None:                   # end of input: no prompt left behind
+                self._editing = False
+                self.stdout.write(out)
+                self.stdout.flush()
+                return
+            out += self.prompt + line + "\n"
+        width = self._width()
+        out += draw_input(self.prompt, self._editor.buffer, self._editor.cursor, width)
+        self._shown = layout(self.prompt, self._editor.buffer, self._editor.cursor, width)
+        self.stdout.write(out)
+        self.stdout.flush()
+
+    def _read_keys(self) -> bytes:
+        return os.read(self.stdin.fileno(), 4096)
+
+    def _terminal_width(self) -> int:
+        try:
+            return os.get_terminal_size(self.stdout.fileno()).columns or 80
+        except (OSError, ValueError):
+            return 80
+
+
+def _cbreak(stream: TextIO) -> None:
+    import termios
+    import tty
+    try:
+        tty.setcbreak(stream.fileno(), termios.TCSANOW)
+    except (termios.error, OSError, ValueError):
+        pass                          # not a TTY after all: keys arrive as lines, still read
 
 
 def _tty_settings(stream: TextIO) -> list[Any] | None:
     """The TTY settings of ``stream``, or None where there are none (not a TTY, no termios)."""
     try:
         import termios
-    except ImportError:
+    except ImportError:               # Windows: no TTY modes, so plain mode
         return None
     try:
         return termios.tcgetattr(stream.fileno())

@@ -1,9 +1,9 @@
 """Pure tests of what the chat clients show and parse: commands, rendering, escaping."""
 from __future__ import annotations
 
-import builtins
 import io
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,6 +11,8 @@ import pytest
 from chat_sync import commands as cmd
 from chat_sync import protocol as p
 from chat_sync import terminal
+from chat_sync.line_editor import (Layout, LineEditor, char_width, draw_input, erase_input,
+                                  layout)
 from chat_sync.terminal import Terminal, colour_wanted, escape, redraw, render
 
 # -- Command parsing -------------------------------------------------------------
@@ -248,33 +250,199 @@ def test_open_falls_back_to_plain_without_a_tty() -> None:
     assert term.plain
 
 
-@pytest.mark.timeout(20)
-def test_tty_terminal_redraws_the_line_being_typed(monkeypatch: pytest.MonkeyPatch) -> None:
-    stdout = io.StringIO()
-    term = Terminal(io.StringIO(), stdout, plain=False, prompt="> ",
-                    line_buffer=lambda: "half typed")
+class Screen:
+    """Just enough of a terminal to check what the Terminal draws: wrap, CR, LF, CUU/CUD/CUF, EL.
 
-    def fake_input(prompt: str) -> str:
-        # A message arrives while the user is typing: input() has printed the prompt.
-        stdout.write(prompt + "half typed")
+    A wide character takes two cells (the second empty) and wraps whole.
+
+    Like xterm, writing the last column leaves the cursor there, "about to
+    wrap": the next character goes to the next row, a CR stays on this one.
+    """
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.rows: list[list[str]] = [[]]
+        self.row = self.col = 0
+        self.pending_wrap = False
+
+    def write(self, text: str) -> None:
+        for match in re.finditer(r"\x1b\[(\d*)([A-Za-z])|(.)", text, re.S):
+            count, final, char = match.groups()
+            if char is None:
+                self._control(int(count or 1), final)
+            elif char == "\r":
+                self.col, self.pending_wrap = 0, False
+            elif char == "\n":
+                self._down()
+                self.col, self.pending_wrap = 0, False     # the TTY's ONLCR: \n is \r\n
+            else:
+                self._put(char)
+
+    def _put(self, char: str) -> None:
+        columns = char_width(char)
+        if self.pending_wrap or self.col + columns > self.width:
+            self._down()
+            self.col, self.pending_wrap = 0, False
+        row = self.rows[self.row]
+        row.extend(" " * (self.col + columns - len(row)))
+        row[self.col:self.col + columns] = [char] + [""] * (columns - 1)
+        if self.col + columns == self.width:
+            self.col, self.pending_wrap = self.width - 1, True
+        else:
+            self.col += columns
+
+    def _down(self) -> None:
+        self.row += 1
+        if self.row == len(self.rows):
+            self.rows.append([])
+
+    def _control(self, count: int, final: str) -> None:
+        self.pending_wrap = False
+        if final == "A":
+            self.row = max(0, self.row - count)
+        elif final == "B":
+            self.row = min(len(self.rows) - 1, self.row + count)
+        elif final == "C":
+            self.col = min(self.width - 1, self.col + count)
+        elif final == "K":
+            del self.rows[self.row][self.col:]
+        else:
+            raise AssertionError(f"unexpected escape sequence ESC [ {count} {final}")
+
+    def lines(self) -> list[str]:
+        return ["".join(row).rstrip() for row in self.rows]
+
+    def flush(self) -> None:
+        pass
+
+
+class Keys:
+    """Typed keys for a Terminal: each ``read`` returns the next chunk, then b"" (end of input).
+
+    ``between`` runs before every read but the first: after a chunk has been echoed.
+    """
+
+    def __init__(self, *chunks: str, between: Callable[[], None] = lambda: None) -> None:
+        self.chunks = [chunk.encode() for chunk in chunks]
+        self.between = between
+        self.reads = 0
+
+    def read(self) -> bytes:
+        if self.reads:
+            self.between()
+        self.reads += 1
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+def tty_terminal(screen: Screen, keys: Keys) -> Terminal:
+    return Terminal(io.StringIO(), screen, plain=False, prompt="> ",   # type: ignore[arg-type]
+                    keys=keys.read, width=lambda: screen.width)
+
+
+@pytest.mark.timeout(20)
+def test_a_line_longer_than_the_terminal_is_redrawn_whole_and_once() -> None:
+    screen = Screen(width=20)
+    typed = "0123456789abcdefghijklmnopqrstuvwxyz"               # 38 columns with the prompt
+
+    def messages_arrive() -> None:
+        for i in range(3):
+            term.show(f"[lobby] bob: m{i}")
+
+    term = tty_terminal(screen, Keys(typed, "\r", between=messages_arrive))
+    term.show("before")                                      # nobody typing yet: no prompt
+    assert term.read_line() == typed
+    assert screen.lines() == ["before", "[lobby] bob: m0", "[lobby] bob: m1", "[lobby] bob: m2",
+                              "> 0123456789abcdefgh", "ijklmnopqrstuvwxyz", ">"]
+
+
+@pytest.mark.timeout(20)
+def test_messages_arriving_mid_line_leave_one_input_area_with_the_cursor_in_place() -> None:
+    screen = Screen(width=20)
+    seen: list[tuple[list[str], int, int]] = []
+
+    def message_arrives() -> None:
         term.show("[lobby] bob: hi")
-        return "half typed, done"
+        seen.append((screen.lines(), screen.row, screen.col))
 
-    monkeypatch.setattr(builtins, "input", fake_input)
-    term.show("before")                      # nobody typing: no redraw, no prompt
-    assert term.read_line() == "half typed, done"
-    assert stdout.getvalue() == (
-        "before\n> half typed" + "\r\x1b[K[lobby] bob: hi\n> half typed")
+    # A wrapped line, the cursor moved back 3 (one sequence split over reads), a Y typed.
+    keys = Keys("x" * 25, "\x1b[D\x1b[D\x1b", "[D", "Y", between=message_arrives)
+    term = tty_terminal(screen, keys)
+    assert term.read_line() is None
+    lines, row, col = seen[-1]
+    assert lines == ["[lobby] bob: hi"] * 4 + ["> " + "x" * 18, "x" * 4 + "Y" + "xxx"], lines
+    assert (row, col) == (5, 5)                                 # just after the Y
 
 
 @pytest.mark.timeout(20)
-def test_tty_terminal_treats_ctrl_d_as_end_of_input(monkeypatch: pytest.MonkeyPatch) -> None:
-    def eof(prompt: str) -> str:
-        raise EOFError
-
-    monkeypatch.setattr(builtins, "input", eof)
-    term = Terminal(io.StringIO(), io.StringIO(), plain=False)
+def test_ctrl_d_erases_the_prompt_so_what_follows_starts_a_clean_line() -> None:
+    screen = Screen(width=40)
+    term = tty_terminal(screen, Keys("\x04"))
     assert term.read_line() is None
+    term.show("[lobby] * alice left")
+    term.close()
+    assert screen.lines() == ["[lobby] * alice left", ""]
+
+
+@pytest.mark.timeout(20)
+def test_lines_typed_ahead_are_read_one_by_one_each_under_one_prompt() -> None:
+    screen = Screen(width=40)
+    term = tty_terminal(screen, Keys("v1\rv2\r", "v3\r"))
+    assert [term.read_line(), term.read_line()] == ["v1", "v2"]
+    term.show("[lobby] alice: v1")
+    assert term.read_line() == "v3"
+    assert term.read_line() is None                          # b"": the TTY went away
+    assert screen.lines() == ["> v1", "> v2", "[lobby] alice: v1", "> v3", ""]
+
+
+# -- The line editor and its layout --------------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("keys, lines, buffer, cursor", [
+    ("hello\x7f\x7fp!\r", ["help!"], "", 0),                 # Backspace
+    ("ac\x1b[Db\r", ["abc"], "", 0),                          # Left, then insert
+    ("abc\x01X\x05Y", [], "XabcY", 5),                        # Ctrl-A, Ctrl-E
+    ("abc\x1b[H\x1b[3~", [], "bc", 0),                        # Home, Delete
+    ("one two\x17", [], "one ", 4),                           # Ctrl-W
+    ("one two\x1b[D\x1b[D\x0b", [], "one t", 5),              # Ctrl-K
+    ("one two\x1b[D\x1b[D\x15", [], "wo", 0),                 # Ctrl-U
+    ("a\rb\r\x1b[A\x1b[A\x1b[B", ["a", "b"], "b", 1),         # Up, Up, Down: the history
+    ("x\x1b[1;5Cy", [], "xy", 2),                             # Ctrl-Right: a modifier, ignored
+    ("tab\there\u202e!\x07", [], "tabhere!", 8),              # controls, bidi overrides dropped
+    ("\u5b57\u0301", [], "\u5b57\u0301", 2),                  # wide and combining are text
+])
+def test_line_editor_keys(keys: str, lines: list[str], buffer: str, cursor: int) -> None:
+    editor = LineEditor()
+    assert editor.feed(keys) == lines
+    assert (editor.buffer, editor.cursor) == (buffer, cursor)
+
+
+@pytest.mark.timeout(20)
+def test_line_editor_ctrl_d_ends_input_only_on_an_empty_line() -> None:
+    editor = LineEditor()
+    assert editor.feed("ab\x01\x04") == [] and editor.buffer == "b"   # deletes in a line
+    assert editor.feed("\x04") == [] and editor.buffer == ""
+    assert editor.feed("x\x04\r") == ["x"]                          # at the end: nothing
+    assert editor.feed("\x04more\r") == [None] and editor.ended      # nothing after the end
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("prompt, buffer, cursor, shown", [
+    ("> ", "", None, Layout(1, 0)),
+    ("> ", "x" * 17, None, Layout(1, 0)),
+    ("> ", "x" * 18, None, Layout(2, 1)),           # exactly full: the cursor gets the next row
+    ("> ", "x" * 40, None, Layout(3, 2)),
+    ("> ", "x" * 40, 3, Layout(3, 0)),
+    ("> ", "x" * 17 + "\u5b57", None, Layout(2, 1)),  # a wide character that does not fit wraps
+])
+def test_layout_counts_the_rows_a_terminal_shows(prompt: str, buffer: str, cursor: int | None,
+                                                 shown: Layout) -> None:
+    assert layout(prompt, buffer, cursor, width=20) == shown
+    screen = Screen(width=20)
+    screen.write(draw_input(prompt, buffer, cursor, width=20))
+    assert (len(screen.rows), screen.row) == (shown.rows, shown.cursor_row)
+    screen.write(erase_input(shown))
+    assert screen.lines() == [""] * shown.rows and (screen.row, screen.col) == (0, 0)
 
 
 @pytest.mark.timeout(20)
