@@ -12,7 +12,8 @@ each event to their ``on_event`` callback, or to a queue read with
   command's usage.
 - ``Closed``: the client has finished. It is always the last event, and
   carries the exit code of the terminal program: ``EXIT_OK``, or
-  ``EXIT_FAILED`` when the client gave up or failed.
+  ``EXIT_FAILED`` when the client gave up or failed. (The program itself
+  may end with ``EXIT_REFUSED``: see ``client_program``.)
 
 A join refused when the client starts is no event: ``connect`` raises
 ``JoinError``, since asking again would get the same answer.
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from typing import Any, Union
 
 EXIT_OK = 0
+EXIT_REFUSED = 1     # a script's request was refused, or not answered in time (--plain)
 EXIT_FAILED = 2
 
 

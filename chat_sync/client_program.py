@@ -15,16 +15,31 @@ threads, and needs no more of a client than ``Client`` says:
 Each client's ``main`` is then: ``configure``, open the ``Terminal``, build
 and connect its client (what can go wrong there is its own: TLS, a server
 that does not answer), and ``run``.
+
+In plain mode the input is a pipe, usually a script, which ends before the
+server has answered its last lines. So a ``Script`` counts what is owed:
+each line that sends a request is owed one answer (the sender's copy of a
+message or whisper, the ``who`` or ``rooms`` list, the join notice, or an
+error). At end of input the program waits for them, up to
+``SCRIPT_ANSWER_WAIT_S``, before it leaves, and exits with ``EXIT_REFUSED``
+if any was an error or never came, so ``set -e`` and ``||`` work.
 """
 from __future__ import annotations
 
 import sys
 import threading
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from . import commands as cmd
 from . import config as cfg
-from .client_events import EXIT_OK, ClientEvent, Closed, Notice, Received
+from .client_events import EXIT_OK, EXIT_REFUSED, ClientEvent, Closed, Notice, Received
+from .protocol import MessageType, SystemEvent, name_key
 from .terminal import Terminal, escape, render
+
+SCRIPT_ANSWER_WAIT_S = 10.0     # how long a script's end of input waits for what it is owed
+
+# The commands that send one request, so are owed one answer.
+_ASKING = (cmd.Say, cmd.Whisper, cmd.ListRooms, cmd.WhoIsHere, cmd.JoinRoom)
 
 
 class Client(Protocol):
@@ -66,8 +81,79 @@ def configure(cls: type[ClientConfig], argv: list[str] | None, *, prog: str,
     return config
 
 
-def show_event(terminal: Terminal, user: str, event: ClientEvent) -> None:
-    """Print one client event on the terminal."""
+class Script:
+    """What a script's lines are owed by the server, and how many were refused. Thread-safe.
+
+    Answers are told apart by what they say (the protocol's ``id`` is not
+    needed): our own message or whisper coming back, a ``who`` or ``rooms``
+    list, our join notice, an error. A replay from history answers nothing.
+    """
+
+    def __init__(self, user: str) -> None:
+        self.user = name_key(user)
+        self.owed = 0
+        self.refused = 0
+        self._changed = threading.Condition()
+
+    def sent(self, line: str) -> None:
+        if isinstance(cmd.parse_command(line), _ASKING):
+            with self._changed:
+                self.owed += 1
+
+    def received(self, message: dict[str, Any]) -> None:
+        if not self._answers(message):
+            return
+        with self._changed:
+            self.owed = max(0, self.owed - 1)
+            if message.get("type") == MessageType.ERROR:
+                self.refused += 1
+            self._changed.notify_all()
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until nothing is owed, up to ``timeout`` seconds; True if nothing is."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.owed == 0, timeout)
+
+    def _answers(self, message: dict[str, Any]) -> bool:
+        if message.get("history") is True:
+            return False
+        kind = message.get("type")
+        if kind in (MessageType.ERROR, MessageType.WHO, MessageType.ROOMS):
+            return True
+        sender = message.get("from" if kind == MessageType.WHISPER else "user")
+        mine = isinstance(sender, str) and name_key(sender) == self.user
+        if kind in (MessageType.MESSAGE, MessageType.WHISPER):
+            return mine
+        return kind == MessageType.SYSTEM and message.get("event") == SystemEvent.JOIN and mine
+
+
+class _ScriptedClient:
+    """A Client whose lines are counted by a Script, and whose close waits for the answers."""
+
+    def __init__(self, client: Client, script: Script, terminal: Terminal) -> None:
+        self._client = client
+        self._script = script
+        self._terminal = terminal
+
+    def send_line(self, line: str) -> bool:
+        self._script.sent(line)
+        return self._client.send_line(line)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        return self._client.wait(timeout)
+
+    def close(self) -> int:
+        if not self._script.settle(SCRIPT_ANSWER_WAIT_S):
+            self._terminal.show(f"-- no answer to {self._script.owed} request(s) "
+                                f"within {SCRIPT_ANSWER_WAIT_S:g} s")
+        return self._client.close()
+
+
+def show_event(terminal: Terminal, user: str, event: ClientEvent,
+               script: Script | None = None) -> None:
+    """Print one client event on the terminal (and count it as an answer, for ``script``)."""
+    if isinstance(event, Received) and script is not None:
+        script.received(event.message)
     if isinstance(event, Received):
         terminal.show(render(event.message, me=user, colour=terminal.colour))
     elif isinstance(event, Notice):
@@ -88,13 +174,17 @@ def pump_stdin(client: Client, terminal: Terminal) -> None:
             return
 
 
-def run(client: Client, terminal: Terminal) -> int:
+def run(client: Client, terminal: Terminal, script: Script | None = None) -> int:
     """Chat until /quit, end of input, Ctrl-C, or the client gives up; returns the exit code.
 
-    ``client`` must be connected. The stdin thread is a daemon: when the
-    client gives up, the program ends even though a ``read`` is still blocked.
+    ``client`` must be connected. With ``script`` (plain mode: the one its
+    events are counted by), end of input waits for the answers owed, and
+    a refusal or a missing answer makes the exit code ``EXIT_REFUSED``.
+    The stdin thread is a daemon: when the client gives up, the program
+    ends even though a ``read`` is still blocked.
     """
-    stdin_thread = threading.Thread(target=pump_stdin, args=(client, terminal),
+    stdin_client = client if script is None else _ScriptedClient(client, script, terminal)
+    stdin_thread = threading.Thread(target=pump_stdin, args=(stdin_client, terminal),
                                     name="stdin", daemon=True)
     stdin_thread.start()
     try:
@@ -102,4 +192,6 @@ def run(client: Client, terminal: Terminal) -> int:
     except KeyboardInterrupt:
         code = client.close()
     assert code is not None
+    if code == EXIT_OK and script is not None and (script.refused or script.owed):
+        return EXIT_REFUSED
     return code

@@ -231,7 +231,7 @@ class LineEditor:
             self._set(line, len(line))
 
     def _sequence(self, sequence: str) -> None:
-        """An escape sequence: CSI (``ESC [ … final``) or SS3 (``ESC O x``); others are ignored."""
+        """A CSI (``ESC [ ... final``) or SS3 (``ESC O x``) sequence; others are ignored."""
         if sequence.startswith(ESC + "["):
             final = sequence[-1]
             key = sequence[2:-1].split(";")[0] + "~" if final == "~" else final

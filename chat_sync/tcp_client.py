@@ -75,7 +75,7 @@ from .client_events import EXIT_FAILED, EXIT_OK, EventStream
 # The events, re-exported ("as"): a program that uses ChatClient imports them from here.
 from .client_events import (ClientEvent as ClientEvent, Closed as Closed,
                             JoinError as JoinError, Notice as Notice, Received as Received)
-from .client_program import configure, run, show_event
+from .client_program import Script, configure, run, show_event
 from .framing import LineBuffer
 from .tcp_client_core import (Action, Backoff, ClientCore, ClientState, Joined, JoinRefused, Note, Send, ServerShutdown, Show)
 from .terminal import Terminal, escape, main_streams
@@ -443,9 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     assert user is not None                 # configure made sure of it
     stdin, stdout = main_streams()
     terminal = Terminal.open(stdin, stdout, plain=config.plain, environ=os.environ)
+    script = Script(user) if terminal.plain else None   # a pipe: wait for its answers
     try:
         try:
-            client = ChatClient(config, on_event=lambda event: show_event(terminal, user, event))
+            client = ChatClient(config, on_event=lambda event: show_event(terminal, user, event,
+                                                                          script))
         except OSError as exc:              # ssl.SSLError is one
             print(f"chat-sync: cannot use --cafile {config.cafile}: {exc.strerror or exc}",
                   file=sys.stderr)
@@ -472,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             client.close()
             return EXIT_OK
-        return run(client, terminal)
+        return run(client, terminal, script)
     finally:
         terminal.close()
 

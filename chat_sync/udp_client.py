@@ -37,7 +37,7 @@ from .client_events import EXIT_FAILED, EXIT_OK, EventStream
 # The events, re-exported ("as"): a program that uses UdpChatClient imports them from here.
 from .client_events import (ClientEvent as ClientEvent, Closed as Closed,
                             JoinError as JoinError, Notice as Notice, Received as Received)
-from .client_program import configure, run, show_event
+from .client_program import Script, configure, run, show_event
 from .retransmit import RetransmitQueue, TimerThread
 from .retransmit import TooManyPending
 from .terminal import Terminal, main_streams
@@ -412,7 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     assert user is not None                 # configure made sure of it
     stdin, stdout = main_streams()
     terminal = Terminal.open(stdin, stdout, plain=config.plain, environ=os.environ)
-    client = UdpChatClient(config, on_event=lambda event: show_event(terminal, user, event))
+    script = Script(user) if terminal.plain else None   # a pipe: wait for its answers
+    client = UdpChatClient(config, on_event=lambda event: show_event(terminal, user, event,
+                                                                     script))
     try:
         try:
             client.connect()
@@ -426,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             client.close()
             return EXIT_OK
-        code = run(client, terminal)
+        code = run(client, terminal, script)
         client.close()                  # after a failure it still holds a socket and a thread
         return code
     finally:

@@ -1,16 +1,22 @@
 """What a newcomer meets first: the README's course pointers, its install extras, its test tools."""
 from __future__ import annotations
 
+import os
 import re
 import runpy
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import setuptools
+from helpers import StreamLines
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def section(title: str) -> str:
@@ -61,3 +67,53 @@ def test_the_readme_names_every_tool_the_tests_need_beyond_pip() -> None:
     tests = section("Tests")
     for tool in ("tmux", "tshark"):
         assert f"`{tool}`" in tests, f"the Tests section does not mention {tool}"
+
+
+# -- A script's answers (--plain) ---------------------------------------------------------------
+@pytest.fixture(params=["tcp", "udp"])
+def any_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
+    """A server of each transport, as a program: ``(transport, port)``."""
+    proc = subprocess.Popen([sys.executable, "-m", f"chat_sync.{request.param}_server",
+                             "--port", "0"], cwd=ROOT, env=ENV, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        line = StreamLines(proc.stdout).readline(timeout=15)
+        assert line is not None and line.startswith("listening on "), line
+        yield request.param, int(line.rsplit(":", 1)[1])
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def script(transport: str, port: int, lines: str) -> subprocess.CompletedProcess[str]:
+    """``printf LINES | chat-sync X-client --user u --plain``, as a shell script runs it."""
+    return subprocess.run([sys.executable, "-m", "chat_sync", f"{transport}-client", "--user", "u",
+                           "--plain", "--port", str(port)], input=lines, cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=40)
+
+
+@pytest.mark.timeout(60)
+def test_a_script_gets_every_answer_and_exits_0(any_server: tuple[str, int]) -> None:
+    done = script(*any_server, "x\n/who\n/msg u to myself\n")
+    assert done.returncode == 0, done
+    out = done.stdout.splitlines()
+    assert "[lobby] u: x" in out and "in lobby: u" in out and "*to u*: to myself" in out, out
+
+
+@pytest.mark.timeout(60)
+def test_the_readme_script_whose_request_is_refused_prints_why_and_exits_1(
+        any_server: tuple[str, int]) -> None:
+    """The README's example, run as pasted (with this server's port), over each transport."""
+    transport, port = any_server
+    example = next(block for block in re.findall(r"```sh\n(.*?)```", section(
+        "Chat between two terminals"), re.S) if block.startswith("printf"))
+    command = example.strip().replace("chat-sync tcp-client",
+                                      f"{sys.executable} -m chat_sync {transport}-client")
+    done = subprocess.run(["bash", "-c", f"{command} --port {port}"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=40)
+    assert done.returncode == 1, done
+    out = done.stdout.splitlines()
+    assert "[lobby] u: hello" in out, out
+    assert ("error bad_message: room: may hold only letters, digits, '_' and '-', not '!'"
+            in out), out
