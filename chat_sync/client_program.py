@@ -20,7 +20,7 @@ In plain mode the input is a pipe, usually a script, which ends before the
 server has answered its last lines. So a ``Script`` counts what is owed:
 each line that sends a request is owed one answer (the sender's copy of a
 message or whisper, the ``who`` or ``rooms`` list, the join notice, or an
-error). At end of input the program waits for them, up to
+error). At end of input, or ``/quit``, the program waits for them, up to
 ``SCRIPT_ANSWER_WAIT_S``, before it leaves, and exits with ``EXIT_REFUSED``
 if any was an error or never came, so ``set -e`` and ``||`` work.
 """
@@ -136,17 +136,23 @@ class _ScriptedClient:
         self._terminal = terminal
 
     def send_line(self, line: str) -> bool:
-        self._script.sent(line)
+        if isinstance(cmd.parse_command(line), cmd.Quit):
+            self._settle()                  # /quit ends a script as its end of input does
+        else:
+            self._script.sent(line)
         return self._client.send_line(line)
 
     def wait(self, timeout: float | None = None) -> int | None:
         return self._client.wait(timeout)
 
     def close(self) -> int:
+        self._settle()
+        return self._client.close()
+
+    def _settle(self) -> None:
         if not self._script.settle(SCRIPT_ANSWER_WAIT_S):
             self._terminal.show(f"-- no answer to {self._script.owed} request(s) "
                                 f"within {SCRIPT_ANSWER_WAIT_S:g} s")
-        return self._client.close()
 
 
 def show_event(terminal: Terminal, user: str, event: ClientEvent,

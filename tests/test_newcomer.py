@@ -95,7 +95,7 @@ def script(transport: str, port: int, lines: str) -> subprocess.CompletedProcess
 
 @pytest.mark.timeout(60)
 def test_a_script_gets_every_answer_and_exits_0(any_server: tuple[str, int]) -> None:
-    done = script(*any_server, "x\n/who\n/msg u to myself\n")
+    done = script(*any_server, "x\n/who\n/msg u to myself\n/quit\n")
     assert done.returncode == 0, done
     out = done.stdout.splitlines()
     assert "[lobby] u: x" in out and "in lobby: u" in out and "*to u*: to myself" in out, out
