@@ -18,7 +18,10 @@ every block of every README under ``lessons/``:
 ``sh``
     One command per line, run in order from the repository root. No shell:
     a line is split the way a shell would split it, leading ``NAME=value``
-    words set the environment and ``python`` is this interpreter. Each must
+    words set the environment, ``python`` is this interpreter and
+    ``chat-sync`` is ``python -m chat_sync``. ``HOME`` is a fresh temporary
+    directory for each README, so ``~`` (which ``lesson_target`` expands)
+    and ``chat-sync course start`` leave the real one alone. Each must
     exit 0, or the status its comment names: ``# fails (exit 1) until ...``.
     A command with ``--port 0`` starts a server; it must print
     ``listening on HOST:PORT``, the word ``PORT`` in the README's later
@@ -262,6 +265,8 @@ def parse_command(line: str, port: int | None) -> Command:
     assert words, f"no command in {line!r}"
     if words[0] == "python":
         words[0] = sys.executable
+    elif words[0] == "chat-sync":
+        words[:1] = [sys.executable, "-m", "chat_sync"]
     if "PORT" in words:
         assert port is not None, f"{line!r} says PORT, but no server was started before it"
         words = [str(port) if word == "PORT" else word for word in words]
@@ -274,6 +279,7 @@ def check_shell(readme: Path) -> None:
     """Run every ``sh`` block of ``readme`` in order, servers and all; check ``output`` blocks."""
     port: int | None = None
     with ExitStack() as servers:
+        home = servers.enter_context(tempfile.TemporaryDirectory(prefix="home-"))
         for block in blocks(readme):
             if block.kind != "sh":
                 continue
@@ -282,12 +288,12 @@ def check_shell(readme: Path) -> None:
                 if not line.strip() or line.lstrip().startswith("#"):
                     continue
                 command = parse_command(line, port)
+                env = environment({"HOME": home, **command.env})
                 if command.server:
-                    server = servers.enter_context(
-                        running_server(command.argv, environment(command.env)))
+                    server = servers.enter_context(running_server(command.argv, env))
                     port, stdout = server.port, ""
                     continue
-                result = subprocess.run(command.argv, cwd=ROOT, env=environment(command.env),
+                result = subprocess.run(command.argv, cwd=ROOT, env=env,
                                         capture_output=True, text=True, timeout=TIMEOUT_S)
                 assert result.returncode == command.status, (
                     f"{block}: {line!r} exited {result.returncode}, not {command.status}:\n"

@@ -10,22 +10,23 @@ One selector watches every socket, and each ``turn`` does only what will
 not block: accept a client that is waiting, ``recv`` bytes that are there,
 ``send`` what the kernel has room for. ``flush``, the part that sends, is
 the lesson's exercise: the server runs the reference, or yours with
-``CHAT_SYNC_LESSON=exercise``.
+``CHAT_SYNC_LESSON=WORKSPACE`` (see ``lessons/lesson_target.py``).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import selectors
 import signal
 import socket
+import sys
+from pathlib import Path
 
 from chat_sync.framing import LineBuffer, LineTooLong
 
-if os.environ.get("CHAT_SYNC_LESSON") == "exercise":
-    from lesson03_exercise import flush
-else:
-    from lesson03_solution import flush
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))    # lessons/: lesson_target
+from lesson_target import load  # noqa: E402
+
+flush = load(__file__).flush            # the reference, or yours: CHAT_SYNC_LESSON
 
 RECV_BYTES = 4096
 MAX_LINE_BYTES = 1024

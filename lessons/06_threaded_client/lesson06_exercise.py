@@ -4,7 +4,7 @@ Both are pure functions: the randomness and the state are handed in, so the
 tests call them with plain values and compare them with the package's
 ``Backoff.delay`` and ``ClientCore``. Check your work with:
 
-    CHAT_SYNC_LESSON=exercise python -m pytest lessons/06_threaded_client
+    CHAT_SYNC_LESSON=~/chat_sync_work python -m pytest lessons/06_threaded_client
 """
 from __future__ import annotations
 
