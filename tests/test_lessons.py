@@ -219,3 +219,18 @@ def test_snippets_report_blocks_no_check_runs(tmp_path: Path) -> None:
         "```text\nhello\n```\n```output\nstray\n```\n```transcript\na --> b\n```\n"))
     found = lesson_snippets.problems(readme)
     assert len(found) == 3, found
+
+
+@pytest.mark.timeout(30)
+def test_the_python_nc_sends_typed_lines_and_prints_replies() -> None:
+    """``lesson01_nc.py``, the lessons' stand-in for ``nc``, against the echo server."""
+    server = [sys.executable, str(LESSONS / "01_sockets" / "lesson01_echo_server.py"),
+              "--port", "0"]
+    with lesson_snippets.running_server(server, lesson_snippets.environment()) as echo:
+        result = subprocess.run(
+            [sys.executable, str(LESSONS / "01_sockets" / "lesson01_nc.py"),
+             "--port", str(echo.port)], input="hello, stream\r\na second line\n",
+            cwd=ROOT, env=lesson_snippets.environment(), capture_output=True, text=True,
+            timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello, stream\na second line\n"

@@ -65,15 +65,25 @@ def test_byte_at_a_time_matches_the_package() -> None:
 def test_every_two_way_split_matches_the_package() -> None:
     expected = framing.LineBuffer().feed(STREAM)
     for cut in range(len(STREAM) + 1):
-        assert feed_in_pieces(target.LineBuffer(), STREAM, [cut]) == expected, cut
+        assert feed_in_pieces(target.LineBuffer(), STREAM, [cut]) == expected, (
+            f"fed {pieces(STREAM, [cut])}")
+
+
+def pieces(stream: bytes, cuts: list[int]) -> list[bytes]:
+    """The ``recv`` results that ``cuts`` make of ``stream``, for a failure message."""
+    bounds = [0, *cuts, len(stream)]
+    return [stream[start:end] for start, end in zip(bounds, bounds[1:])]
 
 
 def test_random_splits_match_the_package() -> None:
     rng = random.Random(2)
     expected = framing.LineBuffer().feed(STREAM)
-    for _ in range(200):
+    for run in range(200):
         cuts = sorted(rng.sample(range(1, len(STREAM)), rng.randint(1, 12)))
-        assert feed_in_pieces(target.LineBuffer(), STREAM, cuts) == expected, cuts
+        got = feed_in_pieces(target.LineBuffer(), STREAM, cuts)
+        assert got == expected, (f"run {run}: fed {len(cuts) + 1} pieces, in order:\n  "
+                                 + "\n  ".join(repr(p) for p in pieces(STREAM, cuts))
+                                 + f"\ngot lines {got}\nwanted    {expected}")
 
 
 @pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
