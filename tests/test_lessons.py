@@ -234,3 +234,22 @@ def test_the_python_nc_sends_typed_lines_and_prints_replies() -> None:
             timeout=20)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "hello, stream\na second line\n"
+
+
+def test_snippets_check_the_shape_of_a_diagram(tmp_path: Path) -> None:
+    good = ("```mermaid\n---\ntitle: t\n---\nsequenceDiagram\n    participant A as a\n"
+            "    participant B as b\n    A->>B: SYN\n    Note over A,B: open\n```\n")
+    readme = write_readme(tmp_path, good + (
+        "```mermaid\nsequenceDiagram\n    A->>B: hi\n```\n"                      # no title
+        "```mermaid\n---\ntitle: t\n---\npie\n    \"a\" : 1\n```\n"                # unknown type
+        "```mermaid\n---\ntitle: t\n---\nsequenceDiagram\n    participant A\n"
+        "    A->>C: who is C?\n    A sends B hi\n```\n"                            # two slips
+        "```mermaid\n---\ntitle: t\n---\nflowchart LR\n    a[\"open\" --> b\n```\n"))  # unpaired
+    first, *bad = lesson_snippets.blocks(readme)
+    assert lesson_snippets.mermaid_title(first) == "t" and not lesson_snippets.problems(
+        write_readme(tmp_path, good))
+    found = [lesson_snippets.mermaid_problems(block) for block in bad]
+    assert ["title" in " ".join(f) for f in found] == [True, False, False, False]
+    assert "not a diagram type" in found[1][0]
+    assert len(found[2]) == 2 and "not declared" in " ".join(found[2])
+    assert "pair up" in found[3][0]
