@@ -3,8 +3,9 @@
     python lessons/03_selectors/lesson03_broadcast_server.py --port 0
 
 Each client is greeted with ``welcome: N connected``; every line it sends
-then goes to every other client. Try it with ``nc 127.0.0.1 PORT`` in two
-or three terminals. Ctrl-C (or SIGTERM) stops it.
+then goes to every other client. Try it with
+``python lessons/01_sockets/lesson01_nc.py --port PORT`` (or
+``nc 127.0.0.1 PORT``) in two or three terminals. Ctrl-C (or SIGTERM) stops it.
 
 One selector watches every socket, and each ``turn`` does only what will
 not block: accept a client that is waiting, ``recv`` bytes that are there,
