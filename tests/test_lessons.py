@@ -253,3 +253,26 @@ def test_snippets_check_the_shape_of_a_diagram(tmp_path: Path) -> None:
     assert "not a diagram type" in found[1][0]
     assert len(found[2]) == 2 and "not declared" in " ".join(found[2])
     assert "pair up" in found[3][0]
+
+
+def test_the_glossary_is_linked_and_holds_the_words_the_lessons_lean_on() -> None:
+    glossary = (LESSONS / "GLOSSARY.md").read_text(encoding="utf-8")
+    assert "](GLOSSARY.md)" in (LESSONS / "README.md").read_text(encoding="utf-8")
+    for word in ("TIME_WAIT", "RST", "RTO", "Nagle", "EAGAIN", "half-close", "FIN",
+                 "sans-IO", "jitter", "token bucket"):
+        assert f"**{word}" in glossary or f"**`{word}" in glossary or f", `{word}" in glossary, (
+            f"GLOSSARY.md does not define {word}")
+
+
+SELF_CHECK_TO_COME = {"07_reliable_udp", "08_hostile_clients"}   # with their split (issue 12)
+
+
+@pytest.mark.parametrize("folder", [f for f in LESSON_DIRS if f.name not in SELF_CHECK_TO_COME],
+                         ids=lambda f: f.name)
+def test_each_lesson_ends_with_questions_to_check_yourself(folder: Path) -> None:
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    assert "\n## Check yourself\n" in readme, f"{folder.name} has no self-check"
+    section = readme.split("\n## Check yourself\n", 1)[1].split("\n## ", 1)[0]
+    questions = section.count("<details>")
+    assert questions >= 3 and questions == section.count("</details>") == section.count(
+        "<summary>"), f"{folder.name}: {questions} questions, each in <details> with its answer"
