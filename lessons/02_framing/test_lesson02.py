@@ -11,7 +11,7 @@ import pytest
 
 from chat_sync import framing
 from chat_sync.framing import LineTooLong
-from chat_sync.protocol import ErrorCode
+from chat_sync.protocol import MAX_LINE_BYTES, ErrorCode
 from lesson_target import load
 
 target = load(__file__)
@@ -90,6 +90,13 @@ def test_random_splits_match_the_package() -> None:
 def test_a_line_of_exactly_the_limit_is_fine(ending: bytes) -> None:
     line = b"x" * 8 + ending
     assert feed_in_pieces(target.LineBuffer(8), line, list(range(1, len(line)))) == [b"x" * 8]
+
+
+def test_the_default_limit_is_the_protocols() -> None:
+    longest = b"x" * MAX_LINE_BYTES
+    assert target.LineBuffer().feed(longest + b"\n") == [longest]
+    with pytest.raises(LineTooLong):
+        target.LineBuffer().feed(longest + b"x\n")
 
 
 def test_a_longer_line_is_refused() -> None:
