@@ -18,7 +18,10 @@ every block of every README under ``lessons/``:
 ``sh``
     One command per line, run in order from the repository root. No shell:
     a line is split the way a shell would split it, leading ``NAME=value``
-    words set the environment and ``python`` is this interpreter. Each must
+    words set the environment, ``python`` is this interpreter and
+    ``chat-sync`` is ``python -m chat_sync``. ``HOME`` is a fresh temporary
+    directory for each README, so ``~`` (which ``lesson_target`` expands)
+    and ``chat-sync course start`` leave the real one alone. Each must
     exit 0, or the status its comment names: ``# fails (exit 1) until ...``.
     A command with ``--port 0`` starts a server; it must print
     ``listening on HOST:PORT``, the word ``PORT`` in the README's later
@@ -39,6 +42,13 @@ every block of every README under ``lessons/``:
     line (greeting, welcome) is dropped unless its first step receives it.
     A line that is a JSON object is compared as JSON without ``ts``,
     ``version`` and ``epoch`` (they vary); any other line as text.
+``mermaid``
+    A diagram, drawn where the README is shown (GitHub renders Mermaid). It
+    opens with a ``title:`` in ``---`` front matter, then a diagram type
+    this module knows (``sequenceDiagram``, ``flowchart`` with a direction,
+    ``stateDiagram-v2``); every line must be a statement of that type, and
+    brackets and quotes must pair up on each line. ``test_lesson_readmes``
+    lists the diagrams the course promises, by README and title.
 
 Any other block fails the check: say it in prose, or make it one of these.
 Subprocesses run without ``CHAT_SYNC_LESSON`` (they use the reference
@@ -67,7 +77,7 @@ from typing import IO, Any, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS = ROOT / "lessons"
-KINDS = ("python", "sh", "output", "transcript")
+KINDS = ("python", "sh", "output", "transcript", "mermaid")
 TIMEOUT_S = 20.0             # one snippet, one command, one server start
 TRANSCRIPT_NOW = 1795600000.0
 
@@ -131,6 +141,8 @@ def problems(readme: Path) -> list[str]:
         elif block.kind == "transcript" and not (block.options == "core"
                                                  or block.options.startswith("server=")):
             found.append(f"{block}: a transcript needs 'core' or 'server=PATH'")
+        elif block.kind == "mermaid":
+            found += mermaid_problems(block)
         previous = block
     return found
 
@@ -262,6 +274,8 @@ def parse_command(line: str, port: int | None) -> Command:
     assert words, f"no command in {line!r}"
     if words[0] == "python":
         words[0] = sys.executable
+    elif words[0] == "chat-sync":
+        words[:1] = [sys.executable, "-m", "chat_sync"]
     if "PORT" in words:
         assert port is not None, f"{line!r} says PORT, but no server was started before it"
         words = [str(port) if word == "PORT" else word for word in words]
@@ -274,6 +288,7 @@ def check_shell(readme: Path) -> None:
     """Run every ``sh`` block of ``readme`` in order, servers and all; check ``output`` blocks."""
     port: int | None = None
     with ExitStack() as servers:
+        home = servers.enter_context(tempfile.TemporaryDirectory(prefix="home-"))
         for block in blocks(readme):
             if block.kind != "sh":
                 continue
@@ -282,12 +297,12 @@ def check_shell(readme: Path) -> None:
                 if not line.strip() or line.lstrip().startswith("#"):
                     continue
                 command = parse_command(line, port)
+                env = environment({"HOME": home, **command.env})
                 if command.server:
-                    server = servers.enter_context(
-                        running_server(command.argv, environment(command.env)))
+                    server = servers.enter_context(running_server(command.argv, env))
                     port, stdout = server.port, ""
                     continue
-                result = subprocess.run(command.argv, cwd=ROOT, env=environment(command.env),
+                result = subprocess.run(command.argv, cwd=ROOT, env=env,
                                         capture_output=True, text=True, timeout=TIMEOUT_S)
                 assert result.returncode == command.status, (
                     f"{block}: {line!r} exited {result.returncode}, not {command.status}:\n"
@@ -296,6 +311,83 @@ def check_shell(readme: Path) -> None:
             expected = output_after(block)
             if expected is not None:
                 assert stdout == expected.text, f"{block}: the last command printed:\n{stdout}"
+
+
+# -- mermaid -------------------------------------------------------------------
+_FRONT = re.compile(r"\A---\ntitle: (\S.*)\n---\n")
+_ID = r"[A-Za-z_]\w*"
+_SEQUENCE = [re.compile(pattern) for pattern in (
+    rf"(participant|actor) ({_ID})( as \S.*)?",
+    rf"({_ID}) ?(-->>|->>|-->|->|--x|-x|--\)|-\))[+-]?({_ID}): ?\S.*",
+    rf"Note (over|left of|right of) ({_ID})(, ?({_ID}))?: ?\S.*",
+    r"(loop|alt|else|opt|par|and|rect|critical|break)( \S.*)?",
+    rf"(end|autonumber|(de)?activate {_ID})",
+)]
+_STATE = [re.compile(pattern) for pattern in (
+    rf"({_ID}|\[\*\]) --> ({_ID}|\[\*\])(: ?\S.*)?",
+    rf'state "[^"]+" as {_ID}',
+    rf"{_ID}: ?\S.*",
+    rf"note (left|right) of {_ID}: ?\S.*",
+)]
+_DIRECTIONS = ("TD", "TB", "BT", "LR", "RL")
+_PAIRS = {"(": ")", "[": "]", "{": "}"}
+
+
+def mermaid_title(block: Block) -> str | None:
+    """The ``title:`` of a mermaid block's front matter, or None."""
+    match = _FRONT.match(block.text)
+    return match.group(1).strip() if match else None
+
+
+def mermaid_problems(block: Block) -> list[str]:
+    """What is wrong with the shape of a mermaid block; empty when all is well."""
+    match = _FRONT.match(block.text)
+    if block.options:
+        return [f"{block}: a mermaid block takes no options ({block.options!r})"]
+    if match is None:
+        return [f"{block}: a diagram opens with ---, title: ..., --- (its name in the tests)"]
+    lines = [line.strip() for line in block.text[match.end():].splitlines()
+             if line.strip() and not line.strip().startswith("%%")]
+    if not lines:
+        return [f"{block}: an empty diagram"]
+    kind, *rest = lines[0].split()
+    found = [f"{block}: {line!r}: brackets or quotes do not pair up"
+             for line in lines[1:] if not _balanced(line)]
+    if kind == "sequenceDiagram" and not rest:
+        grammar = _SEQUENCE
+    elif kind == "stateDiagram-v2" and not rest:
+        grammar = _STATE
+    elif kind == "flowchart" and rest in ([d] for d in _DIRECTIONS):
+        return found
+    else:
+        return [f"{block}: {lines[0]!r} is not a diagram type this check knows "
+                "(sequenceDiagram, flowchart TD/LR/..., stateDiagram-v2)"]
+    found += [f"{block}: {line!r} is not a {kind} statement"
+              for line in lines[1:] if not any(rule.fullmatch(line) for rule in grammar)]
+    if kind == "sequenceDiagram":
+        declared = {m.group(2) for m in map(_SEQUENCE[0].fullmatch, lines) if m}
+        for line in lines[1:]:
+            arrow = _SEQUENCE[1].fullmatch(line)
+            if arrow and declared and not {arrow.group(1), arrow.group(3)} <= declared:
+                found.append(f"{block}: {line!r} names a participant not declared")
+    return found
+
+
+def _balanced(line: str) -> bool:
+    if line.count('"') % 2:
+        return False
+    stack: list[str] = []
+    quoted = False
+    for char in line:
+        if char == '"':
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif char in _PAIRS:
+            stack.append(_PAIRS[char])
+        elif char in _PAIRS.values() and (not stack or stack.pop() != char):
+            return False
+    return not stack
 
 
 # -- transcripts ---------------------------------------------------------------

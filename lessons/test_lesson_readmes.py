@@ -5,10 +5,18 @@ from pathlib import Path
 
 import pytest
 
-from lesson_snippets import (Block, blocks, check_excerpt, check_python, check_shell,
-                             check_transcript, problems, readmes)
+from lesson_snippets import (LESSONS, Block, blocks, check_excerpt, check_python, check_shell,
+                             check_transcript, mermaid_problems, mermaid_title, problems,
+                             readmes)
 
 ALL = [block for readme in readmes() for block in blocks(readme)]
+
+# The pictures the course promises: README, and the title of its mermaid block.
+DIAGRAMS = [
+    ("01_sockets/README.md", "One TCP connection, from connect to TIME_WAIT"),
+    ("03_selectors/README.md", "One turn of the selectors loop"),
+    ("08_hostile_clients/README.md", "A slow reader's output queue, against two limits"),
+]
 
 
 def of_kind(kind: str, excerpt: bool = False) -> list[Block]:
@@ -46,3 +54,22 @@ def test_transcript_replays(block: Block) -> None:
                          ids=name)
 def test_shell_blocks_run(readme: Path) -> None:
     check_shell(readme)
+
+
+@pytest.mark.parametrize(("readme", "title"), DIAGRAMS, ids=[t for _, t in DIAGRAMS])
+def test_each_promised_diagram_is_drawn_and_referred_to(readme: str, title: str) -> None:
+    path = LESSONS / readme
+    drawn = [b for b in blocks(path) if b.kind == "mermaid" and mermaid_title(b) == title]
+    assert len(drawn) == 1, f"{readme} has no mermaid block titled {title!r}"
+    assert not mermaid_problems(drawn[0]), mermaid_problems(drawn[0])
+    above = path.read_text(encoding="utf-8").splitlines()[:drawn[0].line - 1]
+    paragraph = "\n".join(above).strip().split("\n\n")[-1].lower()
+    assert "picture" in paragraph or "diagram" in paragraph, (
+        f"{readme}: the paragraph before {title!r} does not point at the picture")
+
+
+def test_every_diagram_is_one_the_course_lists() -> None:
+    listed = {(readme, title) for readme, title in DIAGRAMS}
+    drawn = {(b.readme.relative_to(LESSONS).as_posix(), mermaid_title(b))
+             for b in ALL if b.kind == "mermaid"}
+    assert drawn <= listed, f"add these to DIAGRAMS: {sorted(drawn - listed)}"

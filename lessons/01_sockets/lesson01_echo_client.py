@@ -4,18 +4,20 @@
 
 Every line goes out in one ``sendall``; the echoes come back in whatever
 pieces the stream delivers, and ``read_line`` (the lesson's exercise) cuts them apart
-again. Set ``CHAT_SYNC_LESSON=exercise`` to run your own ``read_line``.
+again. Set ``CHAT_SYNC_LESSON=WORKSPACE`` (your workspace; see
+``lessons/lesson_target.py``) to run your own ``read_line``.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import socket
+import sys
+from pathlib import Path
 
-if os.environ.get("CHAT_SYNC_LESSON") == "exercise":
-    from lesson01_exercise import read_line
-else:
-    from lesson01_solution import read_line
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))    # lessons/: lesson_target
+from lesson_target import load  # noqa: E402
+
+read_line = load(__file__).read_line    # the reference, or yours: CHAT_SYNC_LESSON
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@
 when the peer has closed. Write the two loops every TCP program needs.
 Check your work with:
 
-    CHAT_SYNC_LESSON=exercise python -m pytest lessons/01_sockets
+    CHAT_SYNC_LESSON=~/chat_sync_work python -m pytest lessons/01_sockets
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Write your own ``LineBuffer``: bytes in as they arrive, complete lines out,
 and never more than ``max_line_bytes`` held for one line. Check it with:
 
-    CHAT_SYNC_LESSON=exercise python -m pytest lessons/02_framing
+    CHAT_SYNC_LESSON=~/chat_sync_work python -m pytest lessons/02_framing
 """
 from __future__ import annotations
 

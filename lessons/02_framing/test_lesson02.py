@@ -11,7 +11,7 @@ import pytest
 
 from chat_sync import framing
 from chat_sync.framing import LineTooLong
-from chat_sync.protocol import ErrorCode
+from chat_sync.protocol import MAX_LINE_BYTES, ErrorCode
 from lesson_target import load
 
 target = load(__file__)
@@ -65,21 +65,38 @@ def test_byte_at_a_time_matches_the_package() -> None:
 def test_every_two_way_split_matches_the_package() -> None:
     expected = framing.LineBuffer().feed(STREAM)
     for cut in range(len(STREAM) + 1):
-        assert feed_in_pieces(target.LineBuffer(), STREAM, [cut]) == expected, cut
+        assert feed_in_pieces(target.LineBuffer(), STREAM, [cut]) == expected, (
+            f"fed {pieces(STREAM, [cut])}")
+
+
+def pieces(stream: bytes, cuts: list[int]) -> list[bytes]:
+    """The ``recv`` results that ``cuts`` make of ``stream``, for a failure message."""
+    bounds = [0, *cuts, len(stream)]
+    return [stream[start:end] for start, end in zip(bounds, bounds[1:])]
 
 
 def test_random_splits_match_the_package() -> None:
     rng = random.Random(2)
     expected = framing.LineBuffer().feed(STREAM)
-    for _ in range(200):
+    for run in range(200):
         cuts = sorted(rng.sample(range(1, len(STREAM)), rng.randint(1, 12)))
-        assert feed_in_pieces(target.LineBuffer(), STREAM, cuts) == expected, cuts
+        got = feed_in_pieces(target.LineBuffer(), STREAM, cuts)
+        assert got == expected, (f"run {run}: fed {len(cuts) + 1} pieces, in order:\n  "
+                                 + "\n  ".join(repr(p) for p in pieces(STREAM, cuts))
+                                 + f"\ngot lines {got}\nwanted    {expected}")
 
 
 @pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
 def test_a_line_of_exactly_the_limit_is_fine(ending: bytes) -> None:
     line = b"x" * 8 + ending
     assert feed_in_pieces(target.LineBuffer(8), line, list(range(1, len(line)))) == [b"x" * 8]
+
+
+def test_the_default_limit_is_the_protocols() -> None:
+    longest = b"x" * MAX_LINE_BYTES
+    assert target.LineBuffer().feed(longest + b"\n") == [longest]
+    with pytest.raises(LineTooLong):
+        target.LineBuffer().feed(longest + b"x\n")
 
 
 def test_a_longer_line_is_refused() -> None:

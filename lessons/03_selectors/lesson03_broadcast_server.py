@@ -3,29 +3,31 @@
     python lessons/03_selectors/lesson03_broadcast_server.py --port 0
 
 Each client is greeted with ``welcome: N connected``; every line it sends
-then goes to every other client. Try it with ``nc 127.0.0.1 PORT`` in two
-or three terminals. Ctrl-C (or SIGTERM) stops it.
+then goes to every other client. Try it with
+``python lessons/01_sockets/lesson01_nc.py --port PORT`` (or
+``nc 127.0.0.1 PORT``) in two or three terminals. Ctrl-C (or SIGTERM) stops it.
 
 One selector watches every socket, and each ``turn`` does only what will
 not block: accept a client that is waiting, ``recv`` bytes that are there,
 ``send`` what the kernel has room for. ``flush``, the part that sends, is
 the lesson's exercise: the server runs the reference, or yours with
-``CHAT_SYNC_LESSON=exercise``.
+``CHAT_SYNC_LESSON=WORKSPACE`` (see ``lessons/lesson_target.py``).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import selectors
 import signal
 import socket
+import sys
+from pathlib import Path
 
 from chat_sync.framing import LineBuffer, LineTooLong
 
-if os.environ.get("CHAT_SYNC_LESSON") == "exercise":
-    from lesson03_exercise import flush
-else:
-    from lesson03_solution import flush
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))    # lessons/: lesson_target
+from lesson_target import load  # noqa: E402
+
+flush = load(__file__).flush            # the reference, or yours: CHAT_SYNC_LESSON
 
 RECV_BYTES = 4096
 MAX_LINE_BYTES = 1024

@@ -4,10 +4,10 @@ The broadcast server keeps each client's unsent bytes in ``peer.out`` and
 calls ``flush`` after queuing more, and whenever ``select()`` says the
 socket is writable. Write it. Check it with:
 
-    CHAT_SYNC_LESSON=exercise python -m pytest lessons/03_selectors
+    CHAT_SYNC_LESSON=~/chat_sync_work python -m pytest lessons/03_selectors
 
 and run the server on it with
-``CHAT_SYNC_LESSON=exercise python lessons/03_selectors/lesson03_broadcast_server.py``.
+``CHAT_SYNC_LESSON=~/chat_sync_work python lessons/03_selectors/lesson03_broadcast_server.py``.
 """
 from __future__ import annotations
 

@@ -101,6 +101,34 @@ def test_every_byte_arrives_in_order_and_event_write_is_dropped_after(pair) -> N
     assert selector.modified == 2
 
 
+class CountingSocket:
+    """A real socket that counts its ``send`` calls (a socket's own methods are read-only)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sends = 0
+
+    def send(self, data: bytes | bytearray) -> int:
+        self.sends += 1
+        return self.sock.send(data)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+
+def test_one_send_per_flush_and_none_with_nothing_to_send(pair) -> None:  # type: ignore[no-untyped-def]
+    selector, peer, theirs = pair
+    counting = CountingSocket(peer.sock)
+    peer.sock = counting
+    target.flush(selector, peer)
+    assert counting.sends == 0, "nothing to send: no send() call at all"
+    assert not peer.writing and selector.modified == 0
+    peer.out += BIG
+    target.flush(selector, peer)
+    assert counting.sends == 1, f"{counting.sends} send() calls in one flush, not one"
+    assert 0 < len(peer.out) < len(BIG)
+
+
 def test_a_broken_connection_raises(pair) -> None:  # type: ignore[no-untyped-def]
     selector, peer, theirs = pair
     theirs.close()

@@ -3,7 +3,7 @@
 Neither touches a socket or a clock: the tests call them with plain values.
 Check your work with:
 
-    CHAT_SYNC_LESSON=exercise python -m pytest lessons/04_sans_io
+    CHAT_SYNC_LESSON=~/chat_sync_work python -m pytest lessons/04_sans_io
 """
 from __future__ import annotations
 

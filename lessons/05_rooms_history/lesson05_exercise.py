@@ -6,7 +6,7 @@ return the package's ``Reply`` and ``Broadcast``, so the tests can hold
 them to what ``ChatCore`` itself does. No socket, no clock: ``now`` and
 the next ``seq`` are handed in. Check your work with:
 
-    CHAT_SYNC_LESSON=exercise python -m pytest lessons/05_rooms_history
+    CHAT_SYNC_LESSON=~/chat_sync_work python -m pytest lessons/05_rooms_history
 """
 from __future__ import annotations
 

@@ -132,6 +132,11 @@ class Mirror:
         self.where: dict[str, Room] = {}       # conn -> its room
         self.seq = 0
         self.inbox: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        self.steps: list[str] = []             # the script so far, for a failure message
+
+    def story(self) -> str:
+        return f"history_size={self.history_size}; the steps so far:\n  " + "\n  ".join(
+            f"{number}. {step}" for number, step in enumerate(self.steps, 1))
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -139,6 +144,7 @@ class Mirror:
 
     def join(self, user: str, room: str, since: int | None = None) -> list[Output]:
         """``user`` (also its connection id) joins ``room``; both must agree."""
+        self.steps.append(f"{user} joins {room!r} (since={since})")
         if user not in self.core.members:
             self.core.connect(user)
         expected = [o for o in self.core.receive(user, join_line(room, user, since), NOW)
@@ -147,12 +153,14 @@ class Mirror:
                                     Room(room, collections.deque(maxlen=self.history_size)))
         got = target.join_room(user, user, self.where.get(user), new, since, self.next_seq, NOW)
         self.where[user] = new
-        assert got == expected, f"{user} joins {room} (since={since})"
+        assert got == expected, (f"{self.story()}\nyour join_room returned\n  {got}\n"
+                                 f"ChatCore sent\n  {expected}")
         self.check()
         return self.deliver(got)
 
     def say(self, user: str, text: str) -> list[Output]:
         """The harness's own message, the way ``ChatCore._message`` makes one."""
+        self.steps.append(f"{user} says {text!r}")
         expected = self.core.receive(user, say_line(text), NOW)
         room = self.where[user]
         message = protocol.chat_message(room.name, user, text, self.next_seq(), NOW)
@@ -162,12 +170,15 @@ class Mirror:
         return self.deliver(got)
 
     def check(self) -> None:
-        assert self.seq == self.core.seq
-        assert set(self.rooms) == set(self.core.rooms)
+        assert self.seq == self.core.seq, (
+            f"{self.story()}\nnext_seq() called {self.seq} times; ChatCore is at {self.core.seq}")
+        assert set(self.rooms) == set(self.core.rooms), self.story()
         for key, room in self.rooms.items():
             theirs = self.core.rooms[key]
-            assert (room.name, room.members) == (theirs.name, theirs.members), key
-            assert list(room.history) == list(theirs.history), f"history of {room.name}"
+            assert {"name": room.name, "members": room.members} == {
+                "name": theirs.name, "members": theirs.members}, f"{self.story()}\nroom {key}"
+            assert list(room.history) == list(theirs.history), (
+                f"{self.story()}\nthe history of {room.name}")
 
     def deliver(self, outputs: list[Output]) -> list[Output]:
         for output in outputs:

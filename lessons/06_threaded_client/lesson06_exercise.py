@@ -4,7 +4,7 @@ Both are pure functions: the randomness and the state are handed in, so the
 tests call them with plain values and compare them with the package's
 ``Backoff.delay`` and ``ClientCore``. Check your work with:
 
-    CHAT_SYNC_LESSON=exercise python -m pytest lessons/06_threaded_client
+    CHAT_SYNC_LESSON=~/chat_sync_work python -m pytest lessons/06_threaded_client
 """
 from __future__ import annotations
 
@@ -17,15 +17,18 @@ from chat_sync.protocol import name_key  # noqa: F401
 def backoff_delay(attempt: int, base: float, cap: float, random_fraction: float) -> float:
     """Seconds to wait before reconnect attempt ``attempt`` (0 for the first).
 
-    The ceiling is ``min(cap, base * 2 ** attempt)``: it doubles with each
-    attempt, from ``base``, and never exceeds ``cap``. Return a point in
-    ``[ceiling / 2, ceiling]`` chosen by ``random_fraction`` (in [0, 1), as
-    ``random.random()`` gives): ``ceiling / 2`` for 0, half-way for 0.5.
-    This is "equal jitter": half of the wait is fixed, half is random.
+    The ceiling doubles with each attempt, from ``base``, and never exceeds
+    ``cap``: ``min(cap, base * 2 ** attempt)``, except that the doubling
+    stops at attempt 60 (after that the ceiling stays
+    ``min(cap, base * 2 ** 60)``). Return a point in ``[ceiling / 2, ceiling]``
+    chosen by ``random_fraction`` (in [0, 1), as ``random.random()`` gives):
+    ``ceiling / 2`` for 0, half-way for 0.5. This is "equal jitter": half of
+    the wait is fixed, half is random.
 
     Raise ValueError for a negative ``attempt``. Any other attempt must
-    work, however large: ``2.0 ** 1024`` does not fit in a float (try it),
-    but the ceiling is ``cap`` long before that.
+    work, however large: ``2.0 ** 1024`` does not fit in a float (try it).
+    With any sensible ``base`` the ceiling is ``cap`` long before 60
+    doublings; the tests also try a ``base`` and ``cap`` where it is not.
     """
     raise NotImplementedError("exercise: write backoff_delay")
 

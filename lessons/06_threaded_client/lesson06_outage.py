@@ -10,14 +10,15 @@ alice's client produces is printed: the lost connection, the back-off, the
 replay of exactly what she missed, the rejoin.
 
 Alice's back-off runs on the lesson's ``backoff_delay``: the reference, or
-yours with ``CHAT_SYNC_LESSON=exercise``. Its randomness is seeded, so
-every run prints the same.
+yours with ``CHAT_SYNC_LESSON=WORKSPACE`` (see ``lessons/lesson_target.py``).
+Its randomness is seeded, so every run prints the same.
 """
 from __future__ import annotations
 
-import os
 import random
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from chat_sync.config import TcpClientConfig
 from chat_sync.tcp_client import ChatClient, ClientEvent, Closed, Notice, Received
@@ -26,10 +27,10 @@ from chat_sync.tcp_server import serve
 from chat_sync.terminal import render
 from lesson06_relay import CuttingRelay
 
-if os.environ.get("CHAT_SYNC_LESSON") == "exercise":
-    from lesson06_exercise import backoff_delay
-else:
-    from lesson06_solution import backoff_delay
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))    # lessons/: lesson_target
+from lesson_target import load  # noqa: E402
+
+backoff_delay = load(__file__).backoff_delay    # the reference, or yours: CHAT_SYNC_LESSON
 
 TIMEOUT_S = 5.0
 SEED = 6

@@ -29,7 +29,8 @@ TIMEOUT_S = 5.0
 
 # -- backoff_delay ----------------------------------------------------------------
 ATTEMPTS = [0, 1, 2, 3, 4, 5, 8, 12, 30, 59, 60, 61, 100, 1023, 1024, 1025, 10**6]
-SETTINGS = [(0.5, 10.0), (0.01, 3.0), (1.0, 1.0), (0.001, 60.0)]
+SETTINGS = [(0.5, 10.0), (0.01, 3.0), (1.0, 1.0), (0.001, 60.0),
+            (1e-12, 1e30)]      # a cap so far away that only the exponent's stop at 60 binds
 FRACTIONS = [0.0, 0.25, 0.5, 0.999999]
 
 
@@ -38,8 +39,21 @@ def test_backoff_delay_agrees_with_the_package(base: float, cap: float) -> None:
     backoff = Backoff(base_delay_s=base, max_delay_s=cap, tries=8)
     for attempt in ATTEMPTS:
         for fraction in FRACTIONS:
-            assert target.backoff_delay(attempt, base, cap, fraction) == pytest.approx(
-                backoff.delay(attempt, fraction), rel=1e-12), (attempt, fraction)
+            got = target.backoff_delay(attempt, base, cap, fraction)
+            wanted = backoff.delay(attempt, fraction)
+            assert got == pytest.approx(wanted, rel=1e-12), (
+                f"backoff_delay(attempt={attempt}, base={base}, cap={cap}, "
+                f"random_fraction={fraction}) returned {got}, the package {wanted}")
+
+
+def test_the_exponent_stops_at_60() -> None:
+    """The docstring's edge: past 60 doublings the ceiling stays base * 2 ** 60."""
+    base, cap = 1e-12, 1e30
+    at_60 = base * 2.0 ** 60
+    for attempt in (60, 61, 100, 1023, 1024, 10**6):
+        assert target.backoff_delay(attempt, base, cap, 0.0) == pytest.approx(at_60 / 2), (
+            f"attempt={attempt}: the ceiling is min(cap, base * 2 ** min(attempt, 60))")
+    assert target.backoff_delay(59, base, cap, 0.0) == pytest.approx(at_60 / 4)
 
 
 def test_backoff_delay_doubles_up_to_the_cap() -> None:
@@ -106,10 +120,14 @@ TRAFFIC: list[dict[str, Any]] = [
 def test_is_new_agrees_with_client_core_on_every_message() -> None:
     core = joined_core()
     last_seq = dict(core.last_seq)
-    for message in TRAFFIC:
+    for number, message in enumerate(TRAFFIC):
         shown = core.receive(message) == [Show(message)]
-        assert target.is_new(last_seq, message) == shown, message
-        assert last_seq == core.last_seq, message
+        before = "\n  ".join(repr(m) for m in TRAFFIC[:number]) or "(none)"
+        got = target.is_new(last_seq, message)
+        assert got == shown, (f"message {number}: {message}\nis_new returned {got}, "
+                              f"ClientCore says {shown}; the messages before it:\n  {before}")
+        assert last_seq == core.last_seq, (f"after message {number}: {message}\n"
+                                           f"last_seq={last_seq}, ClientCore's {core.last_seq}")
 
 
 def test_is_new_keeps_one_last_seq_per_room() -> None:

@@ -65,6 +65,12 @@ def test_a_bucket_needs_a_positive_rate_and_burst(rate: float, burst: int) -> No
         target.TokenBucket(rate, burst, now=0.0)
 
 
+def last_calls(calls: list[str], keep: int = 12) -> str:
+    """The first call (the constructor) and the last ``keep``, one a line, for a failure."""
+    shown = calls if len(calls) <= keep + 1 else [calls[0], "...", *calls[-keep:]]
+    return "\n".join(f"  {call}" for call in shown)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_token_bucket_agrees_with_the_package(seed: int) -> None:
     """Floods, pauses and a clock that sometimes steps back; every answer as the package's."""
@@ -74,6 +80,7 @@ def test_token_bucket_agrees_with_the_package(seed: int) -> None:
     now = 0.0
     mine = target.TokenBucket(rate, burst, now)
     package = guard.TokenBucket(rate, burst, now)
+    calls = [f"TokenBucket(rate={rate}, burst={burst}, now=0.0)"]
     for step in range(2000):
         roll = rng.random()
         if roll < 0.6:
@@ -82,7 +89,10 @@ def test_token_bucket_agrees_with_the_package(seed: int) -> None:
             now += rng.randint(1, 64) / 16       # up to 4 s later
         else:
             now -= rng.randint(1, 16) / 16       # the clock stepped back
-        assert mine.allow(now) == package.take(now), f"step {step}: allow({now})"
+        got, wanted = mine.allow(now), package.take(now)
+        calls.append(f"step {step}: allow(now={now}) -> {wanted}")
+        assert got == wanted, (f"allow(now={now}) returned {got}, the package {wanted}; "
+                               f"the calls that led here:\n{last_calls(calls)}")
 
 
 # -- SlowReader -------------------------------------------------------------------------
@@ -162,6 +172,10 @@ def test_slow_reader_agrees_with_the_guard(seed: int, soft: int, hard: int) -> N
     package = output_only_guard(soft, hard, grace, now)
     queued = 0
     closed = 0
+    calls = [f"SlowReader(soft={soft}, hard={hard}, grace={grace})"]
+
+    def story() -> str:
+        return f"the calls that led here (since the last new SlowReader):\n{last_calls(calls)}"
     for step in range(1500):
         deadline = package.deadline()
         if deadline is not None and rng.random() < 0.3:
@@ -171,11 +185,16 @@ def test_slow_reader_agrees_with_the_guard(seed: int, soft: int, hard: int) -> N
             now += rng.randint(0, 32) / 16
             queued = rng.choice(sizes) if rng.random() < 0.7 else rng.randint(0, 2 * hard)
             cut = package.output(queued, now) is not None
-        assert mine.over_limit(queued, now) == cut, f"step {step}: over_limit({queued}, {now})"
+        got = mine.over_limit(queued, now)
+        calls.append(f"step {step}: over_limit(buffered_bytes={queued}, now={now}) -> {cut}")
+        assert got == cut, f"over_limit returned {got}, the package {cut}; {story()}"
         if cut:
             closed += 1
             mine = target.SlowReader(soft, hard, grace)
             package = output_only_guard(soft, hard, grace, now)
             queued = 0
-        assert mine.deadline() == package.deadline(), f"step {step}: deadline()"
+            calls = [f"SlowReader(soft={soft}, hard={hard}, grace={grace}) at now={now}"]
+        got_deadline, wanted_deadline = mine.deadline(), package.deadline()
+        assert got_deadline == wanted_deadline, (
+            f"deadline() returned {got_deadline}, the package {wanted_deadline}; {story()}")
     assert closed > 0
