@@ -17,6 +17,7 @@ PROGRAMS: dict[str, tuple[str, str]] = {
     "udp-server": ("chat_sync.udp_server", "run the UDP chat server"),
     "udp-client": ("chat_sync.udp_client", "chat over UDP from this terminal"),
     "bench": ("chat_sync.bench", "benchmarks that verify what they measure"),
+    "check": ("chat_sync.check", "check that a server keeps the protocol's promises"),
 }
 
 
