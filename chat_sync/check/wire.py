@@ -270,8 +270,8 @@ class Peer:
         until = min(time.monotonic() + seconds, self.session.deadline)
         while (line := self._next_line(until)) is not None:
             if not _is_welcome(line):
-                raise Failed(f"sent part of a line, {shorten(self.last_sent)}, and was "
-                             f"answered before it was whole: {shorten(line)}")
+                raise Failed(f"sent part of a line, {shorten(self.last_sent)}\n"
+                             f"got an answer before it was whole: {shorten(line)}")
 
     # -- reporting -------------------------------------------------------------
     def sent(self) -> str:
