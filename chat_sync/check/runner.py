@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 def _check(rules: list[Rule], host: str, port: int, timeout: float,
            as_json: bool) -> list[Outcome]:
     start = time.monotonic()
-    width = max(len(rule.id) for rule in rules)
+    width = max(len(rule.id) for rule in TCP_RULES)    # one layout, whatever is chosen
     outcomes = []
     for outcome in run(rules, host, port, timeout):
         outcomes.append(outcome)
@@ -221,6 +221,6 @@ def _check(rules: list[Rule], host: str, port: int, timeout: float,
 
 
 def _list(rules: list[Rule]) -> None:
-    width = max(len(rule.id) for rule in rules)
+    width = max(len(rule.id) for rule in TCP_RULES)
     for rule in rules:
         print(f"{rule.id:<{width}} {rule.statement}")
