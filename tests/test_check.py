@@ -199,6 +199,8 @@ def test_an_unreachable_server_is_exit_2_in_one_line() -> None:
     (["--rule", "framing.splitt"], "did you mean 'framing.split'"),
     (["--timeout", "0", "127.0.0.1:7420"], "--timeout"),
     (["--config", "no/such/file.yaml"], "no/such/file.yaml"),
+    (["--port", "0"], "is not a port"),
+    (["127.0.0.1:7420", "--port", "7421"], "not both"),
 ])
 def test_wrong_arguments_are_exit_2_in_one_line(args: list[str], message: str) -> None:
     result = command(*args)

@@ -149,6 +149,20 @@ def address_from_config(path: str) -> tuple[str, int]:
     return host, server.port
 
 
+def address(args: argparse.Namespace) -> tuple[str, int]:
+    """The server to check: HOST:PORT, or --host and --port over --config, or the default."""
+    if args.address is not None:
+        if args.host is not None or args.port is not None:
+            raise UsageError("give HOST:PORT or --host and --port, not both")
+        return parse_address(args.address)
+    host, port = p.DEFAULT_HOST, p.DEFAULT_TCP_PORT
+    if args.config is not None:
+        host, port = address_from_config(args.config)
+    if args.port is not None and not 0 < args.port < 65536:
+        raise UsageError(f"--port {args.port} is not a port (1 to 65535)")
+    return args.host or host, args.port or port
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chat-sync check",
@@ -156,7 +170,10 @@ def parser() -> argparse.ArgumentParser:
                     "(the README's protocol section), over the wire alone.")
     parser.add_argument("address", nargs="?", metavar="HOST:PORT",
                         help=f"the server (default: {p.DEFAULT_HOST}:{p.DEFAULT_TCP_PORT}, "
-                             "or where --config says)")
+                             "or --host and --port, or where --config says)")
+    parser.add_argument("--host", help=f"the server's host (default: {p.DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, help=f"the server's port (default: "
+                                                 f"{p.DEFAULT_TCP_PORT})")
     parser.add_argument("--config", metavar="FILE",
                         help="check the server this config file sets up (its host and port)")
     parser.add_argument("--stage", choices=None, metavar="STAGE",
@@ -178,12 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             _list(rules)
             return 0
-        if args.address is not None:
-            host, port = parse_address(args.address)
-        elif args.config is not None:
-            host, port = address_from_config(args.config)
-        else:
-            host, port = p.DEFAULT_HOST, p.DEFAULT_TCP_PORT
+        host, port = address(args)
         if not args.timeout > 0:
             raise UsageError(f"--timeout must be more than 0, not {args.timeout:g}")
     except UsageError as exc:

@@ -106,7 +106,8 @@ def no_type(s: Session) -> None:
 def bad_field(s: Session) -> None:
     """A missing, mistyped or out-of-range field gets bad_message naming it, with the id."""
     a = s.join(s.name("r"))
-    cases = [({"type": "join", "user": a.user}, "room"),
+    cases: list[tuple[dict[str, Any], str]] = [
+             ({"type": "join", "user": a.user}, "room"),
              ({"type": "join", "room": s.name("r"), "user": "bad!name"}, "user"),
              ({"type": "join", "room": s.name("r"), "user": a.user, "since": "3"}, "since"),
              ({"type": "join", "room": s.name("r"), "user": a.user, "since": -1}, "since"),
@@ -217,7 +218,7 @@ def user_max(s: Session) -> None:
 
 
 def room_max(s: Session) -> None:
-    """A room name of max_room_chars is joined; one character more gets bad_message (field room)."""
+    """A room name of max_room_chars is joined; one more character: bad_message (field room)."""
     count = s.limits()["max_room_chars"]
     s.join(s.name("r").ljust(count, "x"))
     peer = s.connect()

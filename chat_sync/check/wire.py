@@ -33,7 +33,7 @@ import secrets
 import socket
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, TypeGuard
 
 from .. import protocol as p
 from ..framing import LineBuffer, LineTooLong
@@ -354,5 +354,5 @@ def same_name(a: object, b: object) -> bool:
     return isinstance(a, str) and isinstance(b, str) and p.name_key(a) == p.name_key(b)
 
 
-def is_seq(value: object) -> bool:
+def is_seq(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
