@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import io
 import json
 import socket
 import sys
@@ -190,6 +191,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if isinstance(sys.stdout, io.TextIOWrapper):     # a reply may hold what it cannot print
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         rules = select(TCP_RULES, TCP_STAGES, args.stage, args.rule)
         if args.list:

@@ -428,7 +428,7 @@ def gap(s: Session) -> None:
     start = seq_of(a.joined)
     said = say_many(a, 24)
     b = s.join(room, since=start)
-    replayed = {m.get("seq") for m in b.replay if "seq" in m}
+    replayed = {m["seq"] for m in b.replay if is_seq(m.get("seq"))}
     lost = [seq_of(m) for m in said if m["seq"] not in replayed]
     gaps = [m for m in b.replay if m.get("type") == T.SYSTEM
             and m.get("event") == p.SystemEvent.HISTORY_GAP]

@@ -44,6 +44,7 @@ Match = Callable[[Message], bool]
 MAX_SERVER_LINE = 1 << 20          # a longer line from the server is garbage
 SHOWN_CHARS = 110                  # a line in a FAIL report is cut to this
 KEPT_MESSAGES = 1000               # each peer's log of what it received
+MAX_PASSED_OVER = 10_000           # messages a rule reads past before it calls it a flood
 # Types only a client sends: a server that sends one back is echoing, not answering.
 CLIENT_ONLY = frozenset({p.MessageType.JOIN, p.MessageType.LEAVE, p.MessageType.PING})
 # The least a server may offer (README, "What a client may rely on").
@@ -63,6 +64,7 @@ def shorten(data: bytes | str | Message, limit: int = SHOWN_CHARS) -> str:
     else:
         text = data
     text = text.replace("\n", "\\n").replace("\r", "\\r")
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")   # lone surrogates
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
@@ -199,7 +201,7 @@ class Peer:
         An error nobody asked for answers what was sent, so unless
         ``errors_ok`` it fails the rule at once.
         """
-        while True:
+        for _ in range(MAX_PASSED_OVER):
             try:
                 message = self.receive()
             except Failed as exc:
@@ -208,6 +210,8 @@ class Peer:
                 return message
             if message.get("type") == p.MessageType.ERROR and not errors_ok:
                 raise Failed(f"expected {what}\n{self.exchange(message)}")
+        raise Failed(f"expected {what}\n{self.sent()}\ngot {MAX_PASSED_OVER} other messages "
+                     "first (a flood?)")
 
     def until(self, what: str, match: Match, errors_ok: bool = False) -> list[Message]:
         """Every message up to and including the first that ``match``es."""
