@@ -4,8 +4,8 @@
 threaded shell (a thread per connection, one lock around the core), so with
 no flag it keeps every promise and the checker passes it, and each flag in
 ``FLAGS`` breaks exactly one promise. ``BrokenServer(mode=...)`` is a server
-that speaks no protocol at all: ``echo``, ``close``, ``hang``, ``flood`` or
-``garbage``.
+that speaks no protocol at all: ``echo``, ``close``, ``hang``, ``flood``,
+``garbage``, or ``hostile`` (JSON whose every key has the wrong type).
 
 It binds 127.0.0.1 port 0 and stops on ``stop()`` (or leaving ``with``): a
 wake-up socketpair ends the accept loop, and each connection's socket is
@@ -43,7 +43,17 @@ FLAGS = {
     "silent_hangup": "tells a room nothing when a member hangs up",
     "tight_burst": "answers only 10 pings per connection, then rate_limited",
 }
-MODES = ("chat", "echo", "close", "hang", "flood", "garbage")
+MODES = ("chat", "echo", "close", "hang", "flood", "garbage", "hostile")
+# hostile: JSON the checker must survive, in every key it reads.
+HOSTILE = [b'{"type":"welcome","limits":{"max_line_bytes":10,"max_text_chars":1e999,'
+           b'"max_user_chars":99999999999},"seq":"0","epoch":["x"]}',
+           b'{"type":"error","code":["x"],"id":{"a":1},"field":[]}',
+           b'{"type":"pong","id":"\\ud800","text":"\\ud800\\u001b[31m"}',
+           b'{"type":"system","event":"join","user":["u"],"room":5,"seq":[1],"history":"y"}',
+           b'{"type":"message","text":"\\ud800","seq":1e999,"ts":"now","user":null}',
+           b'{"type":"rooms","rooms":[{"name":[1]},5,null]}',
+           b'{"type":"who","room":null,"users":[1,null,{"a":2}]}',
+           b'{"type":"whisper","from":5,"to":[],"text":{}}']
 MAX_LINE = p.MAX_LINE_BYTES
 PING_ALLOWANCE = 10            # tight_burst
 
@@ -143,7 +153,11 @@ class BrokenServer:
             line = p.encode({"type": "system", "text": "flood " * 100})
             while not self._stopping:
                 sock.sendall(line * 100)
+        if self.mode == "hostile":
+            sock.sendall(HOSTILE[0] + b"\n")
         while data := sock.recv(65536):
+            if self.mode == "hostile":
+                sock.sendall(b"\n".join(HOSTILE) + b"\n")
             if self.mode == "echo":
                 sock.sendall(data)
             elif self.mode == "garbage":

@@ -162,7 +162,7 @@ def test_a_fail_says_what_was_sent_and_what_came_back() -> None:
 
 # -- servers that are not chat servers ------------------------------------------------
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("mode", ["echo", "close", "hang", "flood", "garbage"])
+@pytest.mark.parametrize("mode", ["echo", "close", "hang", "flood", "garbage", "hostile"])
 def test_a_server_that_is_no_chat_server_fails_cleanly(mode: str) -> None:
     with BrokenServer(mode=mode) as server:
         result = command(f"127.0.0.1:{server.port}", "--timeout", "0.5", timeout=80)
@@ -293,3 +293,5 @@ def test_the_readme_section_runs_as_written(readme_servers: dict[str, int]) -> N
         if shown is not None:
             assert result.stdout == shown, f"{body}printed:\n{result.stdout}"
     assert checked >= 4
+    section = README.read_text(encoding="utf-8").split("\n## Checking a server\n", 1)[1]
+    assert f"All {len(IDS)} rules" in section.split("\n## ", 1)[0]

@@ -189,6 +189,9 @@ def text_max(s: Session) -> None:
     a = s.join(s.name("r"))
     limits = s.limits()
     count = limits["max_text_chars"]
+    if count + 200 > limits["max_line_bytes"]:
+        raise Failed(f"the welcome's max_text_chars {count} does not fit in a line of its "
+                     f"max_line_bytes {limits['max_line_bytes']}")
     letter = "é" if 2 * count + 200 < limits["max_line_bytes"] else "x"
     a.send(type="message", text=letter * count)
     a.expect(f"the sender's copy of its {count}-character text",

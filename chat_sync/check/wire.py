@@ -49,6 +49,10 @@ MAX_PASSED_OVER = 10_000           # messages a rule reads past before it calls 
 CLIENT_ONLY = frozenset({p.MessageType.JOIN, p.MessageType.LEAVE, p.MessageType.PING})
 # The least a server may offer (README, "What a client may rely on").
 FLOOR_LIMITS = p.Limits().to_dict()
+# The most the checker believes: a rule sends a line, a text or a name of the length
+# announced, so an absurd one must not make it build a gigabyte.
+CEILING_LIMITS = {"max_line_bytes": 1 << 24, "max_text_chars": 1 << 20,
+                  "max_user_chars": 1000, "max_room_chars": 1000}
 
 
 class Failed(Exception):
@@ -89,14 +93,15 @@ class Session:
         return f"{prefix}{self._run}{next(self._names)}"
 
     def limits(self) -> dict[str, int]:
-        """The limits the server announced in its welcome, else the README's floor."""
+        """The limits the server announced in its welcome (at most ``CEILING_LIMITS``),
+        else the README's floor."""
         announced = (self.welcome or {}).get("limits")
         limits = dict(FLOOR_LIMITS)
         if isinstance(announced, dict):
             for key in limits:
                 value = announced.get(key)
                 if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                    limits[key] = value
+                    limits[key] = min(value, CEILING_LIMITS[key])
         return limits
 
     def connect(self, welcome: bool = True) -> Peer:
