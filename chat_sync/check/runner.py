@@ -25,11 +25,12 @@ from typing import Iterable, Iterator, Sequence
 from .. import config as cfg
 from .. import protocol as p
 from .rules import TCP_RULES, TCP_STAGES, Rule
-from .wire import Failed, Session
+from .wire import Failed, Session, shorten
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 DEFAULT_TIMEOUT_S = 3.0
 INDENT = " " * 5                 # detail lines sit under the rule's id
+DETAIL_CHARS = 150               # ... and are cut to this
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def unreachable(host: str, port: int, timeout: float) -> str | None:
 def report_lines(outcome: Outcome, width: int) -> list[str]:
     """``PASS id statement``, and under a FAIL or SKIP its detail, indented."""
     lines = [f"{outcome.result} {outcome.rule.id:<{width}} {outcome.rule.statement}"]
-    lines += [INDENT + line for line in outcome.detail.splitlines()]
+    lines += [INDENT + shorten(line, DETAIL_CHARS) for line in outcome.detail.splitlines()]
     return lines
 
 
@@ -168,7 +169,9 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chat-sync check",
         description="Check that a chat server keeps the promises of chat_sync's protocol "
-                    "(the README's protocol section), over the wire alone.")
+                    "(the README's protocol section), over the wire alone.",
+        epilog="exit status: 0 when no rule failed, 1 when one did, 2 when the server "
+               "cannot be reached or the arguments are wrong")
     parser.add_argument("address", nargs="?", metavar="HOST:PORT",
                         help=f"the server (default: {p.DEFAULT_HOST}:{p.DEFAULT_TCP_PORT}, "
                              "or --host and --port, or where --config says)")
@@ -177,7 +180,7 @@ def parser() -> argparse.ArgumentParser:
                                                  f"{p.DEFAULT_TCP_PORT})")
     parser.add_argument("--config", metavar="FILE",
                         help="check the server this config file sets up (its host and port)")
-    parser.add_argument("--stage", choices=None, metavar="STAGE",
+    parser.add_argument("--stage", metavar="STAGE",
                         help=f"run this stage and those before it: {', '.join(TCP_STAGES)}")
     parser.add_argument("--rule", action="append", default=[], metavar="ID",
                         help="run only this rule (may be given more than once)")
