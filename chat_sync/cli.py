@@ -18,6 +18,7 @@ PROGRAMS: dict[str, tuple[str, str]] = {
     "udp-client": ("chat_sync.udp_client", "chat over UDP from this terminal"),
     "bench": ("chat_sync.bench", "benchmarks that verify what they measure"),
     "course": ("chat_sync.course", "copy the lesson exercises into a workspace of your own"),
+    "check": ("chat_sync.check", "check that a server keeps the protocol's promises"),
 }
 
 
