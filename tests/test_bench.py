@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from chat_sync import bench
+from chat_sync.bench import idle, soak, udp
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
@@ -65,8 +66,8 @@ def test_idle_servers_and_client_do_nothing(capsys: pytest.CaptureFixture[str]) 
     figures = run(capsys, "idle", "--seconds", "1")
     assert figures["passed"] is True
     assert figures["udp_client_timer_wakeups"] == figures["udp_client_reader_wakeups"] == 0
-    assert figures["udp_server_cpu_s"] < bench.IDLE_CPU_S
-    assert figures["tcp_server_cpu_s"] < bench.IDLE_CPU_S
+    assert figures["udp_server_cpu_s"] < idle.IDLE_CPU_S
+    assert figures["tcp_server_cpu_s"] < idle.IDLE_CPU_S
 
 
 @pytest.mark.timeout(60)
@@ -88,11 +89,11 @@ def test_the_udp_servers_stats_line_is_found_in_its_log() -> None:
              '"retransmitted": 2, "acked": 9, "duplicates_dropped": 0, "given_up": 0, '
              '"dropped": 1}',
              "2026-01-01 10:00:01,001 INFO chat_sync.udp_server stopped"]
-    assert bench.udp_server_stats(lines)["retransmitted"] == 2
-    assert bench.udp_server_stats(lines[:1]) == {}
+    assert udp.udp_server_stats(lines)["retransmitted"] == 2
+    assert udp.udp_server_stats(lines[:1]) == {}
 
 
 @pytest.mark.timeout(10)
 def test_error_codes_are_counted_digits_and_all() -> None:
     line = b'{"type":"error","code":"bad_utf8","text":"invalid UTF-8 at byte 26"}'
-    assert bench.ERROR_CODE.findall(line) == [b"bad_utf8"]
+    assert soak.ERROR_CODE.findall(line) == [b"bad_utf8"]
