@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from .. import protocol as p
 from . import connections, fanout, idle, soak, udp
-from .baselines import raw_relay
+from .baselines import SERVERS, asyncio_chat, raw_relay
+from .load import ServerAbsent
+from .measure import FileLimit
 
 Figures = dict[str, Any]
 
@@ -35,34 +38,64 @@ SCENARIOS = {
 }
 
 
+def shown(value: Any) -> str:
+    """A figure for people: a median and range of rounds as ``median (min-max)``."""
+    if isinstance(value, dict) and set(value) == {"median", "min", "max"}:
+        return f"{value['median']} ({value['min']}-{value['max']})"
+    return str(value)
+
+
 def summary(figures: Figures) -> Iterator[str]:
     yield f"{figures['scenario']}:"
     for key, value in figures.items():
         if key != "scenario":
-            yield f"  {key:<36} {value}"
+            yield f"  {key:<36} {shown(value)}"
     for note in SCENARIOS[figures["scenario"]].notes:
         yield f"  ({note})"
+
+
+class Defaults(argparse.HelpFormatter):
+    """``--help`` shows each option's default, where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS) \
+                and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="chat-sync bench",
                                   description="Benchmarks that verify what they measure.")
     top.add_argument("--json", action="store_true", help="print only the JSON line")
+    # --json after the scenario too; SUPPRESS keeps the subparser from resetting it.
+    json_after = argparse.ArgumentParser(add_help=False)
+    json_after.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                            help="print only the JSON line")
     sub = top.add_subparsers(dest="scenario", required=True)
     for name, scenario in SCENARIOS.items():
-        scenario.add_arguments(sub.add_parser(name, help=scenario.help))
-    relay = sub.add_parser("raw-relay", help="run the baseline relay")
-    relay.add_argument("--host", default=p.DEFAULT_HOST)
-    relay.add_argument("--port", type=int, default=0)
+        scenario.add_arguments(sub.add_parser(name, help=scenario.help, parents=[json_after],
+                                              formatter_class=Defaults,
+                                              description=scenario.help + "."))
+    for command, design in ((c, d) for d, c in SERVERS.items()):
+        serve = sub.add_parser(command, help=f"serve the {design} baseline",
+                               formatter_class=Defaults)
+        serve.add_argument("--host", default=p.DEFAULT_HOST, help="address to bind")
+        serve.add_argument("--port", type=int, default=0, help="port (0: any free port)")
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.scenario == "raw-relay":
-        raw_relay(args.host, args.port)
+    if args.scenario in (SERVERS["raw"], SERVERS["asyncio"]):
+        (raw_relay if args.scenario == SERVERS["raw"] else asyncio_chat)(args.host, args.port)
         return 0
-    figures = SCENARIOS[args.scenario].run(args)
+    try:
+        figures = SCENARIOS[args.scenario].run(args)
+    except (ServerAbsent, FileLimit) as exc:
+        print(f"chat-sync bench {args.scenario}: {exc}", file=sys.stderr)
+        return 2
     if not args.json:
         print("\n".join(summary(figures)))
     print(json.dumps(figures), flush=True)

@@ -5,21 +5,32 @@ import argparse
 import time
 from typing import Any
 
+from . import designs
 from .load import LoadClient, LoadGenerator, join_all, ping_all
-from .measure import ServerProcess, no_limits, progress
+from .measure import Pinning, progress, raise_file_limit
+
+SPARE_FILES = 64        # open files a process needs beside its clients' sockets
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--clients", type=int, default=10_000)
-    parser.add_argument("--room-size", type=int, default=1000)
-    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--clients", type=int, default=10_000, help="connections held at once")
+    parser.add_argument("--room-size", type=int, default=1000, help="members of each room")
+    parser.add_argument("--design", choices=[d for d in designs.DESIGNS if d != "raw"],
+                        default="chat_sync", help="the server to measure")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin the server and the generator to CPUs of their own")
+    parser.add_argument("--timeout", type=float, default=300.0,
+                        help="seconds each phase (connect, join, the message) may take")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Raises FileLimit when the open-file limit cannot be raised far enough."""
     rooms = max(1, args.clients // args.room_size)
-    progress(f"connections: {args.clients} clients in {rooms} rooms of {args.room_size}")
-    with ServerProcess("chat_sync.tcp_server", "--max-clients", str(args.clients + 10),
-                       *no_limits(), "--log-level", "warning") as server:
+    file_limit = raise_file_limit(args.clients + SPARE_FILES)
+    pinning = Pinning.choose(not args.no_pin)
+    progress(f"connections: {args.clients} clients in {rooms} rooms of {args.room_size} "
+             f"({args.design}); {pinning.describe()}")
+    with pinning, designs.start(args.design, args.clients + 10, pinning) as server:
         rss_before = server.rss_kib()
         load = LoadGenerator()
         try:
@@ -50,7 +61,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             load.close()
     return {
-        "scenario": "connections", "clients": args.clients, "rooms": rooms,
+        "scenario": "connections", "design": args.design, "pinning": pinning.describe(),
+        "open_file_limit": file_limit, "clients": args.clients, "rooms": rooms,
         "room_size": len(members), "connect_and_join_s": round(joined_s, 2),
         "rss_kib_before": rss_before, "rss_kib_connected": rss_connected,
         "rss_kib_after": rss_after,

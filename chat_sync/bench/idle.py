@@ -29,7 +29,8 @@ def settle(read: Callable[[], list[int]], timeout: float = 10.0) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="the silence in which nothing may happen")
 
 
 NOTES = ["expected: 0 wake-ups and 0 CPU (counted in ticks of cpu_tick_s)."]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import selectors
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -27,6 +28,11 @@ class LoadClient:
     joined: bool = False
     ponged: bool = False
     expected: dict[int, int] = field(default_factory=dict)   # sender -> next k
+
+    def reset(self) -> None:
+        """Ready for another load on the same connection (``seq`` keeps rising across them)."""
+        self.sent = self.echoed = self.received = 0
+        self.expected.clear()
 
 
 class LoadGenerator:
@@ -65,14 +71,19 @@ class LoadGenerator:
             client.writing = want
 
     def run_until(self, done: Callable[[], bool], on_line: Callable[[LoadClient, bytes], None],
-                  timeout: float) -> None:
-        """Pump until ``done()``; raises TimeoutError after ``timeout`` seconds."""
+                  timeout: float, tick: Callable[[], float] | None = None) -> None:
+        """Pump until ``done()``; raises TimeoutError after ``timeout`` seconds.
+
+        ``tick``, called every turn, may send and returns how long the turn
+        may wait for input at most (a paced load's next send).
+        """
         deadline = time.monotonic() + timeout
         while not done():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("the load did not complete in time")
-            for key, mask in self.selector.select(min(remaining, 1.0)):
+            wait = min(remaining, 1.0) if tick is None else min(remaining, 1.0, tick())
+            for key, mask in self.selector.select(max(0.0, wait)):
                 client: LoadClient = key.data
                 if mask & selectors.EVENT_WRITE:
                     self._flush(client)
@@ -164,3 +175,28 @@ def sync_raw(load: LoadGenerator, timeout: float) -> None:
             if time.monotonic() >= deadline:
                 raise
 
+
+
+class ServerAbsent(Exception):
+    """Nothing accepted connections at the address within the wait."""
+
+
+def wait_for_server(address: tuple[str, int], wait_s: float) -> None:
+    """Return once a connection to ``address`` succeeds; ServerAbsent after ``wait_s``.
+
+    A server started in the background a moment ago (under a profiler, say)
+    may not listen yet; there is no event to wait on from here, so this
+    tries again every 0.1 s until the deadline.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            socket.create_connection(address, timeout=max(0.1, wait_s)).close()
+            return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                host, port = address
+                raise ServerAbsent(f"no server at {host}:{port} (waited {wait_s:g} s: "
+                                   f"{exc.strerror or exc}); start it first, or give "
+                                   f"--wait-s more time") from None
+        threading.Event().wait(0.1)         # a retry interval; the deadline bounds it

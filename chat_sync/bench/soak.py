@@ -358,15 +358,19 @@ def slow_read(index: int, address: tuple[str, int], room: str, counts: SoakCount
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long the abuse lasts")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="seed of the attackers' choices")
     parser.add_argument("--well-behaved", type=int, default=3, help="checking clients")
     parser.add_argument("--rate", type=float, default=2.0,
                         help="messages per second of each well-behaved client")
-    parser.add_argument("--churners", type=int, default=4)
-    parser.add_argument("--flooders", type=int, default=2)
+    parser.add_argument("--churners", type=int, default=4,
+                        help="clients that join, talk a little and go (a quarter by RST)")
+    parser.add_argument("--flooders", type=int, default=2,
+                        help="clients that send as fast as the socket takes it")
     parser.add_argument("--garbage", type=int, default=2, help="garbage senders")
-    parser.add_argument("--slow-readers", type=int, default=3)
+    parser.add_argument("--slow-readers", type=int, default=3,
+                        help="clients with a tiny receive buffer that never read")
     parser.add_argument("--lingerers", type=int, default=2,
                         help="connections that never join, or stop mid-line")
 

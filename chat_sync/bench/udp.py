@@ -68,15 +68,17 @@ QUIET_S = 30.0     # udp: give up waiting once senders are done and nothing came
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--loss", type=float, default=0.2, help="loss each way (default 0.2)")
-    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--loss", type=float, default=0.2,
+                        help="fraction of datagrams the relay loses each way")
+    parser.add_argument("--clients", type=int, default=3, help="UDP clients, all in one room")
     parser.add_argument("--messages", type=int, default=100, help="messages per client")
     parser.add_argument("--seed", type=int, default=1, help="the fault relay's seed")
     parser.add_argument("--base-delay", type=float, help="first retransmit delay (default: "
                         "the programs' own, 0.2 s); also the minimum RTO")
     parser.add_argument("--max-delay", type=float, help="longest retransmit delay")
     parser.add_argument("--max-retries", type=int, help="retransmissions before giving up")
-    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--timeout", type=float, default=300.0,
+                        help="seconds the run may take in all")
 
 
 NOTES = ["ideal_retransmissions = 1/(1-p)^2 - 1: a try succeeds only if the datagram",
