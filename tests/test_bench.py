@@ -74,6 +74,39 @@ def test_littles_law_predicts_the_mean_round_trip(capsys: pytest.CaptureFixture[
 
 
 @pytest.mark.timeout(60)
+def test_latency_below_saturation(capsys: pytest.CaptureFixture[str]) -> None:
+    figures = run(capsys, "latency", "--clients", "6", "--senders", "3", "--seconds", "0.4",
+                  "--levels", "0.25", "0.5", "--no-log")
+    assert figures["losses"] == 0 and figures["order_errors"] == 0
+    assert figures["saturation_deliveries_per_s"] > 0
+    for level in ("0.25", "0.5"):
+        assert 0 < figures[f"at_{level}_latency_ms_p50"] <= figures[f"at_{level}_latency_ms_p99"]
+
+
+@pytest.mark.timeout(90)
+def test_curves_are_measured_and_drawn(capsys: pytest.CaptureFixture[str], tmp_path: Path
+                                       ) -> None:
+    image = tmp_path / "curves.png"
+    figures = run(capsys, "curves", "--room-sizes", "2", "10", "--deliveries", "1000",
+                  "--clients-steps", "50", "100", "--join-room-size", "25",
+                  "--designs", "chat_sync", "raw", "--plot", str(image))
+    assert figures["losses"] == 0 and figures["order_errors"] == 0
+    assert [p["room_size"] for p in figures["rooms"]["chat_sync"]] == [2, 10]
+    assert all(p["cpu_us"] > 0 and p["deliveries_per_s"] > 0
+               for points in figures["rooms"].values() for p in points)
+    assert [p["clients"] for p in figures["memory"]["chat_sync"]] == [50, 100]
+    assert all(p["kib_per_client_joined"] > 0 for p in figures["memory"]["chat_sync"])
+    assert "kib_per_client_joined" not in figures["memory"]["raw"][0]     # no rooms
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(30)
+def test_the_core_install_does_not_import_matplotlib() -> None:
+    code = "import sys, chat_sync.bench; assert 'matplotlib' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], timeout=20).returncode == 0
+
+
+@pytest.mark.timeout(60)
 def test_connections_held_and_one_message_to_a_room(capsys: pytest.CaptureFixture[str]
                                                     ) -> None:
     figures = run(capsys, "connections", "--clients", "200", "--room-size", "50")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from .. import protocol as p
-from . import connections, fanout, idle, soak, udp
+from . import connections, curves, fanout, idle, latency, soak, udp
 from .baselines import SERVERS, asyncio_chat, raw_relay
 from .load import ServerAbsent
 from .measure import FileLimit
@@ -27,6 +27,10 @@ class Scenario:
 SCENARIOS = {
     "fanout": Scenario("N clients in one room, each sending M messages",
                        fanout.add_arguments, fanout.run),
+    "latency": Scenario("delivery time at 25%, 50% and 90% of the saturation rate",
+                        latency.add_arguments, latency.run),
+    "curves": Scenario("cost against room size and against clients connected, drawn",
+                       curves.add_arguments, curves.run, tuple(curves.NOTES)),
     "connections": Scenario("many clients held at once",
                             connections.add_arguments, connections.run),
     "udp": Scenario("UDP clients through a lossy relay, exactly once",
@@ -48,8 +52,15 @@ def shown(value: Any) -> str:
 def summary(figures: Figures) -> Iterator[str]:
     yield f"{figures['scenario']}:"
     for key, value in figures.items():
-        if key != "scenario":
-            yield f"  {key:<36} {shown(value)}"
+        if key == "scenario":
+            continue
+        if isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()):
+            yield f"  {key}:"                   # curves: design -> points
+            for design, points in value.items():
+                for point in points:
+                    yield f"    {design:<10} " + "  ".join(f"{k} {v}" for k, v in point.items())
+            continue
+        yield f"  {key:<36} {shown(value)}"
     for note in SCENARIOS[figures["scenario"]].notes:
         yield f"  ({note})"
 
