@@ -65,7 +65,10 @@ def raw_relay(host: str, port: int) -> None:
             if mask & selectors.EVENT_WRITE:
                 dirty.add(sock)
             if mask & selectors.EVENT_READ:
-                data = sock.recv(RECV_BYTES)
+                try:
+                    data = sock.recv(RECV_BYTES)
+                except ConnectionError:         # an RST: the generator closing with input unread
+                    data = b""
                 if not data:
                     selector.unregister(sock)
                     sock.close()
@@ -89,12 +92,13 @@ def raw_relay(host: str, port: int) -> None:
                 del outbuf[:sock.send(outbuf)]
             except BlockingIOError:
                 pass
+            except ConnectionError:             # gone: its next read says so and closes it
+                outbuf.clear()
             want = bool(outbuf)
             if want != (sock in writing):
                 selector.modify(sock, selectors.EVENT_READ |
                                 (selectors.EVENT_WRITE if want else 0), "client")
                 (writing.add if want else writing.discard)(sock)
-
 
 
 # -- the asyncio design ------------------------------------------------------------------

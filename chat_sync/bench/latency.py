@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 from . import designs
 from .fanout import closed_loop, connect_room
@@ -24,10 +24,13 @@ Figures = dict[str, Any]
 
 
 def open_loop(load: LoadGenerator, senders: int, rate: float, seconds: float, raw: bool,
-              timeout: float = 60.0) -> Figures:
+              timeout: float = 60.0, server_cpu: Callable[[], float] | None = None
+              ) -> Figures:
     """``rate`` messages per second from the first ``senders`` clients in turn, for ``seconds``.
 
-    Every member must receive every message, each sender's in order.
+    Every member must receive every message, each sender's in order. With
+    ``server_cpu``, also the server's CPU share and CPU per delivery: below
+    saturation each message has a loop turn to itself, so less is batched.
     """
     for client in load.clients:
         client.reset()
@@ -35,6 +38,7 @@ def open_loop(load: LoadGenerator, senders: int, rate: float, seconds: float, ra
     count = max(1, round(rate * seconds))
     latencies: list[float] = []
     errors: list[str] = []
+    cpu_started = server_cpu() if server_cpu is not None else 0.0
     started = time.monotonic()
     sent = 0
 
@@ -68,9 +72,15 @@ def open_loop(load: LoadGenerator, senders: int, rate: float, seconds: float, ra
                        on_line, seconds + timeout, tick=tick)
     except TimeoutError:
         pass
+    elapsed = time.monotonic() - started
     delivered = sum(c.received for c in load.clients)
+    cpu: Figures = {}
+    if server_cpu is not None:
+        used = server_cpu() - cpu_started
+        cpu = {"server_cpu_share": round(used / elapsed, 2),
+               "server_cpu_us_per_delivery": round(used / max(1, delivered) * 1e6, 3)}
     latencies.sort()
-    return {
+    return {**cpu,
         "messages_per_s": round(rate, 1), "deliveries_per_s": round(rate * members),
         "losses": count * members - delivered, "order_errors": len(errors),
         "latency_ms_p50": round(percentile(latencies, 0.50) * 1000, 2),
@@ -110,7 +120,7 @@ def run(args: argparse.Namespace) -> Figures:
                 for level in args.levels:
                     progress(f"latency: {level:.0%} of {rate:.0f} messages/s")
                     levels[f"{level:g}"] = open_loop(load, senders, rate * level, args.seconds,
-                                                     raw)
+                                                     raw, server_cpu=server.cpu_seconds)
             finally:
                 load.close()
     return {
@@ -118,9 +128,13 @@ def run(args: argparse.Namespace) -> Figures:
         "clients": args.clients, "senders": senders, "seconds_each": args.seconds,
         "saturation_deliveries_per_s": saturation["deliveries_per_s"],
         "saturation_latency_ms_p99": saturation["latency_ms_p99"],
+        "saturation_server_cpu_us_per_delivery": saturation["server_cpu_us_per_delivery"],
         "losses": saturation["losses"] + sum(f["losses"] for f in levels.values()),
         "order_errors": (saturation["order_errors"]
                          + sum(f["order_errors"] for f in levels.values())),
         **{f"at_{level}_latency_ms_p50": f["latency_ms_p50"] for level, f in levels.items()},
         **{f"at_{level}_latency_ms_p99": f["latency_ms_p99"] for level, f in levels.items()},
+        **{f"at_{level}_server_cpu_us_per_delivery": f["server_cpu_us_per_delivery"]
+           for level, f in levels.items()},
+        **{f"at_{level}_server_cpu_share": f["server_cpu_share"] for level, f in levels.items()},
     }
