@@ -69,8 +69,6 @@ def test_littles_law_predicts_the_mean_round_trip(capsys: pytest.CaptureFixture[
                   "--rounds", "1", "--no-log")
     echo, littles = figures["echo_ms_mean"]["median"], figures["littles_law_ms"]["median"]
     assert 0.75 < echo / littles < 1.25, figures
-    # Deliveries to the other members are not bounded by the window: never later on average.
-    assert figures["latency_ms_mean"]["median"] <= echo * 1.05
 
 
 @pytest.mark.timeout(60)

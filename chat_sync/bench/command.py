@@ -27,7 +27,7 @@ class Scenario:
 SCENARIOS = {
     "fanout": Scenario("N clients in one room, each sending M messages",
                        fanout.add_arguments, fanout.run),
-    "latency": Scenario("delivery time at 25%, 50% and 90% of the saturation rate",
+    "latency": Scenario("delivery time below saturation (at 25, 50, 90 percent of it)",
                         latency.add_arguments, latency.run),
     "curves": Scenario("cost against room size and against clients connected, drawn",
                        curves.add_arguments, curves.run, tuple(curves.NOTES)),

@@ -122,22 +122,25 @@ def plot(figures: Figures, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (cpu, rate, rss) = plt.subplots(1, 3, figsize=(15, 4.5))
+    colour = {design: f"C{i}" for i, design in enumerate(designs.DESIGNS)}
     for design, points in figures["rooms"].items():
         sizes = [p["room_size"] for p in points]
-        cpu.plot(sizes, [p["cpu_us"] for p in points], marker="o", label=design)
-        rate.plot(sizes, [p["deliveries_per_s"] for p in points], marker="o", label=design)
+        cpu.plot(sizes, [p["cpu_us"] for p in points], marker="o", label=design,
+                 color=colour[design])
+        rate.plot(sizes, [p["deliveries_per_s"] for p in points], marker="o", label=design,
+                  color=colour[design])
     for design, points in figures["memory"].items():
         clients = [p["clients"] for p in points]
         rss.plot(clients, [p["kib_per_client_connected"] for p in points], marker="o",
-                 label=f"{design}, connected")
+                 label=f"{design}, connected", color=colour[design])
         if points and "kib_per_client_joined" in points[0]:
             rss.plot(clients, [p["kib_per_client_joined"] for p in points], marker="s",
-                     linestyle="--", label=f"{design}, joined")
+                     linestyle="--", label=f"{design}, joined", color=colour[design])
     cpu.set(xscale="log", yscale="log", xlabel="room size (members)",
             ylabel="server CPU per delivery (µs)", title="CPU per delivery")
     rate.set(xscale="log", xlabel="room size (members)", ylabel="deliveries per second",
              title="throughput")
-    rss.set(xlabel="clients connected", ylabel="server RSS per client (KiB)",
+    rss.set(ylim=(0, None), xlabel="clients connected", ylabel="server RSS per client (KiB)",
             title=f"memory (joined: rooms of {figures['join_room_size']})")
     for axes in (cpu, rate, rss):
         axes.grid(True, alpha=0.3)

@@ -184,10 +184,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--messages", type=int, default=200, help="messages each sends")
     parser.add_argument("--window", type=int, default=8,
                         help="own unechoed messages a sender may have at most")
-    parser.add_argument("--baseline", nargs="*", choices=["raw", "asyncio"], default=[],
-                        help="also run these designs in every round and give ratios: "
+    parser.add_argument("--baseline", nargs="*", choices=["raw", "asyncio", "nolog"],
+                        default=[], help="also run these in every round and give ratios: "
                         "raw (a relay that only copies bytes), asyncio (the same chat "
-                        "on asyncio streams)")
+                        "on asyncio streams), nolog (chat_sync without its chat log)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds, each running chat_sync then every baseline")
     parser.add_argument("--no-log", action="store_true",
@@ -223,8 +223,9 @@ def run(args: argparse.Namespace) -> Figures:
     with pinning:
         for _ in range(args.rounds):
             for design in runs:
-                runs[design].append(one_run(design, args.clients, args.clients,
-                                            args.messages, args.window, pinning,
-                                            log=not args.no_log))
+                log = not args.no_log and design != "nolog"
+                runs[design].append(one_run("chat_sync" if design == "nolog" else design,
+                                            args.clients, args.clients, args.messages,
+                                            args.window, pinning, log))
     return {"scenario": "fanout", "logging": not args.no_log, **shape,
             "rounds": args.rounds, "pinning": pinning.describe(), **compare(runs)}
