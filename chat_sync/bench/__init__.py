@@ -16,9 +16,12 @@ Scenarios:
 - ``fanout``: N clients in one room each send M messages, at most
   ``--window`` of their own unechoed at a time. Every client must receive all
   N*M messages in per-sender order with strictly increasing ``seq``.
-  ``--baseline raw`` runs the same load against ``raw-relay`` too, the
-  ceiling for one Python thread: a selectors relay that forwards complete
-  lines to everyone with no parsing, rooms or logging.
+  ``--baseline raw asyncio nolog`` runs the same load, interleaved round by
+  round, against a relay that only copies bytes, the same chat on asyncio,
+  and chat_sync without its log; the headline is the server's CPU per delivery.
+- ``latency``: delivery times at 25%, 50% and 90% of the saturation rate.
+- ``curves``: CPU per delivery by room size, RSS per client by clients
+  connected, for every design; ``--plot FILE`` draws them.
 - ``connections``: many clients held at once, joined to rooms of
   ``--room-size``; server RSS per client and the time for one message to
   reach a whole room.
@@ -41,16 +44,18 @@ Scenarios:
   (sampled each second), errors by code, connection fates, and the
   disconnect reasons the server logged. Every thread ends by itself; all
   traffic is to 127.0.0.1, 16 connections at once with the defaults.
-- ``raw-relay``: run the baseline relay itself (used by ``fanout``).
+- ``raw-relay``, ``asyncio-chat``: serve a baseline (the comparisons start them).
 
 Trade-off: the soak's clients are threads with blocking sockets (each read
 and write bounded by a timeout), not one selector: simpler to read, and
 the load they make is small next to the server's own work.
 
-Modules: one per scenario (``fanout``, ``connections``, ``udp``, ``idle``,
-``soak``), ``load`` (the many-clients generator), ``peer`` (one blocking
-client), ``baselines`` (what chat_sync is compared with), ``measure`` (the
-server as a subprocess, CPU, RSS, percentiles) and ``command`` (the CLI).
+Modules: one per scenario (``fanout``, ``latency``, ``curves``,
+``connections``, ``udp``, ``idle``, ``soak``), ``load`` (the many-clients
+generator), ``peer`` (one blocking client), ``baselines`` (what chat_sync is
+compared with), ``designs`` (starting and pinning any of them), ``measure``
+(the server as a subprocess, its CPU and RSS, pinning, file limits, medians
+and ranges) and ``command`` (the CLI).
 """
 from __future__ import annotations
 
