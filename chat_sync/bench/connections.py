@@ -1,0 +1,77 @@
+"""``connections``: many clients held at once, joined to rooms; RSS and one message to a room."""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from . import designs
+from .load import LoadClient, LoadGenerator, join_all, ping_all
+from .measure import Pinning, progress, raise_file_limit
+
+SPARE_FILES = 64        # open files a process needs beside its clients' sockets
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clients", type=int, default=10_000, help="connections held at once")
+    parser.add_argument("--room-size", type=int, default=1000, help="members of each room")
+    parser.add_argument("--design", choices=[d for d in designs.DESIGNS if d != "raw"],
+                        default="chat_sync", help="the server to measure")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin the server and the generator to CPUs of their own")
+    parser.add_argument("--timeout", type=float, default=300.0,
+                        help="seconds each phase (connect, join, the message) may take")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Raises FileLimit when the open-file limit cannot be raised far enough."""
+    rooms = max(1, args.clients // args.room_size)
+    file_limit = raise_file_limit(args.clients + SPARE_FILES)
+    pinning = Pinning.choose(not args.no_pin)
+    progress(f"connections: {args.clients} clients in {rooms} rooms of {args.room_size} "
+             f"({args.design}); {pinning.describe()}")
+    with pinning, designs.start(args.design, args.clients + 10, pinning) as server:
+        rss_before = server.rss_kib()
+        load = LoadGenerator()
+        try:
+            started = time.monotonic()
+            load.connect(server.address, args.clients)
+            connected_s = time.monotonic() - started
+            ping_all(load, args.timeout)            # so the server has accepted them all
+            rss_connected = server.rss_kib()
+            started = time.monotonic()
+            join_all(load, lambda c: f"room{c.index % rooms}", args.timeout)
+            joined_s = connected_s + time.monotonic() - started
+            rss_after = server.rss_kib()
+            progress(f"all joined in {joined_s:.1f} s; one message to room0")
+            members = [c for c in load.clients if c.index % rooms == 0]
+            marker = f"marker {time.monotonic()}"
+            got: set[int] = set()
+
+            def on_line(client: LoadClient, line: bytes) -> None:
+                if marker.encode() in line:
+                    got.add(client.index)
+
+            sent_at = time.monotonic()
+            cpu_at = time.process_time()
+            load.send(members[0], {"type": "message", "text": marker})
+            load.run_until(lambda: len(got) == len(members), on_line, args.timeout)
+            reach_ms = (time.monotonic() - sent_at) * 1000
+            reader_ms = (time.process_time() - cpu_at) * 1000
+        finally:
+            load.close()
+    return {
+        "scenario": "connections", "design": args.design, "pinning": pinning.describe(),
+        "open_file_limit": file_limit, "clients": args.clients, "rooms": rooms,
+        "room_size": len(members), "connect_and_join_s": round(joined_s, 2),
+        "rss_kib_before": rss_before, "rss_kib_connected": rss_connected,
+        "rss_kib_after": rss_after,
+        "kib_per_client": round((rss_after - rss_before) / args.clients, 2),
+        # Connected, not joined yet: the connection itself, without what the
+        # storm of join notices (each to a whole room) left in the allocator.
+        "kib_per_client_connected": round((rss_connected - rss_before) / args.clients, 2),
+        "one_message_to_room_ms": round(reach_ms, 2),
+        # Part of that is this process reading the 1,000 sockets, one at a time.
+        "generator_cpu_ms": round(reader_ms, 2),
+    }
+
