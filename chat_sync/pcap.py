@@ -41,7 +41,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO, Union
 
-from .recorder import (
+from .records import (
     CLIENT_TO_SERVER,
     SERVER_TO_CLIENT,
     Address,
