@@ -17,6 +17,8 @@ PROGRAMS: dict[str, tuple[str, str]] = {
     "udp-server": ("chat_sync.udp_server", "run the UDP chat server"),
     "udp-client": ("chat_sync.udp_client", "chat over UDP from this terminal"),
     "bench": ("chat_sync.bench", "benchmarks that verify what they measure"),
+    "record": ("chat_sync.record", "relay between clients and a server, printing the wire"),
+    "dissector": ("chat_sync.dissector", "print the path of the Wireshark dissector"),
 }
 
 
