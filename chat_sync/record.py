@@ -276,10 +276,23 @@ def main(argv: list[str] | None = None) -> int:
         relay.start()
     except OSError as exc:
         fail(f"cannot listen on {_endpoint(listen)}: {exc.strerror or exc}", code=1)
-    # SIGTERM stops it as Ctrl-C does: the wait below ends with KeyboardInterrupt.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    stop_on_signals(relay)
     print(f"listening on {_endpoint(relay.address)}", flush=True)
     return follow(relay, args.pcap)
+
+
+def stop_on_signals(relay: RecordingRelay | RecordingFaultRelay) -> None:
+    """Ctrl-C and SIGTERM close the record: the printing loop sees it and ends.
+
+    Closing only wakes the reader (no exception is raised in the middle of a
+    print, so no line is lost or shown twice). The handler runs in the main
+    thread, which may be inside the log's lock: it is an ``RLock``.
+    """
+    def handler(signum: int, frame: object) -> None:
+        relay.log.close()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)
 
 
 def follow(relay: RecordingRelay | RecordingFaultRelay, pcap: str | None) -> int:
@@ -289,8 +302,6 @@ def follow(relay: RecordingRelay | RecordingFaultRelay, pcap: str | None) -> int
     try:
         while not relay.log.closed:
             start = show(wire, relay, start, timeout=None)
-    except KeyboardInterrupt:
-        pass
     finally:
         relay.stop()
     show(wire, relay, start, timeout=0)

@@ -46,7 +46,8 @@ class RecordLog(Generic[T]):
         self._records: deque[T] = deque(maxlen=max_records)
         self._appended = 0
         self._closed = False
-        self._changed = threading.Condition()
+        # An RLock: ``close`` may be called by a signal handler in a thread inside ``follow``.
+        self._changed = threading.Condition(threading.RLock())
 
     def append(self, record: T) -> None:
         with self._changed:

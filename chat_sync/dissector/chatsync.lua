@@ -298,6 +298,9 @@ local function summary(values)
         parts[#parts + 1] = string.format("%q", text):gsub("\\\n", "\\n")
     end
     if values.code then parts[#parts + 1] = values.code end
+    for _, key in ipairs({ "id", "n", "seq" }) do
+        if values[key] then parts[#parts + 1] = key .. "=" .. values[key] end
+    end
     return table.concat(parts, " ")
 end
 
@@ -317,7 +320,7 @@ local function dissect_message(range, tree)
     local values = {}
     for _, m in ipairs(members) do
         add_member(item, range:range(m.first - 1, m.last - m.first + 1), m)
-        if m.kind == "string" then values[m.key] = m.value end
+        if m.kind == "string" or m.kind == "integer" then values[m.key] = m.value end
     end
     local text = summary(values)
     item:append_text(": " .. text)
