@@ -152,7 +152,8 @@ def test_the_fault_relay_records_each_datagram_in_with_its_fate_and_each_copy_ou
             kept = [k for k in range(20) if not fates[k]]
             got = [server.recv(100) for _ in kept]
             assert got == [b'{"k":%d}' % k for k in kept]
-            assert relay.log.wait_for(lambda rs: sum(r.sent for r in rs) == len(kept), 5)
+            assert relay.log.wait_for(lambda rs: sum(r.sent for r in rs) == len(kept)
+                                      and sum(not r.sent for r in rs) == 20, 5)
         finally:
             relay.stop()
         arrived = [r for r in relay.records if not r.sent]
