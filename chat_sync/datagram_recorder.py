@@ -12,9 +12,11 @@ loop changes:
   ``reorder``, or nothing: passed on at once), at the moment the schedule
   decides it;
 - each copy the schedule lets out is recorded with ``sent=True``: what the
-  receiver got, in the order it got it. ``pcap`` writes these, so a
-  capture shows the duplicates and the reordering, and a lost datagram as
-  the retransmission that follows it.
+  receiver got, in the order it got it.
+
+So ``pcap`` can write either view: the senders' (every datagram sent, a
+retransmission plain as a datagram sent again) or the receivers'
+(duplicates and reordering as they were delivered, losses missing).
 
 Records carry wall-clock time (``time.time``), like the TCP recorder's, and
 the real endpoints: the client's address as the relay saw it, and the

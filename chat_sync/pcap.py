@@ -24,9 +24,13 @@ Rules:
 - A record that starts mid-connection (a hand-made list of segments, or
   one whose oldest records were dropped) gets a handshake at its first
   segment, so the stream still decodes.
-- A UDP ``Datagram`` the relay sent on (``sent``) becomes one Ethernet +
-  IPv4 + UDP packet, checksummed; one recorded as it arrived is left out,
-  since the pcap shows what each receiver got. Packets are written in time
+- A UDP ``Datagram`` becomes one Ethernet + IPv4 + UDP packet, checksummed.
+  A fault relay records each datagram twice over: as its sender sent it
+  (arrived at the relay, lost ones included) and as its receiver got it
+  (each copy sent on: duplicates, reordering and delays included, losses
+  missing). ``udp="sent"``, the default, writes the first, the view of a
+  capture on the sender's side, where a retransmission is a datagram
+  sent again; ``udp="received"`` the second. Packets are written in time
   order, TCP and UDP alike.
 
 Trade-offs, honestly: timestamps are the relay's reads, not the wire's;
@@ -257,18 +261,26 @@ def _timestamp(t: float) -> tuple[int, int]:
     return micros // 1_000_000, micros % 1_000_000
 
 
-def pcap_bytes(records: Iterable[Record | Datagram]) -> bytes:
-    """The whole pcap file for ``records``. Raises ValueError for a non-IPv4 address."""
+UDP_VIEWS = ("sent", "received")
+
+
+def pcap_bytes(records: Iterable[Record | Datagram], udp: str = "sent") -> bytes:
+    """The whole pcap file for ``records``; ``udp`` picks a view (see the module comment).
+
+    Raises ValueError for a non-IPv4 address or another ``udp``.
+    """
+    if udp not in UDP_VIEWS:
+        raise ValueError(f"udp must be 'sent' or 'received', not {udp!r}")
     tcp: list[Record] = []
-    udp: list[Datagram] = []
+    datagrams: list[Datagram] = []
     for record in records:
         if isinstance(record, Datagram):
-            if record.sent:
-                udp.append(record)
+            if record.sent == (udp == "received"):
+                datagrams.append(record)
         else:
             tcp.append(record)
     timeline: list[tuple[float, Packet | Datagram]] = [(p.t, p) for p in packets(tcp)]
-    timeline += [(d.t, d) for d in udp]
+    timeline += [(d.t, d) for d in datagrams]
     timeline.sort(key=lambda item: item[0])       # stable: equal times keep their order
     chunks = [GLOBAL_HEADER.pack(PCAP_MAGIC, *PCAP_VERSION, 0, 0, SNAPLEN, LINKTYPE_ETHERNET)]
     for ip_id, (t, item) in enumerate(timeline, start=1):
@@ -280,9 +292,9 @@ def pcap_bytes(records: Iterable[Record | Datagram]) -> bytes:
 
 
 def write_pcap(records: Iterable[Record | Datagram],
-               file: Union[BinaryIO, str, "os.PathLike[str]"]) -> int:
+               file: Union[BinaryIO, str, "os.PathLike[str]"], udp: str = "sent") -> int:
     """Write the pcap to a binary file object or a path; returns the bytes written."""
-    data = pcap_bytes(records)
+    data = pcap_bytes(records, udp)
     if isinstance(file, (str, os.PathLike)):
         with open(file, "wb") as out:
             out.write(data)

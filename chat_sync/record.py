@@ -53,7 +53,7 @@ from . import protocol
 from .datagram_recorder import RecordingFaultRelay
 from .faultrelay import FaultPlan
 from .logs import escape
-from .pcap import write_pcap
+from .pcap import UDP_VIEWS, write_pcap
 from .recorder import RecordingRelay
 from .records import DIRECTIONS, Address, ConnEvent, Datagram, EventKind, Record, Segment
 
@@ -220,6 +220,9 @@ def parser() -> argparse.ArgumentParser:
                        help="the server to forward to")
     parse.add_argument("--udp", action="store_true", help="relay UDP datagrams, not TCP")
     parse.add_argument("--pcap", metavar="FILE", help="on exit, write what passed as a pcap")
+    parse.add_argument("--pcap-udp", choices=UDP_VIEWS, default="sent",
+                       help="with --udp: the datagrams as their senders sent them (default: "
+                            "lost ones included) or as their receivers got them")
     faults = parse.add_argument_group("UDP faults (with --udp; -up: client to server only, "
                                       "-down: server to client only)")
     for name, kind, text in FAULTS:
@@ -278,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"cannot listen on {_endpoint(listen)}: {exc.strerror or exc}", code=1)
     stop_on_signals(relay)
     print(f"listening on {_endpoint(relay.address)}", flush=True)
-    return follow(relay, args.pcap)
+    return follow(relay, args.pcap, args.pcap_udp)
 
 
 def stop_on_signals(relay: RecordingRelay | RecordingFaultRelay) -> None:
@@ -295,7 +298,8 @@ def stop_on_signals(relay: RecordingRelay | RecordingFaultRelay) -> None:
         signal.signal(signum, handler)
 
 
-def follow(relay: RecordingRelay | RecordingFaultRelay, pcap: str | None) -> int:
+def follow(relay: RecordingRelay | RecordingFaultRelay, pcap: str | None,
+           udp_view: str = "sent") -> int:
     """Print the relay's records as they come until Ctrl-C or SIGTERM; then write the pcap."""
     wire = WireLog()
     start = 0
@@ -307,7 +311,7 @@ def follow(relay: RecordingRelay | RecordingFaultRelay, pcap: str | None) -> int
     show(wire, relay, start, timeout=0)
     if pcap is not None:
         try:
-            write_pcap(relay.records, pcap)
+            write_pcap(relay.records, pcap, udp_view)
         except (OSError, ValueError) as exc:
             print(f"{PROG}: cannot write {pcap}: {exc}", file=sys.stderr)
             return 1
