@@ -257,6 +257,11 @@ class RecordingRelay:
         if not done:
             raise RuntimeError(f"relay did not {'cut' if cut else 'resume'} within {timeout} s")
 
+    @property
+    def held(self) -> int:
+        """How many clients connected while cut and wait, unanswered, for ``resume``."""
+        return len(self._held)
+
     def follow(self, start: int, timeout: float | None = None) -> Followed[Record]:
         """The records numbered ``start`` on, waiting for one (see ``RecordLog.follow``)."""
         return self.log.follow(start, timeout)
