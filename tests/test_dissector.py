@@ -15,16 +15,15 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_record import Recorder, readme_section, record_tcp_session, say_through
+from test_record import Recorder, readme_section, record_tcp_session, record_udp_session
+from test_record import recorders  # noqa: F401  (the fixture: recorders stopped after a test)
 
 from chat_sync import dissector, pcap, protocol
 from chat_sync.records import Datagram, Record, Segment
 from chat_sync.tcp_server import serve as serve_tcp
-from chat_sync.udp_server import serve as serve_udp
 
 TSHARK = shutil.which("tshark")
 pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
@@ -49,14 +48,16 @@ def lua_trouble(stderr: str) -> list[str]:
 
 
 def fields(capture: Path, *names: str, lua: Path | None = None, display: str = "",
-           env: dict[str, str] | None = None,
-           installed: bool = False) -> list[dict[str, list[str]]]:
+           env: dict[str, str] | None = None, installed: bool = False,
+           prefs: tuple[str, ...] = ()) -> list[dict[str, list[str]]]:
     """Each packet's values of ``names``, with tshark's Lua error checks asserted.
 
     The dissector is ``lua`` (the package's by default), or with ``installed``
     whatever Wireshark's plugin folders hold.
     """
     args = [] if installed else ["-X", f"lua_script:{lua or dissector.path()}"]
+    for pref in prefs:
+        args += ["-o", pref]
     args += ["-r", str(capture), "-T", "fields", "-E", f"aggregator={SEP}", "-E",
              "occurrence=a"]
     if display:
@@ -80,14 +81,6 @@ def column(rows: list[dict[str, list[str]]], name: str) -> list[str]:
 
 
 # -- Sessions the program recorded --------------------------------------------------------
-@pytest.fixture
-def recorders() -> Iterator[list[Recorder]]:
-    made: list[Recorder] = []
-    yield made
-    for recorder in made:
-        recorder.close()
-
-
 @pytest.mark.timeout(90)
 def test_a_recorded_tcp_session_decodes_line_by_line(tmp_path: Path,
                                                      recorders: list[Recorder]) -> None:
@@ -119,16 +112,14 @@ def test_a_lossy_udp_session_decodes_with_its_retransmissions(
         tmp_path: Path, recorders: list[Recorder]) -> None:
     path = tmp_path / "udp.pcap"
     texts = [f"hello {k}" for k in range(6)]
-    with serve_udp(port=0, shutdown_grace_s=0.3) as server:
-        recorder = Recorder("--udp", "--upstream", f"127.0.0.1:{server.port}", "--loss", "0.25",
-                            "--seed", "11", "--pcap", str(path))
-        recorders.append(recorder)
-        say_through(recorder.port, texts)
-        assert recorder.stop(signal.SIGINT)[0] == 0
+    server_port, _ = record_udp_session(recorders, texts, "--loss", "0.25", "--seed", "11",
+                                        "--pcap", str(path), signum=signal.SIGINT)
     rows = fields(path, "udp.dstport", "udp.checksum.status", "chatsync.type", "chatsync.id",
-                  "chatsync.n", "chatsync.text", display="udp")
+                  "chatsync.n", "chatsync.text", display="udp",
+                  prefs=("udp.check_checksum:TRUE", "ip.check_checksum:TRUE"))
     assert rows and all(row["chatsync.type"] for row in rows), "a datagram was not decoded"
-    to_server = [row for row in rows if row["udp.dstport"] == [str(server.port)]]
+    assert all(row["udp.checksum.status"] == ["1"] for row in rows), "a bad UDP checksum"
+    to_server = [row for row in rows if row["udp.dstport"] == [str(server_port)]]
     said = [(row["chatsync.id"][0], row["chatsync.text"][0]) for row in to_server
             if row["chatsync.type"] == ["message"]]
     assert {text for _, text in said} == set(texts)

@@ -267,18 +267,27 @@ def test_sigint_stops_it_too_and_no_pcap_is_written_unless_asked(
     assert not any(line.startswith("wrote") for line in lines)
 
 
-def say_through(port: int, texts: list[str]) -> UdpChatClient:
-    """A UDP client through ``port`` that says each text once it is acked; returns it closed."""
-    client = UdpChatClient(UdpClientConfig(host="127.0.0.1", port=port, user="alice",
-                                           **UDP_FAST))
-    try:
-        client.connect(10)
-        for text in texts:
-            client.say(text)
-            assert client.wait_sent(timeout=10), f"{text!r} was never acked"
-    finally:
-        client.close()
-    return client
+def record_udp_session(recorders: list[Recorder], texts: list[str], *faults: str,
+                       signum: int = signal.SIGTERM) -> tuple[int, list[str]]:
+    """Alice says each text through ``chat-sync record --udp`` once the last is acked.
+
+    Returns the server's port and what the recorder printed; it has stopped.
+    """
+    with serve_udp(port=0, shutdown_grace_s=0.3) as server:
+        recorder = Recorder("--udp", "--upstream", f"127.0.0.1:{server.port}", *faults)
+        recorders.append(recorder)
+        client = UdpChatClient(UdpClientConfig(host="127.0.0.1", port=recorder.port,
+                                               user="alice", **UDP_FAST))
+        try:
+            client.connect(10)
+            for text in texts:
+                client.say(text)
+                assert client.wait_sent(timeout=10), f"{text!r} was never acked"
+        finally:
+            client.close()
+        code, lines = recorder.stop(signum)
+    assert code == 0, recorder.stderr()
+    return server.port, lines
 
 
 @pytest.mark.timeout(60)
@@ -286,14 +295,8 @@ def test_udp_through_a_lossy_relay_shows_drops_and_retransmissions(
         tmp_path: Path, recorders: list[Recorder]) -> None:
     path = tmp_path / "udp.pcap"
     texts = [f"hello {k}" for k in range(8)]
-    with serve_udp(port=0, shutdown_grace_s=0.3) as server:
-        recorder = Recorder("--udp", "--upstream", f"127.0.0.1:{server.port}",
-                            "--loss-up", "0.3", "--loss-down", "0.2", "--seed", "5",
-                            "--pcap", str(path))
-        recorders.append(recorder)
-        say_through(recorder.port, texts)
-        code, lines = recorder.stop()
-    assert code == 0, recorder.stderr()
+    _, lines = record_udp_session(recorders, texts, "--loss-up", "0.3", "--loss-down", "0.2",
+                                  "--seed", "5", "--pcap", str(path))
     sent = [json.loads(shown(line).removeprefix("[drop] ")) for line in lines
             if " -> " in line and '"type":"message"' in line]
     assert {m["text"] for m in sent} == set(texts)
