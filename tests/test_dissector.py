@@ -160,6 +160,15 @@ def test_lines_are_reassembled_and_split_whatever_the_segments(tmp_path: Path) -
 
 
 @pytest.mark.timeout(60)
+def test_without_tcp_reassembly_part_of_a_line_is_said_to_be_so(tmp_path: Path) -> None:
+    path = write(tmp_path, [up(1.0, b'{"type":"who"}\n{"type":"mess'), up(1.1, b'age"}\n')])
+    rows = fields(path, "chatsync.type", "chatsync.unfinished", "chatsync.bad_json",
+                  display="tcp.len > 0", prefs=("tcp.desegment_tcp_streams:FALSE",))
+    assert rows[0]["chatsync.type"] == ["who"] and rows[0]["chatsync.unfinished"]
+    assert rows[1]["chatsync.bad_json"], "the tail alone is not a message"
+
+
+@pytest.mark.timeout(60)
 def test_new_and_unexpected_keys_show_up_as_fields(tmp_path: Path) -> None:
     welcome = {"type": "welcome", "session": "5f1c", "token": "q9", "n": 1,
                "limits": {"max_datagram_bytes": 1200, "nested": [1, {"a": []}]}, "ts": 1.5e9}

@@ -67,7 +67,11 @@ local ef_bad_json = ProtoExpert.new("chatsync.bad_json", "Not a valid JSON objec
                                     expert.group.MALFORMED, expert.severity.WARN)
 local ef_too_long = ProtoExpert.new("chatsync.line_too_long", "Line longer than 64 KiB",
                                     expert.group.MALFORMED, expert.severity.WARN)
-chatsync.experts = { ef_bad_json, ef_too_long }
+local ef_unfinished = ProtoExpert.new("chatsync.unfinished",
+                                      "Unfinished line: the rest is in the next segments, and "
+                                      .. "TCP reassembly is off (Preferences > Protocols > TCP)",
+                                      expert.group.REASSEMBLE, expert.severity.NOTE)
+chatsync.experts = { ef_bad_json, ef_too_long, ef_unfinished }
 
 -- -- The JSON scanner ------------------------------------------------------------
 -- Every function takes the text and a 1-based position, and returns the
@@ -342,15 +346,15 @@ local function dissect_stream(tvb, pinfo, tree)
     while offset < length do
         local newline = s:find("\n", offset + 1, true)   -- 1-based index of "\n"
         if not newline then
-            if length - offset <= MAX_LINE_BYTES then
+            local too_long = length - offset > MAX_LINE_BYTES
+            if not too_long and pinfo.can_desegment > 0 then
                 pinfo.desegment_offset = offset
                 pinfo.desegment_len = DESEGMENT_ONE_MORE_SEGMENT
                 break
             end
             local item = tree:add(chatsync, tvb(offset))
-            item:add_proto_expert_info(ef_too_long)
-            infos[#infos + 1] = "[line too long]"
-            offset = length
+            item:add_proto_expert_info(too_long and ef_too_long or ef_unfinished)
+            infos[#infos + 1] = too_long and "[line too long]" or "[part of a line]"
             break
         end
         local line_end = newline - 1                   -- 0-based offset of "\n"
