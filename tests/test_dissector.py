@@ -283,15 +283,6 @@ def test_a_broken_dissector_is_caught(tmp_path: Path) -> None:
         fields(path, "frame.number", lua=runtime)
 
 
-@pytest.mark.timeout(60)
-def test_chat_sync_dissector_prints_the_shipped_file() -> None:
-    result = subprocess.run([sys.executable, "-m", "chat_sync", "dissector"],
-                            capture_output=True, text=True, timeout=20, check=True)
-    printed = Path(result.stdout.strip())
-    assert printed == dissector.path() and printed.is_file()
-    assert printed.read_text(encoding="utf-8").startswith("-- chatsync.lua")
-
-
 @pytest.mark.timeout(120)
 def test_the_readme_commands_decode_and_install_the_dissector(
         tmp_path: Path, recorders: list[Recorder]) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from helpers import StreamLines, connect
 
-from chat_sync import pcap, record
+from chat_sync import dissector, pcap, record
 from chat_sync.config import UdpClientConfig
 from chat_sync.faultrelay import Action, Decision, Direction, FaultDecider, FaultPlan
 from chat_sync.datagram_recorder import RecordingFaultRelay, fate
@@ -372,6 +372,26 @@ def test_a_port_in_use_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith(f"chat-sync record: cannot listen on 127.0.0.1:{busy}:"), err
+
+
+# -- chat-sync dissector ------------------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_chat_sync_dissector_prints_the_shipped_file() -> None:
+    result = subprocess.run([sys.executable, "-m", "chat_sync", "dissector"],
+                            capture_output=True, text=True, timeout=20, check=True)
+    printed = Path(result.stdout.strip())
+    assert printed == dissector.path() and printed.is_file()
+    assert printed.read_text(encoding="utf-8").startswith("-- chatsync.lua")
+
+
+@pytest.mark.timeout(120)
+def test_an_installed_package_ships_the_dissector(tmp_path: Path) -> None:
+    """``setup.py build`` (what ``pip install .`` runs) copies chatsync.lua with the code."""
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "setup.py", "-q", "build", "--build-base", str(tmp_path)],
+                   cwd=root, capture_output=True, text=True, timeout=100, check=True)
+    built = tmp_path / "lib" / "chat_sync" / "dissector" / "chatsync.lua"
+    assert built.read_bytes() == dissector.path().read_bytes()
 
 
 # -- The README's section ---------------------------------------------------------------------
