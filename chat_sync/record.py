@@ -109,8 +109,8 @@ class WireLog:
             head = f"{_endpoint(record.client)} {record.direction}"
             return (f"{clock_time(record.t)}  {head} {len(record.data):5} B  "
                     f"{self.what_happens(record)}{show_message(record.data)}")
-        return f"{clock_time(record.t)}  #{record.conn} {_endpoint(record.client)} --  " \
-               f"{self.event(record)}"
+        head = f"#{record.conn} {_endpoint(record.client)} --"
+        return f"{clock_time(record.t)}  {head}  {self.event(record)}"
 
     def chunk(self, segment: Segment) -> str:
         """What one TCP read held: whole lines as messages, a part of one as bytes."""
@@ -124,7 +124,8 @@ class WireLog:
             if line.strip(b"\r"):
                 shown.append(("…" if began_earlier else "") + show_message(line))
         if tail:
-            shown.append(show_bytes(tail) + "…")
+            continues = bool(carry) and not ended      # the middle of a long line
+            shown.append(("…" if continues else "") + show_bytes(tail) + "…")
             carry = (carry if not ended else b"") + tail
             # Beyond any line a server takes, only the start is kept to show.
             self._carry[key] = carry[:self.max_line_bytes]

@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-``RecordingRelay(server_addr)`` listens on 127.0.0.1 (port 0: any free
-port). Each client it accepts gets its own connection to the real server,
+``RecordingRelay(server_addr)`` listens on 127.0.0.1, any free port (or
+the ``host`` and ``port`` given). Each client it accepts gets its own connection to the real server,
 and the relay copies bytes both ways, writing down every chunk one ``recv``
 returned as a ``Segment``: when (from the injected clock), which connection,
 which way (``->`` client to server, ``<-`` server to client), the bytes, and

@@ -58,6 +58,8 @@ def test_a_read_of_two_lines_shows_both_and_half_a_line_shows_its_bytes() -> Non
     rest = wire.line(seg("->", b'xt":"hi"}\n{"ty'))
     assert shown(rest) == """…{"type":"message","text":"hi"} | b'{"ty'…"""
     assert shown(wire.line(seg("->", b'pe":"ping"}\r\n'))) == '…{"type":"ping"}'
+    wire.line(seg("->", b'{"type":"message","text":"'))
+    assert shown(wire.line(seg("->", b"long"))) == "…b'long'…"
 
 
 @pytest.mark.timeout(10)
