@@ -45,6 +45,7 @@ from .record_log import Followed, RecordLog
 from .records import CLIENT_TO_SERVER, SERVER_TO_CLIENT, Address, Datagram
 
 MAX_RECORDS = 100_000
+MAX_RECORD_BYTES = 64 * 1024 * 1024   # datagram bytes the record holds, at most
 
 Tap = Callable[[Direction, Address, bytes, "Decision | None"], None]
 
@@ -79,7 +80,7 @@ class RecordingFaultRelay(FaultRelay):
     """A ``FaultRelay`` whose every datagram, in and out, is kept in ``log``.
 
     Takes ``FaultRelay``'s arguments, and ``clock`` (wall-clock time by
-    default) and ``max_records``. ``server_addr`` should be numeric IPv4 for
+    default), ``max_records`` and ``max_record_bytes``. ``server_addr`` should be numeric IPv4 for
     the record to become a pcap.
     """
 
@@ -88,10 +89,12 @@ class RecordingFaultRelay(FaultRelay):
                  reorder_hold: float = DEFAULT_REORDER_HOLD, max_clients: int = MAX_CLIENTS,
                  max_events: int = DEFAULT_MAX_EVENTS, host: str = DEFAULT_HOST, port: int = 0,
                  clock: Callable[[], float] = time.time,
-                 max_records: int = MAX_RECORDS) -> None:
+                 max_records: int = MAX_RECORDS,
+                 max_record_bytes: int = MAX_RECORD_BYTES) -> None:
         super().__init__(server_addr, upstream, downstream, seed, reorder_hold=reorder_hold,
                          max_clients=max_clients, max_events=max_events, host=host, port=port)
-        self.log: RecordLog[Datagram] = RecordLog(max_records)
+        self.log: RecordLog[Datagram] = RecordLog(max_records, max_record_bytes,
+                                                  lambda record: len(record.data))
         self._clock = clock
         # The same decisions, the same seed: only the tap is new.
         self.schedule = _TappedSchedule(self.schedule.decider, self._record,

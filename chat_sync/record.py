@@ -31,7 +31,8 @@ The parts, as elsewhere in the package:
 - ``main``: the main thread follows that record and prints it. A slow
   terminal slows only the printing: the relay's loop never waits for it,
   and if the printing falls more than the record's bound behind, the
-  lines it missed are counted, not shown.
+  lines it missed are counted, not shown. The bound (the latest 100,000
+  chunks or datagrams, 64 MiB of data) is also what ``--pcap`` can write.
 
 Errors are one line on stderr: bad arguments and an unresolvable or
 unreachable upstream exit 2, a port that cannot be bound exits 1. A TCP

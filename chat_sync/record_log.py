@@ -7,8 +7,9 @@ The recording relays (``recorder.RecordingRelay`` for TCP,
 in their loop thread; tests, notebooks and ``chat-sync record`` read it from
 another. ``RecordLog`` is the one place where that hand-over happens:
 
-- It is bounded: it keeps the latest ``max_records`` and counts the ones it
-  dropped, so a relay left running cannot eat memory.
+- It is bounded: it keeps the latest ``max_records``, holding at most
+  ``max_bytes`` of data between them (``size`` says how much one holds),
+  and counts the ones it dropped, so a relay left running cannot eat memory.
 - Every record gets a number, its position in everything ever appended.
   ``follow(start)`` returns the records from number ``start`` on, waiting
   until there is one (or the log is closed), and the number to ask for
@@ -40,10 +41,15 @@ class Followed(NamedTuple, Generic[T]):
 class RecordLog(Generic[T]):
     """The latest ``max_records`` records, safe to read while another thread appends."""
 
-    def __init__(self, max_records: int) -> None:
-        if max_records < 1:
-            raise ValueError("max_records must be >= 1")
-        self._records: deque[T] = deque(maxlen=max_records)
+    def __init__(self, max_records: int, max_bytes: int | None = None,
+                 size: Callable[[T], int] = lambda record: 0) -> None:
+        if max_records < 1 or (max_bytes is not None and max_bytes < 1):
+            raise ValueError("max_records and max_bytes must be >= 1")
+        self._records: deque[T] = deque()
+        self._max_records = max_records
+        self._max_bytes = max_bytes
+        self._size = size
+        self._bytes = 0
         self._appended = 0
         self._closed = False
         # An RLock: ``close`` may be called by a signal handler in a thread inside ``follow``.
@@ -52,6 +58,11 @@ class RecordLog(Generic[T]):
     def append(self, record: T) -> None:
         with self._changed:
             self._records.append(record)
+            self._bytes += self._size(record)
+            while len(self._records) > self._max_records or (
+                    self._max_bytes is not None and self._bytes > self._max_bytes
+                    and len(self._records) > 1):
+                self._bytes -= self._size(self._records.popleft())
             self._appended += 1
             self._changed.notify_all()
 

@@ -42,9 +42,10 @@ Rules:
   connects them to the server. Both run in the loop thread: the caller
   wakes it and waits until it is done, so after ``cut()`` returns nothing
   gets through.
-- The record is a ``RecordLog``: bounded (``max_records``, oldest dropped
-  first, counted in ``dropped``), so a relay left in front of a benchmark
-  cannot eat memory, and followed by ``chat-sync record`` as it grows.
+- The record is a ``RecordLog``: bounded (``max_records`` and
+  ``max_record_bytes`` of data, oldest dropped first, counted in
+  ``dropped``), so a relay left in front of a benchmark cannot eat memory,
+  and followed by ``chat-sync record`` as it grows.
 
 Trade-offs: the relay adds a hop, so timings include one more loopback
 copy; recorded timestamps are the relay's reads, not the kernel's. It speaks
@@ -94,6 +95,7 @@ RECV_BYTES = 64 * 1024
 MAX_BUFFER_BYTES = 256 * 1024    # bytes held per connection and direction
 MAX_CONNECTIONS = 256
 MAX_RECORDS = 100_000
+MAX_RECORD_BYTES = 64 * 1024 * 1024   # data bytes the record holds, at most
 ACCEPTS_PER_TURN = 64
 
 
@@ -144,6 +146,10 @@ class _Link:
         return side.inbound.direction
 
 
+def _size(record: Record) -> int:
+    return len(record.data) if isinstance(record, Segment) else 0
+
+
 _LISTENER = "listener"
 _WAKEUP = "wakeup"
 
@@ -172,7 +178,8 @@ class RecordingRelay:
     def __init__(self, server_addr: Address, *, clock: Callable[[], float] = time.time,
                  host: str = "127.0.0.1", port: int = 0,
                  max_buffer_bytes: int = MAX_BUFFER_BYTES,
-                 max_connections: int = MAX_CONNECTIONS, max_records: int = MAX_RECORDS) -> None:
+                 max_connections: int = MAX_CONNECTIONS, max_records: int = MAX_RECORDS,
+                 max_record_bytes: int = MAX_RECORD_BYTES) -> None:
         if max_buffer_bytes < 1 or max_connections < 1 or max_records < 1:
             raise ValueError("max_buffer_bytes, max_connections and max_records must be >= 1")
         self._family, self.server_addr = _resolve(server_addr)
@@ -188,7 +195,7 @@ class RecordingRelay:
         self._selector.register(self._wakeup.reader, selectors.EVENT_READ, _WAKEUP)
         self._links: dict[int, _Link] = {}
         self._ids = itertools.count(1)
-        self.log: RecordLog[Record] = RecordLog(max_records)
+        self.log: RecordLog[Record] = RecordLog(max_records, max_record_bytes, _size)
         self._held: list[tuple[socket.socket, Address]] = []   # accepted while cut
         self._control = threading.Condition()   # guards the three below
         self._want_cut = False       # what cut() / resume() asked for

@@ -487,3 +487,13 @@ def test_the_log_is_bounded_and_a_reader_left_behind_sees_the_gap() -> None:
     assert log.follow(5) == Followed([], 5, 0)       # closed: no wait
     with pytest.raises(ValueError):
         RecordLog(max_records=0)
+
+
+@pytest.mark.timeout(10)
+def test_the_log_is_bounded_in_bytes_too_and_keeps_the_newest_whatever_its_size() -> None:
+    log: RecordLog[bytes] = RecordLog(max_records=100, max_bytes=10, size=len)
+    for chunk in (b"aaaa", b"bbbb", b"cc", b"dddd"):
+        log.append(chunk)
+    assert log.records == [b"cc", b"dddd"] and log.dropped == 2
+    log.append(b"e" * 50)                 # bigger than the bound: kept alone
+    assert log.records == [b"e" * 50]
