@@ -494,6 +494,6 @@ def test_the_log_is_bounded_in_bytes_too_and_keeps_the_newest_whatever_its_size(
     log: RecordLog[bytes] = RecordLog(max_records=100, max_bytes=10, size=len)
     for chunk in (b"aaaa", b"bbbb", b"cc", b"dddd"):
         log.append(chunk)
-    assert log.records == [b"cc", b"dddd"] and log.dropped == 2
+    assert log.records == [b"bbbb", b"cc", b"dddd"] and log.dropped == 1    # 10 bytes
     log.append(b"e" * 50)                 # bigger than the bound: kept alone
     assert log.records == [b"e" * 50]
