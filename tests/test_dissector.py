@@ -250,6 +250,25 @@ def test_a_line_past_the_limit_is_shown_not_waited_for(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_the_heuristic_finds_chat_sync_on_any_port_whatever_the_key_order(
+        tmp_path: Path) -> None:
+    server = ("127.0.0.1", 9100)
+    path = write(tmp_path, [
+        Segment(1.0, 1, "->", b'{"room":"r","type":"join","user":"u"}\n{"type":"wh', CLIENT,
+                server),
+        Segment(1.1, 1, "->", b'o"}\n', CLIENT, server),
+        Segment(1.2, 2, "->", b'{"type":"message","text":"a long li', ("127.0.0.1", 40002),
+                server),
+        Segment(1.3, 2, "->", b'ne"}\n', ("127.0.0.1", 40002), server),
+        Datagram(2.0, "<-", b'{"session":"5f1c","type":"welcome","n":1}', CLIENT,
+                 ("127.0.0.1", 9101)),
+    ])
+    rows = fields(path, "chatsync.type", "chatsync.session", display="chatsync")
+    assert column(rows, "chatsync.type") == ["join", "who", "message", "welcome"]
+    assert column(rows, "chatsync.session") == ["5f1c"]
+
+
+@pytest.mark.timeout(60)
 def test_other_protocols_are_left_alone(tmp_path: Path) -> None:
     """The heuristic takes only what starts like chat_sync: HTTP on port 8080 stays HTTP."""
     web = ("127.0.0.1", 8080)

@@ -383,15 +383,26 @@ function chatsync.dissector(tvb, pinfo, tree)
 end
 
 -- -- Finding chat_sync on other ports -------------------------------------------
--- A chat_sync message is a JSON object that starts with a "type" string (the
--- package always writes it first). A stream that starts so, or a datagram
--- that parses so, is taken; a TCP conversation once taken stays ours.
-local function starts_like_chatsync(s)
-    return s:find('^%s*{%s*"type"%s*:%s*"') ~= nil
+-- A chat_sync message is a JSON object with a "type" string, wherever the
+-- key is. A datagram that parses so is taken; so is a TCP stream whose first
+-- line does (or, if the segment ends before the line does, that starts as an
+-- object and names "type"). A TCP conversation once taken stays ours.
+local function is_message(s)
+    local members = parse(s)
+    if not members then return false end
+    for _, m in ipairs(members) do
+        if m.key == "type" and m.kind == "string" then return true end
+    end
+    return false
 end
 
 local function heuristic_tcp(tvb, pinfo, tree)
-    if tvb:len() < 8 or not starts_like_chatsync(tvb:raw(0, math.min(tvb:len(), 64))) then
+    local s = tvb:raw()
+    if not s:find('^[ \t]*{[ \t]*"') then return false end
+    local newline = s:find("\n", 1, true)
+    if newline then
+        if not is_message(s:sub(1, newline - 1)) then return false end
+    elseif not s:find('"type"[ \t]*:[ \t]*"') then
         return false
     end
     pinfo.conversation = chatsync
@@ -400,11 +411,8 @@ local function heuristic_tcp(tvb, pinfo, tree)
 end
 
 local function heuristic_udp(tvb, pinfo, tree)
-    if tvb:len() < 8 or not starts_like_chatsync(tvb:raw(0, math.min(tvb:len(), 64))) then
-        return false
-    end
-    local members = parse(tvb:raw())
-    if not members then return false end
+    local s = tvb:raw()
+    if not s:find('^[ \t\r\n]*{') or not is_message(s) then return false end
     dissect_datagram(tvb, pinfo, tree)
     return true
 end
