@@ -13,7 +13,12 @@ Public surface:
 - ``client_events``: what both clients report, ``Received``, ``Notice``, ``Closed``.
 - ``udp_server.serve``, ``udp_client``: the same chat over reliable UDP.
 - ``faultrelay.FaultRelay``: a seeded UDP relay that loses, duplicates, reorders.
-- ``recorder.RecordingRelay``, ``pcap.write_pcap``: record TCP traffic, export it.
+- ``recorder.RecordingRelay``, ``pcap.write_pcap``: record TCP traffic, export it;
+  ``RecordingRelay.cut``/``resume``: a network outage on demand.
+- ``datagram_recorder.RecordingFaultRelay``: ``FaultRelay`` that records every datagram.
+- ``records``: what a recording holds (``Segment``, ``ConnEvent``, ``Datagram``).
+- ``record``: ``chat-sync record``, the relay that prints the wire as it passes.
+- ``dissector.path()``: the Wireshark dissector ``chatsync.lua`` (``chat-sync dissector``).
 - ``bench``: ``python -m chat_sync.bench``, benchmarks that verify what they count.
 """
 from __future__ import annotations

@@ -19,6 +19,8 @@ PROGRAMS: dict[str, tuple[str, str]] = {
     "bench": ("chat_sync.bench", "benchmarks that verify what they measure"),
     "course": ("chat_sync.course", "copy the lesson exercises into a workspace of your own"),
     "check": ("chat_sync.check", "check that a server keeps the protocol's promises"),
+    "record": ("chat_sync.record", "relay between clients and a server, printing the wire"),
+    "dissector": ("chat_sync.dissector", "print the path of the Wireshark dissector"),
 }
 
 

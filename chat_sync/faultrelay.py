@@ -186,14 +186,15 @@ class FaultSchedule:
     def count(self, direction: Direction, action: Action) -> int:
         return self.counts[direction, action]
 
-    def receive(self, direction: Direction, flow: Address, datagram: bytes, now: float) -> None:
-        """A datagram arrived; decide its fate and schedule what must go out."""
+    def receive(self, direction: Direction, flow: Address, datagram: bytes,
+                now: float) -> Decision:
+        """A datagram arrived; decide its fate, schedule what must go out, return the fate."""
         self.received[direction] += 1
         decision = self.decider.decide(direction)
         for action in decision.actions():
             self._record(now, direction, action, len(datagram))
         if decision.drop:
-            return
+            return decision
         outgoing = Outgoing(direction, flow, datagram)
         copies = 2 if decision.duplicate else 1
         due = now + decision.delay
@@ -206,6 +207,7 @@ class FaultSchedule:
         if held is not None:
             # Behind this datagram, which has just overtaken it.
             self._schedule(held.outgoing, held.copies, max(due, held.due))
+        return decision
 
     def next_deadline(self) -> float | None:
         """When ``due`` next has something to send, or None."""
@@ -258,8 +260,10 @@ class FaultRelay:
                  downstream: FaultPlan = FaultPlan(), seed: int = 1, *,
                  reorder_hold: float = DEFAULT_REORDER_HOLD,
                  max_clients: int = MAX_CLIENTS,
-                 max_events: int = DEFAULT_MAX_EVENTS) -> None:
+                 max_events: int = DEFAULT_MAX_EVENTS,
+                 host: str = DEFAULT_HOST, port: int = 0) -> None:
         self.server_addr = server_addr
+        self._bind = (host, port)             # where clients send: 127.0.0.1, any free port
         self.max_clients = max_clients
         self.refused_clients = 0              # datagrams dropped: too many clients
         self.schedule = FaultSchedule(FaultDecider(upstream, downstream, seed),
@@ -275,13 +279,13 @@ class FaultRelay:
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> FaultRelay:
-        """Bind 127.0.0.1 port 0 and start the relay thread; returns self."""
+        """Bind (127.0.0.1, any free port by default) and start the relay thread; returns self."""
         if self._started:
             raise RuntimeError("a relay starts once; make a new one")
         self._started = True
         self._selector = selectors.DefaultSelector()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._listener.bind((DEFAULT_HOST, 0))
+        self._listener.bind(self._bind)
         self._listener.setblocking(False)
         self._wakeup = Wakeup()
         self._selector.register(self._listener, selectors.EVENT_READ)

@@ -1,9 +1,9 @@
-"""Recorded TCP traffic as a classic libpcap file that Wireshark and tshark open.
+"""Recorded TCP and UDP traffic as a classic libpcap file that Wireshark and tshark open.
 
 Theory of operation
 -------------------
-The recording relay (``recorder``) keeps what each ``recv`` returned, with
-the real client and server addresses. This module turns that record back
+The recording relays (``recorder``, ``datagram_recorder``) keep what each
+``recv`` returned, with the real client and server addresses. This module turns that record back
 into the packets a capture on the loopback interface would have shown, with
 no I/O of its own: ``packets(records)`` builds the TCP conversation,
 ``pcap_bytes(records)`` encodes it, ``write_pcap(records, file)`` writes it.
@@ -24,6 +24,14 @@ Rules:
 - A record that starts mid-connection (a hand-made list of segments, or
   one whose oldest records were dropped) gets a handshake at its first
   segment, so the stream still decodes.
+- A UDP ``Datagram`` becomes one Ethernet + IPv4 + UDP packet, checksummed.
+  A fault relay records each datagram twice over: as its sender sent it
+  (arrived at the relay, lost ones included) and as its receiver got it
+  (each copy sent on: duplicates, reordering and delays included, losses
+  missing). ``udp="sent"``, the default, writes the first, the view of a
+  capture on the sender's side, where a retransmission is a datagram
+  sent again; ``udp="received"`` the second. Packets are written in time
+  order, TCP and UDP alike.
 
 Trade-offs, honestly: timestamps are the relay's reads, not the wire's;
 window sizes are a constant; pure ACKs are synthesised only for the
@@ -41,11 +49,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO, Union
 
-from .recorder import (
+from .records import (
     CLIENT_TO_SERVER,
     SERVER_TO_CLIENT,
     Address,
     ConnEvent,
+    Datagram,
     EventKind,
     Record,
     Segment,
@@ -57,6 +66,7 @@ LINKTYPE_ETHERNET = 1
 SNAPLEN = 262144
 ETHERTYPE_IPV4 = 0x0800
 IPPROTO_TCP = 6
+IPPROTO_UDP = 17
 MSS = 65535 - 20 - 20      # the largest payload one IPv4 packet without options can hold
 WINDOW = 65535
 TTL = 64
@@ -66,6 +76,7 @@ RECORD_HEADER = struct.Struct("<IIII")
 ETHERNET = struct.Struct("!6s6sH")
 IPV4 = struct.Struct("!BBHHHBBH4s4s")
 TCP = struct.Struct("!HHIIBBHHH")
+UDP = struct.Struct("!HHHH")
 
 
 class TcpFlags(enum.IntFlag):
@@ -130,6 +141,21 @@ def frame(packet: Packet, ip_id: int = 0) -> bytes:
                    IPPROTO_TCP, 0, src_ip, dst_ip)
     ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
     return ETHERNET.pack(b"\0" * 6, b"\0" * 6, ETHERTYPE_IPV4) + ip + header + packet.payload
+
+
+def udp_frame(datagram: Datagram, ip_id: int = 0) -> bytes:
+    """One Ethernet frame holding ``datagram`` as IPv4 + UDP, from its sender to its receiver."""
+    src, dst = ((datagram.client, datagram.server) if datagram.direction == CLIENT_TO_SERVER
+                else (datagram.server, datagram.client))
+    src_ip, dst_ip = _ipv4(src[0]), _ipv4(dst[0])
+    length = UDP.size + len(datagram.data)
+    pseudo = struct.pack("!4s4sBBH", src_ip, dst_ip, 0, IPPROTO_UDP, length)
+    udp_sum = checksum(pseudo + UDP.pack(src[1], dst[1], length, 0) + datagram.data) or 0xFFFF
+    ip = IPV4.pack(0x45, 0, IPV4.size + length, ip_id & 0xFFFF, 0x4000, TTL,
+                   IPPROTO_UDP, 0, src_ip, dst_ip)
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    return (ETHERNET.pack(b"\0" * 6, b"\0" * 6, ETHERTYPE_IPV4) + ip
+            + UDP.pack(src[1], dst[1], length, udp_sum) + datagram.data)
 
 
 # -- The conversation a record implies ----------------------------------------------
@@ -235,21 +261,40 @@ def _timestamp(t: float) -> tuple[int, int]:
     return micros // 1_000_000, micros % 1_000_000
 
 
-def pcap_bytes(records: Iterable[Record]) -> bytes:
-    """The whole pcap file for ``records``. Raises ValueError for a non-IPv4 address."""
+UDP_VIEWS = ("sent", "received")
+
+
+def pcap_bytes(records: Iterable[Record | Datagram], udp: str = "sent") -> bytes:
+    """The whole pcap file for ``records``; ``udp`` picks a view (see the module comment).
+
+    Raises ValueError for a non-IPv4 address or another ``udp``.
+    """
+    if udp not in UDP_VIEWS:
+        raise ValueError(f"udp must be 'sent' or 'received', not {udp!r}")
+    tcp: list[Record] = []
+    datagrams: list[Datagram] = []
+    for record in records:
+        if isinstance(record, Datagram):
+            if record.sent == (udp == "received"):
+                datagrams.append(record)
+        else:
+            tcp.append(record)
+    timeline: list[tuple[float, Packet | Datagram]] = [(p.t, p) for p in packets(tcp)]
+    timeline += [(d.t, d) for d in datagrams]
+    timeline.sort(key=lambda item: item[0])       # stable: equal times keep their order
     chunks = [GLOBAL_HEADER.pack(PCAP_MAGIC, *PCAP_VERSION, 0, 0, SNAPLEN, LINKTYPE_ETHERNET)]
-    for ip_id, packet in enumerate(packets(records), start=1):
-        data = frame(packet, ip_id)
-        seconds, micros = _timestamp(packet.t)
+    for ip_id, (t, item) in enumerate(timeline, start=1):
+        data = udp_frame(item, ip_id) if isinstance(item, Datagram) else frame(item, ip_id)
+        seconds, micros = _timestamp(t)
         chunks.append(RECORD_HEADER.pack(seconds, micros, len(data), len(data)))
         chunks.append(data)
     return b"".join(chunks)
 
 
-def write_pcap(records: Iterable[Record],
-               file: Union[BinaryIO, str, "os.PathLike[str]"]) -> int:
+def write_pcap(records: Iterable[Record | Datagram],
+               file: Union[BinaryIO, str, "os.PathLike[str]"], udp: str = "sent") -> int:
     """Write the pcap to a binary file object or a path; returns the bytes written."""
-    data = pcap_bytes(records)
+    data = pcap_bytes(records, udp)
     if isinstance(file, (str, os.PathLike)):
         with open(file, "wb") as out:
             out.write(data)

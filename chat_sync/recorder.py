@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-``RecordingRelay(server_addr)`` listens on 127.0.0.1 (port 0: any free
-port). Each client it accepts gets its own connection to the real server,
+``RecordingRelay(server_addr)`` listens on 127.0.0.1, any free port (or
+the ``host`` and ``port`` given). Each client it accepts gets its own connection to the real server,
 and the relay copies bytes both ways, writing down every chunk one ``recv``
 returned as a ``Segment``: when (from the injected clock), which connection,
 which way (``->`` client to server, ``<-`` server to client), the bytes, and
@@ -35,8 +35,17 @@ Rules:
   peer sees what it would have seen without the relay.
 - ``stop`` wakes the loop through a socketpair, never by polling a flag;
   connections still open are closed and recorded as closed.
-- The record is bounded too (``max_records``, oldest dropped first, counted
-  in ``dropped``), so a relay left in front of a benchmark cannot eat memory.
+- ``cut`` is a network outage on demand, for tests and lessons that watch
+  a client reconnect: every relayed connection is ended (each peer reads
+  end of stream, recorded as ``close`` "cut"), and clients that connect
+  while cut are accepted but held, unread and unanswered, until ``resume``
+  connects them to the server. Both run in the loop thread: the caller
+  wakes it and waits until it is done, so after ``cut()`` returns nothing
+  gets through.
+- The record is a ``RecordLog``: bounded (``max_records`` and
+  ``max_record_bytes`` of data, oldest dropped first, counted in
+  ``dropped``), so a relay left in front of a benchmark cannot eat memory,
+  and followed by ``chat-sync record`` as it grows.
 
 Trade-offs: the relay adds a hop, so timings include one more loopback
 copy; recorded timestamps are the relay's reads, not the kernel's. It speaks
@@ -44,7 +53,6 @@ IPv4 on its own side only.
 """
 from __future__ import annotations
 
-import enum
 import errno
 import itertools
 import logging
@@ -52,158 +60,43 @@ import os
 import selectors
 import socket
 import struct
-import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, NamedTuple, Union
 
-from . import protocol
-from .framing import LineBuffer
+from .record_log import Followed, RecordLog
+# The records are defined in ``records``; they are named here too, where
+# readers of a TCP recording have always found them.
+from .records import (
+    CLIENT_TO_SERVER,
+    DIRECTIONS,
+    SERVER_TO_CLIENT,
+    Address,
+    ConnEvent,
+    EventKind,
+    Line,
+    Record,
+    Row,
+    Segment,
+    format_table,
+    lines,
+    table,
+)
 from .wakeup import Wakeup
 
+__all__ = ["CLIENT_TO_SERVER", "DIRECTIONS", "SERVER_TO_CLIENT", "Address", "ConnEvent",
+           "EventKind", "Line", "Record", "RecordingRelay", "Row", "Segment", "format_table",
+           "lines", "table"]
+
 log = logging.getLogger("chat_sync.recorder")
-
-Address = tuple[str, int]
-
-CLIENT_TO_SERVER = "->"
-SERVER_TO_CLIENT = "<-"
-DIRECTIONS = (CLIENT_TO_SERVER, SERVER_TO_CLIENT)
 
 RECV_BYTES = 64 * 1024
 MAX_BUFFER_BYTES = 256 * 1024    # bytes held per connection and direction
 MAX_CONNECTIONS = 256
 MAX_RECORDS = 100_000
+MAX_RECORD_BYTES = 64 * 1024 * 1024   # data bytes the record holds, at most
 ACCEPTS_PER_TURN = 64
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One chunk of bytes as one ``recv`` returned it; ``->`` is client to server."""
-
-    t: float
-    conn: int
-    direction: str
-    data: bytes
-    client: Address
-    server: Address
-
-    def __post_init__(self) -> None:
-        if self.direction not in DIRECTIONS:
-            raise ValueError(f"direction must be '->' or '<-', not {self.direction!r}")
-
-
-class EventKind(enum.StrEnum):
-    OPEN = "open"      # the relay reached the server for this client
-    FIN = "fin"        # ``direction``'s sender ended its stream
-    RESET = "reset"    # a socket failed; ``direction`` says whose end, ``reason`` why
-    CLOSE = "close"    # both sockets are closed; ``reason`` says why
-
-
-@dataclass(frozen=True)
-class ConnEvent:
-    """Something that happened to a relayed connection, on the same clock as segments."""
-
-    t: float
-    conn: int
-    kind: EventKind
-    client: Address
-    server: Address
-    direction: str | None = None
-    reason: str = ""
-
-    def __post_init__(self) -> None:
-        if self.direction is not None and self.direction not in DIRECTIONS:
-            raise ValueError(f"direction must be '->', '<-' or None, not {self.direction!r}")
-
-
-Record = Union[Segment, ConnEvent]
-
-
-class Line(NamedTuple):
-    """One complete line: when its newline was read, and the JSON object it holds.
-
-    ``message`` is the decoded object, or the raw line (``bytes``) when it is
-    not a JSON object: a bad line is part of the story too.
-    """
-
-    t: float
-    conn: int
-    direction: str
-    message: dict[str, Any] | bytes
-
-
-class Row(NamedTuple):
-    """One row of a packet table; ``t`` is seconds since the first record."""
-
-    t: float
-    conn: int
-    direction: str
-    nbytes: int
-    text: str
-
-
-# -- Reading a record (no I/O) ---------------------------------------------------
-def lines(records: Iterable[Record]) -> Iterator[Line]:
-    """Re-frame recorded segments into lines, per connection and direction.
-
-    Yields a ``Line`` for each complete, non-empty line, stamped with the time
-    of the segment that completed it. An unterminated tail is not yielded.
-    """
-    buffers: dict[tuple[int, str], LineBuffer] = {}
-    for record in records:
-        if not isinstance(record, Segment):
-            continue
-        key = (record.conn, record.direction)
-        if key not in buffers:
-            # The record is already bounded; here any line the relay saw is shown.
-            buffers[key] = LineBuffer(max_line_bytes=sys.maxsize)
-        for line in buffers[key].feed(record.data):
-            message: dict[str, Any] | bytes
-            try:
-                message = protocol.decode(line)
-            except protocol.ProtocolError:
-                message = line
-            yield Line(record.t, record.conn, record.direction, message)
-
-
-def _show(data: bytes) -> str:
-    """Bytes as one line of text: UTF-8 where it is, ``\\n`` and ``\\xNN`` where not."""
-    text = data.decode("utf-8", "backslashreplace")
-    return text.replace("\r", "\\r").replace("\n", "\\n")
-
-
-def table(records: Iterable[Record]) -> list[Row]:
-    """One row per segment and per connection event, in the order they happened."""
-    rows: list[Row] = []
-    t0: float | None = None
-    for record in records:
-        if t0 is None:
-            t0 = record.t
-        if isinstance(record, Segment):
-            rows.append(Row(record.t - t0, record.conn, record.direction, len(record.data),
-                            _show(record.data)))
-            continue
-        client, server = record.client, record.server
-        if record.kind is EventKind.OPEN:
-            text = f"[open {client[0]}:{client[1]} -> {server[0]}:{server[1]}]"
-        else:
-            text = f"[{record.kind.value}{': ' + record.reason if record.reason else ''}]"
-        rows.append(Row(record.t - t0, record.conn, record.direction or "", 0, text))
-    return rows
-
-
-def format_table(rows: Iterable[Row], width: int = 100) -> str:
-    """The rows as a fixed-width text table; data longer than ``width`` is cut with '…'."""
-    out = [f"{'t (ms)':>9}  {'conn':>4}  {'dir':<3}  {'bytes':>6}  data"]
-    for row in rows:
-        text = row.text if len(row.text) <= width else row.text[:width - 1] + "…"
-        out.append(f"{row.t * 1000:9.3f}  {row.conn:>4}  {row.direction:<3}  "
-                   f"{row.nbytes:>6}  {text}")
-    return "\n".join(out)
 
 
 # -- The relay's loop ------------------------------------------------------------
@@ -253,6 +146,10 @@ class _Link:
         return side.inbound.direction
 
 
+def _size(record: Record) -> int:
+    return len(record.data) if isinstance(record, Segment) else 0
+
+
 _LISTENER = "listener"
 _WAKEUP = "wakeup"
 
@@ -270,21 +167,26 @@ class RecordingRelay:
     """A TCP relay in a background thread that records every chunk both ways.
 
     Bound at construction, so ``address`` is known before ``start``. Use as
-    ``with RecordingRelay(server.host, server.port) ...`` or ``.start()`` /
-    ``.stop()``. ``clock`` stamps every record (``time.time`` by default, so
-    a pcap shows wall-clock times that match the messages' ``ts``).
+    ``with RecordingRelay((server.host, server.port)) as relay:`` or
+    ``.start()`` / ``.stop()``; clients connect to ``relay.address``.
+    ``clock`` stamps every record (``time.time`` by default, so a pcap shows
+    wall-clock times that match the messages' ``ts``). ``port`` 0 picks a
+    free one. Raises OSError if the server's name does not resolve or the
+    listening socket cannot be bound.
     """
 
     def __init__(self, server_addr: Address, *, clock: Callable[[], float] = time.time,
-                 host: str = "127.0.0.1", max_buffer_bytes: int = MAX_BUFFER_BYTES,
-                 max_connections: int = MAX_CONNECTIONS, max_records: int = MAX_RECORDS) -> None:
+                 host: str = "127.0.0.1", port: int = 0,
+                 max_buffer_bytes: int = MAX_BUFFER_BYTES,
+                 max_connections: int = MAX_CONNECTIONS, max_records: int = MAX_RECORDS,
+                 max_record_bytes: int = MAX_RECORD_BYTES) -> None:
         if max_buffer_bytes < 1 or max_connections < 1 or max_records < 1:
             raise ValueError("max_buffer_bytes, max_connections and max_records must be >= 1")
         self._family, self.server_addr = _resolve(server_addr)
         self._clock = clock
         self._max_buffer = max_buffer_bytes
         self._max_connections = max_connections
-        self._listener = socket.create_server((host, 0), backlog=128)
+        self._listener = socket.create_server((host, port), backlog=128)
         self._listener.setblocking(False)
         self.address: Address = self._listener.getsockname()[:2]
         self._selector = selectors.DefaultSelector()
@@ -293,9 +195,12 @@ class RecordingRelay:
         self._selector.register(self._wakeup.reader, selectors.EVENT_READ, _WAKEUP)
         self._links: dict[int, _Link] = {}
         self._ids = itertools.count(1)
-        self._records: deque[Record] = deque(maxlen=max_records)
-        self._recorded = 0
-        self._changed = threading.Condition()
+        self.log: RecordLog[Record] = RecordLog(max_records, max_record_bytes, _size)
+        self._held: list[tuple[socket.socket, Address]] = []   # accepted while cut
+        self._control = threading.Condition()   # guards the three below
+        self._want_cut = False       # what cut() / resume() asked for
+        self._asked = 0              # requests made ...
+        self._done = 0               # ... and carried out by the loop
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._finished = False
@@ -333,11 +238,45 @@ class RecordingRelay:
                  tb: TracebackType | None) -> None:
         self.stop()
 
+    def cut(self, timeout: float = 10.0) -> None:
+        """End every relayed connection, and hold new clients until ``resume``.
+
+        Each peer reads end of stream; the server keeps running. Returns once
+        the loop has done it. Raises RuntimeError if that takes over ``timeout``.
+        """
+        self._ask(True, timeout)
+
+    def resume(self, timeout: float = 10.0) -> None:
+        """Relay again, starting with the clients held while cut."""
+        self._ask(False, timeout)
+
+    def _ask(self, cut: bool, timeout: float) -> None:
+        with self._control:
+            self._want_cut = cut
+            self._asked += 1
+            ticket = self._asked
+        if self._thread is None or self._finished:
+            return       # not relaying: nothing is connected, accept() will obey the flag
+        self._wakeup.wake()
+        with self._control:
+            done = self._control.wait_for(lambda: self._done >= ticket or self._finished,
+                                          timeout)
+        if not done:
+            raise RuntimeError(f"relay did not {'cut' if cut else 'resume'} within {timeout} s")
+
+    @property
+    def held(self) -> int:
+        """How many clients connected while cut and wait, unanswered, for ``resume``."""
+        return len(self._held)
+
+    def follow(self, start: int, timeout: float | None = None) -> Followed[Record]:
+        """The records numbered ``start`` on, waiting for one (see ``RecordLog.follow``)."""
+        return self.log.follow(start, timeout)
+
     @property
     def records(self) -> list[Record]:
         """A snapshot of every segment and event, in the order they happened."""
-        with self._changed:
-            return list(self._records)
+        return self.log.records
 
     @property
     def segments(self) -> list[Segment]:
@@ -352,13 +291,11 @@ class RecordingRelay:
     @property
     def dropped(self) -> int:
         """How many of the oldest records were dropped to keep within ``max_records``."""
-        with self._changed:
-            return self._recorded - len(self._records)
+        return self.log.dropped
 
     def wait_for(self, predicate: Callable[[list[Record]], bool], timeout: float = 5.0) -> bool:
         """Wait until ``predicate(records)`` is true; returns False if ``timeout`` passes first."""
-        with self._changed:
-            return self._changed.wait_for(lambda: predicate(list(self._records)), timeout)
+        return self.log.wait_for(predicate, timeout)
 
     def lines(self) -> list[Line]:
         """The recorded lines (see the module function ``lines``)."""
@@ -370,10 +307,7 @@ class RecordingRelay:
 
     # -- recording ---------------------------------------------------------------
     def _record(self, record: Record) -> None:
-        with self._changed:
-            self._records.append(record)
-            self._recorded += 1
-            self._changed.notify_all()
+        self.log.append(record)
 
     def _event(self, link: _Link, kind: EventKind, direction: str | None = None,
                reason: str = "") -> None:
@@ -395,6 +329,7 @@ class RecordingRelay:
                 continue
             if key.data == _WAKEUP:
                 self._wakeup.drain()
+                self._obey()
                 continue
             side: _Side = key.data
             link = side.link
@@ -421,21 +356,56 @@ class RecordingRelay:
                 return
             sock.setblocking(False)
             client_addr: Address = (str(addr[0]), int(addr[1]))
-            upstream = socket.socket(self._family, socket.SOCK_STREAM)
-            upstream.setblocking(False)
-            link = _Link(next(self._ids), sock, client_addr, upstream, self.server_addr)
-            if len(self._links) >= self._max_connections:
-                self._fail(link, link.server, f"relay full: {self._max_connections} connections")
-                continue
-            for s in (sock, upstream):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._links[link.id] = link
-            err = upstream.connect_ex(self.server_addr)
-            if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
-                self._fail(link, link.server, f"connect to server failed: {os.strerror(err)}")
-                continue
-            log.debug("[conn %d] %s:%d accepted", link.id, *client_addr)
-            self._update(link)      # the server socket becomes writable once connected
+            with self._control:
+                cut = self._want_cut
+            if cut and len(self._held) < self._max_connections:
+                self._held.append((sock, client_addr))    # unread until resume()
+            elif cut:
+                sock.close()                              # too many held: refused
+            else:
+                self._link(sock, client_addr)
+
+    def _link(self, sock: socket.socket, client_addr: Address) -> None:
+        """Connect an accepted client to the server; it is read once that is done."""
+        upstream = socket.socket(self._family, socket.SOCK_STREAM)
+        upstream.setblocking(False)
+        link = _Link(next(self._ids), sock, client_addr, upstream, self.server_addr)
+        if len(self._links) >= self._max_connections:
+            self._fail(link, link.server, f"relay full: {self._max_connections} connections")
+            return
+        for s in (sock, upstream):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._links[link.id] = link
+        err = upstream.connect_ex(self.server_addr)
+        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            self._fail(link, link.server, f"connect to server failed: {os.strerror(err)}")
+            return
+        log.debug("[conn %d] %s:%d accepted", link.id, *client_addr)
+        self._update(link)      # the server socket becomes writable once connected
+
+    def _obey(self) -> None:
+        """Carry out what ``cut`` and ``resume`` asked, in the loop thread."""
+        with self._control:
+            cut, asked = self._want_cut, self._asked
+        if cut:
+            for link in list(self._links.values()):
+                self._cut(link)
+        else:
+            held, self._held = self._held, []
+            for sock, client_addr in held:
+                self._link(sock, client_addr)
+        with self._control:
+            self._done = asked
+            self._control.notify_all()
+
+    def _cut(self, link: _Link) -> None:
+        """End both sockets with a FIN, as a server that closed would."""
+        for side in (link.client, link.server):
+            try:
+                side.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass          # not connected yet, or already reset: close() ends it
+        self._close(link, "cut")
 
     def _finish_connect(self, link: _Link) -> None:
         err = link.server.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -541,7 +511,13 @@ class RecordingRelay:
     def _close_all(self) -> None:
         for link in list(self._links.values()):
             self._close(link, "relay stopped")
+        for sock, _ in self._held:
+            sock.close()
+        self._held.clear()
         self._selector.close()
         self._listener.close()
         self._wakeup.close()
-        self._finished = True
+        with self._control:
+            self._finished = True
+            self._control.notify_all()
+        self.log.close()

@@ -18,6 +18,7 @@ import pytest
 
 from chat_sync import pcap, protocol
 from chat_sync.recorder import ConnEvent, EventKind, Record, RecordingRelay, Segment
+from chat_sync.records import Datagram
 from chat_sync.tcp_server import serve
 
 CLIENT = ("127.0.0.1", 40001)
@@ -288,3 +289,63 @@ def test_tshark_decodes_the_chat_lines(tmp_path: Path) -> None:
     problems = subprocess.run([tshark, "-r", str(path), "-Y", "_ws.expert.severity >= warning"],
                               capture_output=True, text=True, timeout=30, check=True)
     assert problems.stdout == "", problems.stdout
+
+
+# -- UDP datagrams ---------------------------------------------------------------------
+UDP_SERVER = ("127.0.0.1", 7421)
+
+
+def parse_udp(data: bytes) -> list[tuple[float, tuple[str, int], tuple[str, int], bytes]]:
+    """Read a pcap of IPv4 UDP packets, re-checking both checksums."""
+    out = []
+    offset = 24
+    while offset < len(data):
+        seconds, micros, length, _ = struct.unpack_from("<IIII", data, offset)
+        offset += 16
+        frame = data[offset:offset + length]
+        offset += length
+        ip = frame[14:34]
+        assert ones_complement_sum(ip) == 0xFFFF, "IPv4 checksum"
+        assert ip[9] == 17
+        src_ip, dst_ip = socket.inet_ntoa(ip[12:16]), socket.inet_ntoa(ip[16:20])
+        udp = frame[34:]
+        sport, dport, udp_length, _ = struct.unpack_from("!HHHH", udp)
+        assert udp_length == len(udp)
+        pseudo = ip[12:20] + struct.pack("!BBH", 0, 17, udp_length)
+        assert ones_complement_sum(pseudo + udp) == 0xFFFF, "UDP checksum"
+        out.append((seconds + micros / 1e6, (src_ip, sport), (dst_ip, dport), udp[8:]))
+    return out
+
+
+@pytest.mark.timeout(10)
+def test_datagrams_are_udp_packets_in_time_order_from_the_view_asked_for() -> None:
+    records: list[Record | Datagram] = [
+        Datagram(2.0, "->", b'{"type":"join"}', CLIENT, UDP_SERVER),
+        Datagram(2.1, "->", b'{"type":"join"}', CLIENT, UDP_SERVER, sent=True),
+        Datagram(2.2, "<-", b'{"type":"ack","id":1}', CLIENT, UDP_SERVER, fate=("drop",)),
+        Datagram(2.3, "<-", b'{"type":"welcome","n":1}', CLIENT, UDP_SERVER),
+        Datagram(2.4, "<-", b'{"type":"welcome","n":1}', CLIENT, UDP_SERVER, sent=True),
+        seg(1.0, "->", b"tcp\n"),
+    ]
+    senders = parse_udp(pcap.pcap_bytes(records[:5]))
+    assert [(t, src, payload) for t, src, _, payload in senders] == [
+        (2.0, CLIENT, b'{"type":"join"}'), (2.2, UDP_SERVER, b'{"type":"ack","id":1}'),
+        (2.3, UDP_SERVER, b'{"type":"welcome","n":1}')]
+    receivers = parse_udp(pcap.pcap_bytes(records[:5], udp="received"))
+    assert [t for t, _, _, _ in receivers] == [2.1, 2.4]
+    assert receivers[1][2] == CLIENT
+    mixed = pcap.read_pcap(pcap.pcap_bytes([records[-1]]))     # TCP alone still reads back
+    assert mixed[-1].payload == b"tcp\n"
+    with pytest.raises(ValueError, match="'sent' or 'received'"):
+        pcap.pcap_bytes(records, udp="both")
+
+
+@pytest.mark.timeout(10)
+def test_a_udp_checksum_of_zero_is_sent_as_all_ones() -> None:
+    """RFC 768: 0 means "no checksum", so a sum that comes to 0 is written 0xFFFF."""
+    for n in range(65536):              # one payload in 65536 sums to zero
+        datagram = Datagram(1.0, "->", struct.pack("!H", n), CLIENT, UDP_SERVER)
+        frame = pcap.udp_frame(datagram)
+        if struct.unpack_from("!H", frame, 40)[0] == 0xFFFF:
+            return
+    pytest.fail("no two-byte payload gave a zero sum")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from helpers import wait_for
 
 from chat_sync import protocol
 from chat_sync.recorder import (
@@ -28,6 +29,7 @@ from chat_sync.recorder import (
     lines,
     table,
 )
+from chat_sync.record_log import Followed, RecordLog
 from chat_sync.tcp_server import serve
 
 CLIENT = ("127.0.0.1", 40000)
@@ -386,3 +388,112 @@ def test_the_record_is_bounded_and_wait_for_can_time_out(listener: socket.socket
         assert len(relay.records) == 3
         assert relay.dropped >= 4
         assert relay.wait_for(lambda records: False, timeout=0.01) is False
+
+
+# -- cut and resume: an outage on demand ----------------------------------------------------
+@pytest.mark.timeout(20)
+def test_cut_ends_every_connection_with_a_fin_and_holds_new_ones_until_resume(
+        listener: socket.socket) -> None:
+    with RecordingRelay(listener.getsockname()) as relay:
+        before = socket.create_connection(relay.address, timeout=5)
+        upstream, _ = listener.accept()
+        upstream.settimeout(5)
+        try:
+            before.sendall(b"one\n")
+            assert upstream.recv(100) == b"one\n"
+            relay.cut()
+            assert before.recv(100) == b"", "the client reads end of stream"
+            assert upstream.recv(100) == b"", "so does the server"
+            assert kinds(relay.records)[-1] == ("close", None)
+            assert relay.events[-1].reason == "cut"
+
+            held = socket.create_connection(relay.address, timeout=5)
+            held.sendall(b"two\n")
+            listener.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                listener.accept()                 # nothing reaches the server while cut
+            relay.resume()
+            listener.settimeout(5)
+            later, _ = listener.accept()
+            later.settimeout(5)
+            assert later.recv(100) == b"two\n"    # held, not lost
+            later.sendall(b"back\n")
+            assert held.recv(100) == b"back\n"
+            assert relay.wait_for(has_event(EventKind.OPEN, conn=2))
+            held.close()
+            later.close()
+        finally:
+            before.close()
+            upstream.close()
+
+
+@pytest.mark.timeout(20)
+def test_clients_held_when_the_relay_stops_are_closed(listener: socket.socket) -> None:
+    relay = RecordingRelay(listener.getsockname()).start()
+    relay.cut()
+    held = socket.create_connection(relay.address, timeout=5)
+    try:
+        wait_for(lambda: relay.held == 1, what="the relay holding the client")
+        relay.stop()
+        assert held.recv(100) == b""
+        assert relay.held == 0 and relay.records == []
+    finally:
+        held.close()
+
+
+@pytest.mark.timeout(20)
+def test_cut_and_resume_before_start_or_after_stop_are_harmless(listener: socket.socket) -> None:
+    relay = RecordingRelay(listener.getsockname())
+    relay.cut()                      # not started: only the flag
+    relay.resume()
+    relay.start()
+    relay.stop()
+    relay.cut()                      # stopped: nothing to do, nothing raised
+    assert relay.records == []
+
+
+@pytest.mark.timeout(20)
+def test_follow_tails_the_record_and_ends_when_the_relay_stops(listener: socket.socket) -> None:
+    relay = RecordingRelay(listener.getsockname()).start()
+    try:
+        assert relay.follow(0, timeout=0.05).records == []
+        client = socket.create_connection(relay.address, timeout=5)
+        upstream, _ = listener.accept()
+        first = relay.follow(0, timeout=5)
+        assert [type(r) for r in first.records] == [ConnEvent] and first.next == 1
+        client.sendall(b"hi\n")
+        second = relay.follow(first.next, timeout=5)
+        assert [r.data for r in second.records if isinstance(r, Segment)] == [b"hi\n"]
+        client.close()
+        upstream.close()
+    finally:
+        relay.stop()
+    assert relay.log.closed
+    rest = relay.follow(0, timeout=None)          # closed: returns at once
+    assert rest.next == len(relay.records) and rest.dropped == 0
+
+
+# -- The log itself -----------------------------------------------------------------------
+@pytest.mark.timeout(10)
+def test_the_log_is_bounded_and_a_reader_left_behind_sees_the_gap() -> None:
+    log: RecordLog[int] = RecordLog(max_records=3)
+    for k in range(5):
+        log.append(k)
+    assert log.records == [2, 3, 4] and log.dropped == 2
+    assert log.follow(0) == Followed([2, 3, 4], 5, 2)
+    assert log.follow(3) == Followed([3, 4], 5, 0)
+    assert log.follow(5, timeout=0.01) == Followed([], 5, 0)
+    log.close()
+    assert log.follow(5) == Followed([], 5, 0)       # closed: no wait
+    with pytest.raises(ValueError):
+        RecordLog(max_records=0)
+
+
+@pytest.mark.timeout(10)
+def test_the_log_is_bounded_in_bytes_too_and_keeps_the_newest_whatever_its_size() -> None:
+    log: RecordLog[bytes] = RecordLog(max_records=100, max_bytes=10, size=len)
+    for chunk in (b"aaaa", b"bbbb", b"cc", b"dddd"):
+        log.append(chunk)
+    assert log.records == [b"bbbb", b"cc", b"dddd"] and log.dropped == 1    # 10 bytes
+    log.append(b"e" * 50)                 # bigger than the bound: kept alone
+    assert log.records == [b"e" * 50]

@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from chat_sync import protocol as p
 from chat_sync import tcp_client
 from chat_sync.client_program import run, show_event
 from chat_sync.config import TcpClientConfig, TcpServerConfig
+from chat_sync.recorder import CLIENT_TO_SERVER, RecordingRelay
 from chat_sync.tcp_client import ChatClient, ClientEvent, Closed, JoinError, Notice, Received
 from chat_sync.tcp_client_core import (
     Backoff,
@@ -359,96 +359,12 @@ def test_no_server_means_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "user name is required" in capsys.readouterr().err
 
 
-class CuttingRelay:
-    """A TCP relay in front of the server that the test can cut, like a network outage.
-
-    ``cut()`` closes every relayed connection and refuses new ones until
-    ``resume()``; the server behind it keeps running, with its history.
-    Records what clients sent upstream.
-    """
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sent_upstream = bytearray()
-        self._lock = threading.Lock()
-        self._open = True
-        self._pairs: list[tuple[socket.socket, socket.socket]] = []
-        self._every_socket: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-        self._start(self._accept)
-
-    def _start(self, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                downstream, _ = self.listener.accept()
-            except OSError:
-                return                      # listener closed: the relay is stopping
-            with self._lock:
-                if not self._open:
-                    downstream.close()
-                    continue
-                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-                self._pairs.append((downstream, upstream))
-                self._every_socket += [downstream, upstream]
-            self._start(self._pump, downstream, upstream, True)
-            self._start(self._pump, upstream, downstream, False)
-
-    def _pump(self, source: socket.socket, target: socket.socket, record: bool) -> None:
-        while True:
-            try:
-                data = source.recv(65536)
-                if not data:
-                    break
-                if record:
-                    with self._lock:
-                        self.sent_upstream += data
-                target.sendall(data)
-            except OSError:
-                break
-        for sock in (source, target):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self) -> None:
-        with self._lock:
-            self._open = False
-            pairs, self._pairs = self._pairs, []
-        for pair in pairs:
-            for sock in pair:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def resume(self) -> None:
-        with self._lock:
-            self._open = True
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        for thread in self._threads:
-            thread.join(TIMEOUT_S)
-        for sock in self._every_socket:
-            sock.close()
-
-
 @pytest.mark.timeout(20)
 def test_reconnect_rejoins_with_since_and_misses_nothing(server: ServerHandle,
                                                          clients: Clients) -> None:
-    relay = CuttingRelay(server.port)
-    try:
-        alice = clients.connect(relay.port, "alice", reconnect_tries=1000,
+    # The package's recording relay stands in for the network: cut() is the outage.
+    with RecordingRelay((server.host, server.port)) as relay:
+        alice = clients.connect(relay.address[1], "alice", reconnect_tries=1000,
                                 reconnect_base_delay_s=0.005, reconnect_max_delay_s=0.02)
         bob = clients.connect(server.port, "bob")
         bob.send_line("before")
@@ -468,17 +384,15 @@ def test_reconnect_rejoins_with_since_and_misses_nothing(server: ServerHandle,
         replayed = [e.message for e in events if isinstance(e, Received)
                     and e.message.get("type") == "message"]
         assert all(m.get("history") is True for m in replayed)
-        joins = [line for line in bytes(relay.sent_upstream).splitlines()
-                 if p.decode(line).get("type") == "join"]
+        joins = [line.message for line in relay.lines() if line.direction == CLIENT_TO_SERVER
+                 and isinstance(line.message, dict) and line.message.get("type") == "join"]
         assert len(joins) == 2
-        assert "since" not in p.decode(joins[0])
-        assert p.decode(joins[1])["since"] == last_seen
+        assert "since" not in joins[0]
+        assert joins[1]["since"] == last_seen
 
         bob.send_line("after")
         events = until(alice, message_from("bob", "after"))
         assert chat_texts(events) == ["after"]
-    finally:
-        relay.close()
 
 
 @pytest.mark.timeout(20)

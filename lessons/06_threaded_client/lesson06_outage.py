@@ -2,7 +2,8 @@
 
     python lessons/06_threaded_client/lesson06_outage.py
 
-Runs a chat server on a free port, and a ``CuttingRelay`` in front of it.
+Runs a chat server on a free port, and the package's recording relay in
+front of it (``chat_sync.recorder.RecordingRelay``), whose ``cut`` is the outage.
 Alice connects through the relay, bob straight to the server; both are the
 package's ``ChatClient``, with its reader thread. The relay cuts alice off,
 bob talks while she is away, the relay lets her back in, and every event
@@ -21,11 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from chat_sync.config import TcpClientConfig
+from chat_sync.recorder import RecordingRelay
 from chat_sync.tcp_client import ChatClient, ClientEvent, Closed, Notice, Received
 from chat_sync.tcp_client_core import Backoff
 from chat_sync.tcp_server import serve
 from chat_sync.terminal import render
-from lesson06_relay import CuttingRelay
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))    # lessons/: lesson_target
 from lesson_target import load  # noqa: E402
@@ -71,8 +72,8 @@ def notice(start: str) -> Callable[[ClientEvent], bool]:
 
 
 def main() -> int:
-    with serve(port=0) as server, CuttingRelay(server.port) as relay:
-        alice = ChatClient(TcpClientConfig(port=relay.port, user="alice",
+    with serve(port=0) as server, RecordingRelay((server.host, server.port)) as relay:
+        alice = ChatClient(TcpClientConfig(port=relay.address[1], user="alice",
                                            reconnect_tries=8, reconnect_base_delay_s=0.05,
                                            reconnect_max_delay_s=1.0),
                            random=random.Random(SEED).random)

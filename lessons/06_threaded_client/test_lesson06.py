@@ -3,8 +3,8 @@
 The first tests hold the two functions to ``Backoff.delay`` and to
 ``ClientCore`` on plain values. The last runs a real server on 127.0.0.1
 port 0 and the package's ``ChatClient`` backing off on your
-``backoff_delay``, through a ``CuttingRelay`` that the test cuts and
-resumes: every wait is for an event with a deadline, never a sleep.
+``backoff_delay``, through the package's ``RecordingRelay``, which the test
+cuts and resumes: every wait is for an event with a deadline, never a sleep.
 """
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import pytest
 
 from chat_sync import protocol as p
 from chat_sync.config import TcpClientConfig
+from chat_sync.recorder import RecordingRelay
 from chat_sync.tcp_client import ChatClient, ClientEvent, Closed, Notice, Received
 from chat_sync.tcp_client_core import Backoff, ClientCore, Send, Show
 from chat_sync.serving import ServerHandle
 from chat_sync.tcp_server import serve
-from lesson06_relay import CuttingRelay
 from lesson_target import load
 
 target = load(__file__)
@@ -179,8 +179,8 @@ def texts(events: list[ClientEvent]) -> list[tuple[str, bool]]:
 def test_a_cut_client_backs_off_rejoins_and_misses_nothing(server: ServerHandle) -> None:
     base, cap = 0.02, 0.5
     first_wait = target.backoff_delay(0, base, cap, 0.5)
-    with CuttingRelay(server.port) as relay:
-        alice = ChatClient(TcpClientConfig(port=relay.port, user="alice", reconnect_tries=5,
+    with RecordingRelay((server.host, server.port)) as relay:
+        alice = ChatClient(TcpClientConfig(port=relay.address[1], user="alice", reconnect_tries=5,
                                            reconnect_base_delay_s=base,
                                            reconnect_max_delay_s=cap),
                            random=lambda: 0.5)

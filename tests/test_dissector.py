@@ -1,0 +1,333 @@
+"""The Wireshark dissector: real sessions recorded by ``chat-sync record``, read by tshark.
+
+A Lua error does not make tshark fail: a syntax error only shows on stderr
+(and the ``chatsync`` fields are then unknown), a runtime error only as a
+``_ws.lua.error`` field of the packet. ``fields`` checks all three on every
+run, and ``test_a_broken_dissector_is_caught`` shows that it would notice.
+Skipped where tshark is not installed (CI installs it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_record import Recorder, readme_section, record_tcp_session, record_udp_session
+from test_record import recorders  # noqa: F401  (the fixture: recorders stopped after a test)
+
+from chat_sync import dissector, pcap, protocol
+from chat_sync.records import Datagram, Record, Segment
+from chat_sync.tcp_server import serve as serve_tcp
+
+TSHARK = shutil.which("tshark")
+pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
+
+CLIENT = ("127.0.0.1", 40000)
+TCP_SERVER = ("127.0.0.1", protocol.DEFAULT_TCP_PORT)
+UDP_SERVER = ("127.0.0.1", protocol.DEFAULT_UDP_PORT)
+SEP = "|"                     # between two messages' values in one packet
+
+
+def run_tshark(args: list[str], env: dict[str, str] | None = None,
+               cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    assert TSHARK is not None
+    return subprocess.run([TSHARK, *args], capture_output=True, text=True, timeout=60,
+                          env=env, cwd=cwd)
+
+
+def lua_trouble(stderr: str) -> list[str]:
+    """stderr lines that are not tshark's warning about running as root."""
+    return [line for line in stderr.splitlines()
+            if line.strip() and not line.startswith("Running as user")]
+
+
+def fields(capture: Path, *names: str, lua: Path | None = None, display: str = "",
+           env: dict[str, str] | None = None, installed: bool = False,
+           prefs: tuple[str, ...] = ()) -> list[dict[str, list[str]]]:
+    """Each packet's values of ``names``, with tshark's Lua error checks asserted.
+
+    The dissector is ``lua`` (the package's by default), or with ``installed``
+    whatever Wireshark's plugin folders hold.
+    """
+    args = [] if installed else ["-X", f"lua_script:{lua or dissector.path()}"]
+    for pref in prefs:
+        args += ["-o", pref]
+    args += ["-r", str(capture), "-T", "fields", "-E", f"aggregator={SEP}", "-E",
+             "occurrence=a"]
+    if display:
+        args += ["-Y", display]
+    for name in (*names, "_ws.lua.error"):
+        args += ["-e", name]
+    result = run_tshark(args, env=env)
+    assert result.returncode == 0, result.stderr
+    assert not lua_trouble(result.stderr), result.stderr
+    rows = []
+    for line in result.stdout.splitlines():
+        values = line.split("\t")
+        assert values[-1] == "", f"a Lua runtime error: {line}"
+        rows.append({name: (value.split(SEP) if value else [])
+                     for name, value in zip(names, values)})
+    return rows
+
+
+def column(rows: list[dict[str, list[str]]], name: str) -> list[str]:
+    return [value for row in rows for value in row[name]]
+
+
+# -- Sessions the program recorded --------------------------------------------------------
+@pytest.mark.timeout(90)
+def test_a_recorded_tcp_session_decodes_line_by_line(tmp_path: Path,
+                                                     recorders: list[Recorder]) -> None:
+    path = tmp_path / "session.pcap"
+    with serve_tcp(port=0) as server:
+        recorder = record_tcp_session(server.port, recorders, "--pcap", str(path))
+        assert recorder.stop()[0] == 0
+    # The server's port is not 7420: the heuristic finds it.
+    rows = fields(path, "frame.number", "chatsync.type", "chatsync.user", "chatsync.text",
+                  "chatsync.seq", "chatsync.id", "chatsync.code", "chatsync.other",
+                  display="chatsync")
+    assert column(rows, "chatsync.type") == ["welcome", "join", "system", "message", "message",
+                                             "error"]
+    # "hi there" came in two reads: reassembled, it is one message with one text.
+    assert column(rows, "chatsync.text") == ["alice joined", "hi there", "hi there",
+                                             "Expecting value: line 1 column 1 (char 0)"]
+    assert column(rows, "chatsync.seq") == ["0", "1", "2"]
+    assert column(rows, "chatsync.id") == ["1", "1"]
+    assert column(rows, "chatsync.code") == ["bad_json"]
+    assert any(value.startswith("ts: ") for value in column(rows, "chatsync.other"))
+    bad = fields(path, "chatsync.line", "_ws.expert.message", display="chatsync.bad_json")
+    assert [row["chatsync.line"] for row in bad] == [["not json"]]
+    assert bad[0]["_ws.expert.message"] == \
+        ["Not a valid JSON object: expected a JSON object at byte 1"]
+
+
+@pytest.mark.timeout(90)
+def test_a_lossy_udp_session_decodes_with_its_retransmissions(
+        tmp_path: Path, recorders: list[Recorder]) -> None:
+    path = tmp_path / "udp.pcap"
+    texts = [f"hello {k}" for k in range(8)]
+    server_port, _ = record_udp_session(recorders, texts, "--loss", "0.3", "--seed", "11",
+                                        "--pcap", str(path), signum=signal.SIGINT)
+    rows = fields(path, "udp.dstport", "udp.checksum.status", "chatsync.type", "chatsync.id",
+                  "chatsync.n", "chatsync.text", display="udp",
+                  prefs=("udp.check_checksum:TRUE", "ip.check_checksum:TRUE"))
+    assert rows and all(row["chatsync.type"] for row in rows), "a datagram was not decoded"
+    assert all(row["udp.checksum.status"] == ["1"] for row in rows), "a bad UDP checksum"
+    to_server = [row for row in rows if row["udp.dstport"] == [str(server_port)]]
+    said = [row["chatsync.text"][0] for row in to_server if row["chatsync.type"] == ["message"]]
+    assert set(said) == set(texts)
+    # The senders' view: a datagram lost, or whose ack was lost, is in the capture twice.
+    # (Odds of no loss at all in 8 exchanges of four datagrams at 30%: about 1e-5.)
+    keys = [(row["udp.dstport"][0], row["chatsync.type"][0], tuple(row["chatsync.id"]),
+             tuple(row["chatsync.n"])) for row in rows if row["chatsync.type"] != ["ack"]]
+    assert any(keys.count(key) > 1 for key in keys), "no retransmission in the capture"
+    from_server = [row for row in rows if row not in to_server]
+    numbered = [int(row["chatsync.n"][0]) for row in from_server if row["chatsync.n"]
+                and row["chatsync.type"] != ["ack"]]
+    assert numbered and set(numbered) == set(range(1, max(numbered) + 1)), numbered
+
+
+# -- Framing and fields, on hand-made captures on the default ports --------------------------
+def write(tmp_path: Path, records: list[Record | Datagram]) -> Path:
+    path = tmp_path / "made.pcap"
+    pcap.write_pcap(records, path)
+    return path
+
+
+def up(t: float, data: bytes) -> Segment:
+    return Segment(t, 1, "->", data, CLIENT, TCP_SERVER)
+
+
+@pytest.mark.timeout(60)
+def test_lines_are_reassembled_and_split_whatever_the_segments(tmp_path: Path) -> None:
+    """Port 7420 is chatsync even for lines the heuristic would not take (no "type" first)."""
+    path = write(tmp_path, [
+        up(1.0, b'{"room":"lobby","type":"join","user":"bob"}\n{"type":"who"}\r\n{"type":"mess'),
+        up(1.1, b'age","te'),
+        up(1.2, b'xt":"x"}\n\n{"type":"ping"}\n'),
+    ])
+    rows = fields(path, "tcp.len", "chatsync.type", "chatsync.room", "chatsync.text",
+                  display="tcp.len > 0")
+    assert [row["chatsync.type"] for row in rows] == [["join", "who"], [], ["message", "ping"]]
+    assert column(rows, "chatsync.room") == ["lobby"]
+    assert column(rows, "chatsync.text") == ["x"]
+
+
+@pytest.mark.timeout(60)
+def test_without_tcp_reassembly_part_of_a_line_is_said_to_be_so(tmp_path: Path) -> None:
+    path = write(tmp_path, [up(1.0, b'{"type":"who"}\n{"type":"mess'), up(1.1, b'age"}\n')])
+    rows = fields(path, "chatsync.type", "chatsync.unfinished", "chatsync.bad_json",
+                  display="tcp.len > 0", prefs=("tcp.desegment_tcp_streams:FALSE",))
+    assert rows[0]["chatsync.type"] == ["who"] and rows[0]["chatsync.unfinished"]
+    assert rows[1]["chatsync.bad_json"], "the tail alone is not a message"
+
+
+@pytest.mark.timeout(60)
+def test_new_and_unexpected_keys_show_up_as_fields(tmp_path: Path) -> None:
+    welcome = {"type": "welcome", "session": "5f1c", "token": "q9", "n": 1,
+               "limits": {"max_datagram_bytes": 1200, "nested": [1, {"a": []}]}, "ts": 1.5e9}
+    odd = {"type": "message", "seq": "seven", "n": 10**20, "text": 3, "id": "r-1"}
+    path = write(tmp_path, [
+        Datagram(1.0, "<-", json.dumps(welcome).encode(), CLIENT, UDP_SERVER),
+        Datagram(1.1, "<-", json.dumps(odd).encode(), CLIENT, UDP_SERVER),
+        Datagram(1.2, "->", b"garbage", CLIENT, UDP_SERVER),
+    ])
+    rows = fields(path, "chatsync.type", "chatsync.session", "chatsync.token", "chatsync.n",
+                  "chatsync.seq", "chatsync.id", "chatsync.other", "chatsync.bad_json")
+    assert rows[0]["chatsync.session"] == ["5f1c"] and rows[0]["chatsync.token"] == ["q9"]
+    assert rows[0]["chatsync.n"] == ["1"]
+    assert rows[0]["chatsync.other"] == [
+        'limits: {"max_datagram_bytes": 1200, "nested": [1, {"a": []}]}', "ts: 1500000000.0"]
+    # A known key with a type it should not have is shown as sent, not dropped.
+    assert rows[1]["chatsync.seq"] == [] and rows[1]["chatsync.id"] == ["r-1"]
+    assert rows[1]["chatsync.other"] == ['seq: "seven"', "n: 100000000000000000000",
+                                         "text: 3"]
+    assert rows[2]["chatsync.bad_json"] and rows[2]["chatsync.type"] == []
+
+
+JSON_CASES = [
+    b'{"type":"message","text":"caf\xc3\xa9 \\u00e9 \\ud83d\\ude00 \\"quoted\\" back\\\\slash"}',
+    b'  {"type" : "message" , "text" : "a\\/b"}  ',
+    b'{"type":"x","n":-0,"seq":12,"f":1.5e-3,"g":[],"h":{},"i":[true,false,null]}',
+    b'{"type":"x","deep":' + b"[" * 150 + b"]" * 150 + b"}",
+    b'{"type":"x","text":"lone \\udc00 surrogate"}',
+    b'{}',
+    b'{"type":"x",}',
+    b'{"type":"x" "y":1}',
+    b'{"type":"x","n":01}',
+    b'{"type":"x","n":1.}',
+    b'{"type":"x","n":NaN}',
+    b'{"type":"x","n":Infinity}',
+    b'{"type":"x","a":1,"a":2}',
+    b'{"type":"x","o":{"a":1,"a":2}}',
+    b'{"type":"x","text":"tab\there"}',
+    b'{"type":"x","text":"bad \\q escape"}',
+    b'{"type":"x","text":"\\u12"}',
+    b'{"type":"x","text":"unterminated}',
+    b'{"type":"x"} trailing',
+    b'{"type":"x","text":"\xff"}',
+    b'{"type":"x","text":"\xc0\xaf"}',
+    b'{"type":"x","text":"\xed\xa0\x80"}',
+    b'{"type":"x","text":"\xf4\x90\x80\x80"}',
+    b'["type"]',
+    b'"type"',
+    b'{"type":"x","deep":' + b"[" * 1200 + b"]" * 1200 + b"}",
+    b'{"type":"x","a":[1,2,]}',
+    b'{"type":tru}',
+]
+
+
+@pytest.mark.timeout(60)
+def test_the_json_scanner_agrees_with_the_server(tmp_path: Path) -> None:
+    """Each line is valid for the dissector exactly when ``protocol.decode`` takes it."""
+    path = write(tmp_path, [up(1.0 + k / 100, line + b"\n") for k, line in enumerate(JSON_CASES)])
+    rows = fields(path, "chatsync.bad_json", "chatsync.text", display="tcp.len > 0")
+    assert len(rows) == len(JSON_CASES)
+    for line, row in zip(JSON_CASES, rows):
+        try:
+            message = protocol.decode(line)
+        except protocol.ProtocolError:
+            assert row["chatsync.bad_json"], f"taken, but the server refuses it: {line!r}"
+            continue
+        assert not row["chatsync.bad_json"], f"refused, but the server takes it: {line!r}"
+        text = message.get("text")
+        if isinstance(text, str) and "\udc00" not in text:
+            assert row["chatsync.text"] == [text]
+
+
+@pytest.mark.timeout(60)
+def test_a_line_past_the_limit_is_shown_not_waited_for(tmp_path: Path) -> None:
+    path = write(tmp_path, [up(1.0, b'{"type":"message","text":"' + b"x" * 70_000),
+                            up(1.1, b'"}\n{"type":"ping"}\n')])
+    rows = fields(path, "chatsync.line_too_long", "chatsync.type", display="chatsync")
+    assert column(rows, "chatsync.line_too_long") and "ping" in column(rows, "chatsync.type")
+
+
+@pytest.mark.timeout(60)
+def test_the_heuristic_finds_chat_sync_on_any_port_whatever_the_key_order(
+        tmp_path: Path) -> None:
+    server = ("127.0.0.1", 9100)
+    path = write(tmp_path, [
+        Segment(1.0, 1, "->", b'{"room":"r","type":"join","user":"u"}\n{"type":"wh', CLIENT,
+                server),
+        Segment(1.1, 1, "->", b'o"}\n', CLIENT, server),
+        Segment(1.2, 2, "->", b'{"type":"message","text":"a long li', ("127.0.0.1", 40002),
+                server),
+        Segment(1.3, 2, "->", b'ne"}\n', ("127.0.0.1", 40002), server),
+        Datagram(2.0, "<-", b'{"session":"5f1c","type":"welcome","n":1}', CLIENT,
+                 ("127.0.0.1", 9101)),
+    ])
+    rows = fields(path, "chatsync.type", "chatsync.session", display="chatsync")
+    assert column(rows, "chatsync.type") == ["join", "who", "message", "welcome"]
+    assert column(rows, "chatsync.session") == ["5f1c"]
+
+
+@pytest.mark.timeout(60)
+def test_other_protocols_are_left_alone(tmp_path: Path) -> None:
+    """The heuristic takes only what starts like chat_sync: HTTP on port 8080 stays HTTP."""
+    web = ("127.0.0.1", 8080)
+    path = write(tmp_path, [Segment(1.0, 1, "->", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+                                    CLIENT, web),
+                            Segment(1.1, 1, "<-", b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}',
+                                    CLIENT, web),
+                            Datagram(2.0, "->", b'{"hello": "not chat_sync"}', CLIENT,
+                                     ("127.0.0.1", 9999))])
+    rows = fields(path, "chatsync.type", "frame.protocols")
+    assert not column(rows, "chatsync.type")
+    assert not any("chatsync" in value for value in column(rows, "frame.protocols"))
+
+
+# -- The checks themselves, and the README --------------------------------------------------
+@pytest.mark.timeout(60)
+def test_a_broken_dissector_is_caught(tmp_path: Path) -> None:
+    """Both kinds of Lua error fail ``fields``: so a passing run means a working dissector."""
+    path = write(tmp_path, [up(1.0, b'{"type":"ping"}\n')])
+    source = dissector.path().read_text(encoding="utf-8")
+    syntax = tmp_path / "syntax.lua"
+    syntax.write_text(source.replace("local function parse(s)", "local function parse(s) = ="),
+                      encoding="utf-8")
+    with pytest.raises(AssertionError, match="Lua"):
+        fields(path, "frame.number", lua=syntax)
+    runtime = tmp_path / "runtime.lua"
+    runtime.write_text(source.replace("    local s = range:raw()\n",
+                                      "    local s = range:raw() .. nil\n"), encoding="utf-8")
+    assert runtime.read_text(encoding="utf-8") != source
+    with pytest.raises(AssertionError, match="Lua runtime error"):
+        fields(path, "frame.number", lua=runtime)
+
+
+@pytest.mark.timeout(120)
+def test_the_readme_commands_decode_and_install_the_dissector(
+        tmp_path: Path, recorders: list[Recorder]) -> None:
+    """Runs the README's tshark and install lines as written, with HOME in a scratch folder."""
+    with serve_tcp(port=0) as server:
+        recorder = record_tcp_session(server.port, recorders, "--pcap",
+                                      str(tmp_path / "session.pcap"))
+        assert recorder.stop()[0] == 0
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "chat-sync").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m chat_sync "$@"\n')
+    (shim / "chat-sync").chmod(0o755)
+    env = {**os.environ, "HOME": str(tmp_path), "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}"}
+    section = readme_section("Watching the wire")
+    commands = [line for block in re.findall(r"```shell\n(.*?)```", section, re.S)
+                for line in block.splitlines() if line.strip()]
+    assert any(c.startswith("tshark") for c in commands) and any(c.startswith("cp") for c in commands)
+    outputs = []
+    for command in commands:
+        result = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
+                                timeout=60, env=env, cwd=tmp_path)
+        assert result.returncode == 0 and not lua_trouble(result.stderr), (command, result.stderr)
+        outputs.append(result.stdout)
+    assert "CHATSYNC" in outputs[0] and "join [lobby] alice id=1" in outputs[0]
+    assert "message\talice\thi there" in outputs[1]
+    # Installed in the personal plugins folder, it works with no -X at all.
+    rows = fields(tmp_path / "session.pcap", "chatsync.type", env=env, display="chatsync",
+                  installed=True)
+    assert column(rows, "chatsync.type")[:2] == ["welcome", "join"]
