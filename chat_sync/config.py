@@ -39,6 +39,7 @@ import difflib
 import json
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -55,6 +56,9 @@ from .protocol import (
     DEFAULT_UDP_PORT,
     HISTORY_SIZE,
     JOIN_TIMEOUT_S,
+    KEEPALIVE_IDLE_S,
+    KEEPALIVE_INTERVAL_S,
+    KEEPALIVE_PROBES,
     MAX_CLIENTS,
     MAX_CLIENTS_PER_IP,
     MAX_DATAGRAM_BYTES,
@@ -102,6 +106,48 @@ def setting(default: Any, help: str, *, min: float | None = None,
 
 # -- The settings -------------------------------------------------------------
 # kw_only: with this many fields, a positional call would be a bug waiting.
+# Every number has an upper bound as well as a lower one: a value the loader
+# took and a program later chokes on (a select() timeout too large, a deque too
+# big to allocate) is a bug, so it is refused here, naming the key and range.
+
+DAY_S = 86_400.0
+HOUR_S = 3_600.0
+MILLION = 1_000_000
+GIB = 1024 ** 3
+
+# Settings several programs have, each declared once: name -> setting() arguments.
+_SHARED: dict[str, tuple[Any, str, dict[str, Any]]] = {
+    "log_file": (None, "chat log file (unset = no chat log)", {}),
+    "log_max_bytes": (1_000_000, "rotate the chat log at this size, in bytes",
+                      {"min": 1, "max": 1024 * GIB}),
+    "log_backups": (3, "rotated chat logs to keep (0 = none)", {"min": 0, "max": 1000}),
+    "log_level": ("info", "operational log level on stderr; debug also logs raw bytes "
+                  "per peer", {"choices": LOG_LEVELS}),
+    "history_size": (HISTORY_SIZE, "messages replayed per room on join",
+                     {"min": 0, "max": 100_000}),
+    "max_text_chars": (MAX_TEXT_CHARS, "longest message text", {"min": 1, "max": MILLION}),
+    "max_clients": (MAX_CLIENTS, "clients at most", {"min": 1, "max": MILLION}),
+    "max_rooms": (MAX_ROOMS, "rooms at most", {"min": 1, "max": MILLION}),
+    "user": (None, "your user name (required, here or in the file)", {}),
+    "room": (DEFAULT_ROOM, "room to join first", {}),
+    "plain": (False, "plain output: no colours or cursor tricks", {}),
+    "base_delay": (0.2, "first retransmit delay, doubled per retry",
+                   {"above": 0.0, "max": 60.0, "not_above": "max_delay"}),
+    "max_delay": (3.0, "longest retransmit delay", {"above": 0.0, "max": 600.0}),
+    "max_retries": (6, "retransmits before giving up on a datagram", {"min": 0, "max": 100}),
+    "adaptive_rto": (False, "estimate the retransmit timeout from measured round trips", {}),
+    "min_rto": (0.2, "smallest adaptive retransmit timeout",
+                {"above": 0.0, "max": 60.0, "not_above": "max_delay"}),
+    "max_datagram_bytes": (MAX_DATAGRAM_BYTES, "largest datagram, both ways",
+                           {"min": MIN_DATAGRAM_BYTES, "max": MAX_UDP_PAYLOAD}),
+}
+
+
+def shared(name: str) -> Any:
+    """The setting ``name`` of ``_SHARED``, for one more settings class."""
+    default, help, bounds = _SHARED[name]
+    return setting(default, help, **bounds)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TcpServerConfig:
@@ -110,41 +156,52 @@ class TcpServerConfig:
     host: str = setting(DEFAULT_HOST, "address to listen on ('' = all interfaces)")
     port: int = setting(DEFAULT_TCP_PORT, "TCP port to listen on (0 = any free port)",
                         min=0, max=MAX_PORT)
-    log_file: str | None = setting(None, "chat log file (unset = no chat log)")
-    log_max_bytes: int = setting(1_000_000, "rotate the chat log at this size", min=1)
-    log_backups: int = setting(3, "rotated chat logs to keep (0 = none)", min=0)
-    log_level: str = setting("info", "operational log level on stderr; debug also "
-                             "logs raw bytes per peer", choices=LOG_LEVELS)
-    history_size: int = setting(HISTORY_SIZE, "messages replayed per room on join", min=0)
-    max_line_bytes: int = setting(MAX_LINE_BYTES, "longest line accepted from a client", min=1)
-    max_text_chars: int = setting(MAX_TEXT_CHARS, "longest message text", min=1)
+    log_file: str | None = shared("log_file")
+    log_max_bytes: int = shared("log_max_bytes")
+    log_backups: int = shared("log_backups")
+    log_level: str = shared("log_level")
+    history_size: int = shared("history_size")
+    max_line_bytes: int = setting(MAX_LINE_BYTES, "longest line accepted from a client",
+                                  min=1, max=16 * 1024 * 1024)
+    max_text_chars: int = shared("max_text_chars")
     max_send_buffer_bytes: int = setting(MAX_SEND_BUFFER_BYTES, "unsent bytes held for "
-                                         "one client before it is dropped as slow", min=1)
+                                         "one client before it is dropped as slow",
+                                         min=1, max=GIB)
     send_buffer_soft_bytes: int = setting(SEND_BUFFER_SOFT_BYTES, "unsent bytes a client may "
                                           "hold for slow_reader_grace_s (at or above "
-                                          "max_send_buffer_bytes: no soft limit)", min=1)
+                                          "max_send_buffer_bytes: no soft limit)",
+                                          min=1, max=GIB)
     slow_reader_grace_s: float = setting(SLOW_READER_GRACE_S, "seconds a client may stay "
-                                         "over send_buffer_soft_bytes", min=0.0)
-    max_clients: int = setting(MAX_CLIENTS, "connected clients at most", min=1)
+                                         "over send_buffer_soft_bytes", min=0.0, max=DAY_S)
+    max_clients: int = shared("max_clients")
     max_clients_per_ip: int = setting(MAX_CLIENTS_PER_IP, "connected clients from one "
-                                      "address at most (0 = no limit)", min=0)
-    max_rooms: int = setting(MAX_ROOMS, "rooms at most", min=1)
+                                      "address at most (0 = no limit)", min=0, max=MILLION)
+    max_rooms: int = shared("max_rooms")
     rate_limit_per_s: float = setting(RATE_LIMIT_PER_S, "requests a second one client may "
-                                      "send, sustained (0 = no limit)", min=0.0)
-    rate_burst: int = setting(RATE_BURST, "requests one client may send at once", min=1)
+                                      "send, sustained (0 = no limit)", min=0.0, max=MILLION)
+    rate_burst: int = setting(RATE_BURST, "requests one client may send at once",
+                              min=1, max=MILLION)
     rate_abuse_limit: int = setting(RATE_ABUSE_LIMIT, "refused requests in a row (the "
                                     "bucket never full again) before a client is cut off",
-                                    min=1)
+                                    min=1, max=MILLION)
     join_timeout_s: float = setting(JOIN_TIMEOUT_S, "seconds a connection may take to join "
-                                    "(0 = no limit)", min=0.0)
+                                    "(0 = no limit)", min=0.0, max=DAY_S)
     partial_line_timeout_s: float = setting(PARTIAL_LINE_TIMEOUT_S, "seconds a line may stay "
-                                            "unfinished (0 = no limit)", min=0.0)
+                                            "unfinished (0 = no limit)", min=0.0, max=DAY_S)
+    keepalive_idle_s: float = setting(KEEPALIVE_IDLE_S, "TCP keepalive: seconds a connection "
+                                      "may be silent before the kernel probes it",
+                                      min=1.0, max=DAY_S)
+    keepalive_interval_s: float = setting(KEEPALIVE_INTERVAL_S, "TCP keepalive: seconds "
+                                          "between probes", min=1.0, max=HOUR_S)
+    keepalive_probes: int = setting(KEEPALIVE_PROBES, "TCP keepalive: unanswered probes "
+                                    "before the connection is dropped", min=1, max=100)
     tls_cert: str | None = setting(None, "TLS certificate chain, PEM (set = TLS on; "
                                    "unset = plain TCP)")
     tls_key: str | None = setting(None, "TLS private key, PEM (unset = in the tls_cert file)")
     tls_handshake_timeout_s: float = setting(TLS_HANDSHAKE_TIMEOUT_S, "seconds a TLS "
-                                             "handshake may take", above=0.0)
-    shutdown_grace_s: float = setting(2.0, "seconds to flush output on shutdown", min=0.0)
+                                             "handshake may take", above=0.0, max=HOUR_S)
+    shutdown_grace_s: float = setting(2.0, "seconds to flush output on shutdown",
+                                      min=0.0, max=HOUR_S)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -153,15 +210,18 @@ class TcpClientConfig:
 
     host: str = setting(DEFAULT_HOST, "server address to connect to")
     port: int = setting(DEFAULT_TCP_PORT, "server TCP port", min=1, max=MAX_PORT)
-    user: str | None = setting(None, "your user name (required, here or in the file)")
-    room: str = setting(DEFAULT_ROOM, "room to join first")
-    plain: bool = setting(False, "plain output: no colours or cursor tricks")
+    user: str | None = shared("user")
+    room: str = shared("room")
+    plain: bool = shared("plain")
     reconnect_tries: int = setting(8, "reconnect attempts after a lost connection "
-                                   "(0 = give up at once)", min=0)
+                                   "(0 = give up at once)", min=0, max=1000)
     reconnect_base_delay_s: float = setting(0.5, "first reconnect delay, doubled per try",
-                                            above=0.0, not_above="reconnect_max_delay_s")
-    reconnect_max_delay_s: float = setting(10.0, "longest reconnect delay", above=0.0)
-    connect_timeout_s: float = setting(5.0, "seconds to wait for a connection", above=0.0)
+                                            above=0.0, max=HOUR_S,
+                                            not_above="reconnect_max_delay_s")
+    reconnect_max_delay_s: float = setting(10.0, "longest reconnect delay",
+                                           above=0.0, max=HOUR_S)
+    connect_timeout_s: float = setting(5.0, "seconds to wait for a connection",
+                                       above=0.0, max=HOUR_S)
     tls: bool = setting(False, "connect with TLS, checking the server's certificate "
                         "against --host")
     cafile: str | None = setting(None, "CA certificates (PEM) to trust with --tls "
@@ -175,38 +235,35 @@ class UdpServerConfig:
     host: str = setting(DEFAULT_HOST, "address to listen on ('' = all interfaces)")
     port: int = setting(DEFAULT_UDP_PORT, "UDP port to listen on (0 = any free port)",
                         min=0, max=MAX_PORT)
-    log_file: str | None = setting(None, "chat log file (unset = no chat log)")
-    log_max_bytes: int = setting(1_000_000, "rotate the chat log at this size", min=1)
-    log_backups: int = setting(3, "rotated chat logs to keep (0 = none)", min=0)
-    log_level: str = setting("info", "operational log level on stderr; debug also "
-                             "logs raw bytes per peer", choices=LOG_LEVELS)
-    history_size: int = setting(HISTORY_SIZE, "messages replayed per room on join", min=0)
-    max_text_chars: int = setting(MAX_TEXT_CHARS, "longest message text", min=1)
-    max_datagram_bytes: int = setting(MAX_DATAGRAM_BYTES, "largest datagram, both ways",
-                                      min=MIN_DATAGRAM_BYTES, max=MAX_UDP_PAYLOAD)
-    max_clients: int = setting(MAX_CLIENTS, "known clients at most", min=1)
-    max_rooms: int = setting(MAX_ROOMS, "rooms at most", min=1)
-    client_timeout_s: float = setting(60.0, "forget a client silent this long", above=0.0)
-    base_delay: float = setting(0.2, "first retransmit delay, doubled per retry",
-                                above=0.0, not_above="max_delay")
-    max_delay: float = setting(3.0, "longest retransmit delay", above=0.0)
-    max_retries: int = setting(6, "retransmits before giving up on a datagram", min=0)
-    adaptive_rto: bool = setting(False, "estimate the retransmit timeout from "
-                                 "measured round trips")
-    min_rto: float = setting(0.2, "smallest adaptive retransmit timeout",
-                             above=0.0, not_above="max_delay")
+    log_file: str | None = shared("log_file")
+    log_max_bytes: int = shared("log_max_bytes")
+    log_backups: int = shared("log_backups")
+    log_level: str = shared("log_level")
+    history_size: int = shared("history_size")
+    max_text_chars: int = shared("max_text_chars")
+    max_datagram_bytes: int = shared("max_datagram_bytes")
+    max_clients: int = shared("max_clients")
+    max_rooms: int = shared("max_rooms")
+    client_timeout_s: float = setting(60.0, "forget a client silent this long",
+                                      above=0.0, max=DAY_S)
+    base_delay: float = shared("base_delay")
+    max_delay: float = shared("max_delay")
+    max_retries: int = shared("max_retries")
+    adaptive_rto: bool = shared("adaptive_rto")
+    min_rto: float = shared("min_rto")
     shutdown_grace_s: float = setting(2.0, "seconds to wait for acks of the shutdown "
-                                      "notice", min=0.0)
+                                      "notice", min=0.0, max=HOUR_S)
     # Defences (udp_server_core.py): each on by default.
     anti_amplification: bool = setting(True, "send an address that has not acked a datagram "
                                        "at most 3x the bytes it sent (RFC 9000 section 8)")
     unverified_timeout_s: float = setting(5.0, "forget an address that has not acked its "
                                           "welcome this long after its first datagram",
-                                          above=0.0)
+                                          above=0.0, max=HOUR_S)
     udp_rate_limit_per_s: float = setting(50.0, "datagrams a second one address may send; "
-                                          "more are dropped (0 = no limit)", min=0.0)
+                                          "more are dropped (0 = no limit)",
+                                          min=0.0, max=MILLION)
     udp_rate_burst: int = setting(100, "datagrams one address may send at once, after a "
-                                  "pause", min=1)
+                                  "pause", min=1, max=MILLION)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -215,23 +272,20 @@ class UdpClientConfig:
 
     host: str = setting(DEFAULT_HOST, "server address to send to")
     port: int = setting(DEFAULT_UDP_PORT, "server UDP port", min=1, max=MAX_PORT)
-    user: str | None = setting(None, "your user name (required, here or in the file)")
-    room: str = setting(DEFAULT_ROOM, "room to join first")
-    plain: bool = setting(False, "plain output: no colours or cursor tricks")
-    keepalive_s: float = setting(15.0, "ping the server after this long idle", above=0.0)
-    base_delay: float = setting(0.2, "first retransmit delay, doubled per retry",
-                                above=0.0, not_above="max_delay")
-    max_delay: float = setting(3.0, "longest retransmit delay", above=0.0)
-    max_retries: int = setting(6, "retransmits before giving up on a datagram", min=0)
-    adaptive_rto: bool = setting(False, "estimate the retransmit timeout from "
-                                 "measured round trips")
-    min_rto: float = setting(0.2, "smallest adaptive retransmit timeout",
-                             above=0.0, not_above="max_delay")
-    max_datagram_bytes: int = setting(MAX_DATAGRAM_BYTES, "largest datagram, both ways",
-                                      min=MIN_DATAGRAM_BYTES, max=MAX_UDP_PAYLOAD)
+    user: str | None = shared("user")
+    room: str = shared("room")
+    plain: bool = shared("plain")
+    keepalive_s: float = setting(15.0, "ping the server after this long idle",
+                                 above=0.0, max=DAY_S)
+    base_delay: float = shared("base_delay")
+    max_delay: float = shared("max_delay")
+    max_retries: int = shared("max_retries")
+    adaptive_rto: bool = shared("adaptive_rto")
+    min_rto: float = shared("min_rto")
+    max_datagram_bytes: int = shared("max_datagram_bytes")
     gap_timeout_s: float = setting(15.0, "report a hole in the server's stream as lost "
                                    "after this long (longer than the server's retries)",
-                                   above=0.0)
+                                   above=0.0, max=DAY_S)
 
 
 # -- Loading -----------------------------------------------------------------
@@ -354,21 +408,39 @@ def _check_type(base: type, optional: bool, value: Any, where: str, source: str)
         hint = ""
         if base is str and source != COMMAND_LINE and isinstance(value, (bool, int, float)):
             hint = "; put it in quotes if you meant a string"
+        elif base in (int, float) and source != COMMAND_LINE and _is_number(value):
+            hint = ("; YAML 1.1 reads an exponent without a '.' and a sign (1e3, 1.0e3) "
+                    "as a string: write 1000 or 1.0e+3")
         raise ConfigError(f"{where}: expected {expected}, "
                           f"got {_type_name(value)} ({_show(value)}){hint}")
     return value
 
 
+def _is_number(value: object) -> bool:
+    """A string that Python (but not YAML 1.1) reads as a number, such as "1e3"."""
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _check_range(meta: Mapping[str, Any], value: Any, where: str) -> None:
     low, high, above, choices = meta["min"], meta["max"], meta["above"], meta["choices"]
-    if low is not None and high is not None:
+    if above is not None and high is not None:
+        if not above < value <= high:
+            raise ConfigError(f"{where}: must be greater than {above} and at most {high}, "
+                              f"got {_show(value)}")
+    elif low is not None and high is not None:
         if not low <= value <= high:
             raise ConfigError(f"{where}: must be in {low}..{high}, got {_show(value)}")
     elif low is not None and value < low:
         raise ConfigError(f"{where}: must be at least {low}, got {_show(value)}")
     elif high is not None and value > high:
         raise ConfigError(f"{where}: must be at most {high}, got {_show(value)}")
-    if above is not None and not value > above:
+    elif above is not None and not value > above:
         raise ConfigError(f"{where}: must be greater than {above}, got {_show(value)}")
     if choices is not None and value not in choices:
         raise ConfigError(f"{where}: must be one of {', '.join(choices)}; got {_show(value)}")
@@ -458,7 +530,7 @@ def _read_file(path: str) -> dict[Any, Any]:
         try:
             return tomllib.loads(text)       # always a table: no top-level check needed
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+            raise ConfigError(f"{path}: {_toml_error(text, str(exc))}") from None
     if suffix == ".json":
         parsed = _parse_json(path, text)
     else:
@@ -469,6 +541,20 @@ def _read_file(path: str) -> dict[Any, Any]:
         raise ConfigError(f"{path}: top level must be a mapping of setting names "
                           f"to values, got {_type_name(parsed)}")
     return parsed
+
+
+def _toml_error(text: str, error: str) -> str:
+    """tomllib's error, naming the key where it only says it "Cannot overwrite a value"."""
+    found = re.search(r"Cannot overwrite a value \(at line (\d+),", error)
+    lines = text.splitlines()
+    if found is None or not 0 < int(found.group(1)) <= len(lines):
+        return f"invalid TOML: {error}"
+    line = int(found.group(1))
+    key = lines[line - 1].split("=", 1)[0].strip().strip("\"'")
+    first = next((number for number, earlier in enumerate(lines[:line - 1], 1)
+                  if earlier.split("=", 1)[0].strip().strip("\"'") == key), None)
+    since = f" (first set on line {first})" if first is not None else ""
+    return f"line {line}: key {_show(key)}: duplicate key{since}"
 
 
 def _parse_yaml(path: str, text: str) -> Any:
@@ -510,7 +596,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[_Dataclass]) -> Non
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata["help"].replace("%", "%%")   # argparse formats help with %
         if f.default is not None:
-            help_text += f" (default: {_show(f.default)})"
+            help_text += f" (default: {_show(f.default)}{_range(f.metadata)})"
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
@@ -518,6 +604,14 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[_Dataclass]) -> Non
             parser.add_argument(flag, type=base, default=None, help=help_text,
                                 choices=f.metadata["choices"],
                                 metavar=None if f.metadata["choices"] else f.name.upper())
+
+
+def _range(meta: Mapping[str, Any]) -> str:
+    """A setting's range for ``--help``: "; 1..1000000", "; >0.0..3600.0", or ""."""
+    if meta["max"] is None:
+        return ""
+    low = f">{meta['above']}" if meta["above"] is not None else meta["min"]
+    return f"; {low}..{meta['max']}"
 
 
 def from_args(cls: type[C], args: argparse.Namespace) -> C:

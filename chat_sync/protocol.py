@@ -60,6 +60,9 @@ JOIN_TIMEOUT_S = 30.0               # from connect (or TLS handshake) to join
 PARTIAL_LINE_TIMEOUT_S = 30.0       # an unfinished line, at most
 MAX_CLIENTS_PER_IP = 32
 TLS_HANDSHAKE_TIMEOUT_S = 5.0
+KEEPALIVE_IDLE_S = 30.0             # TCP keepalive: a silent peer is probed after this,
+KEEPALIVE_INTERVAL_S = 10.0         # ... every this long,
+KEEPALIVE_PROBES = 3                # ... and dropped after this many unanswered (~1 min)
 
 
 class MessageType(enum.StrEnum):
