@@ -19,14 +19,22 @@ Every field is passed through ``escape`` first: a user who types
 literal ``\\n``, not two lines. Control characters (C0, C1, DEL), line and
 paragraph separators and bidi/format characters are all escaped. The same
 function makes peer-supplied text safe in the operational log on stderr.
+
+The operational log (``log_to_stderr``) is off the loop too: stderr may be a
+pipe nobody reads, and a write to a full pipe blocks. ``NonBlockingHandler``
+puts records on a bounded queue that a writer thread empties; when the queue
+is full a record is dropped and counted, never waited for, and the next
+record that fits is preceded by one saying how many were lost.
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import logging.handlers
 import queue
 import re
+import sys
 import threading
 
 from .protocol import SYSTEM_USER
@@ -63,6 +71,81 @@ def format_entry(ts: float, room: str, user: str | None, text: str) -> str:
 
 
 BATCH = 256          # entries written as one record at most
+LOG_QUEUE_RECORDS = 10_000   # operational log records waiting for stderr, at most
+CLOSE_WAIT_S = 2.0           # how long close() waits for a stalled stream
+
+
+class NonBlockingHandler(logging.handlers.QueueHandler):
+    """Hands records to ``target`` on a writer thread; never blocks the caller.
+
+    ``dropped`` counts the records the full queue refused, in all.
+    """
+
+    def __init__(self, target: logging.Handler, capacity: int = LOG_QUEUE_RECORDS) -> None:
+        super().__init__(queue.Queue(capacity))
+        self.target = target
+        self.dropped = 0
+        self._unreported = 0          # dropped since the last record that got through
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        """Called under the handler's lock, so the counts need no other."""
+        if self._unreported:
+            notice = logging.LogRecord(
+                "chat_sync.logs", logging.WARNING, __file__, 0,
+                "dropped %d log records: stderr was not read fast enough",
+                (self._unreported,), None)
+            if not self._put(notice):
+                self._count_drop()
+                return
+            self._unreported = 0
+        if not self._put(record):
+            self._count_drop()
+
+    def _put(self, record: logging.LogRecord | None) -> bool:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            return False
+        return True
+
+    def _count_drop(self) -> None:
+        self.dropped += 1
+        self._unreported += 1
+
+    def _run(self) -> None:
+        while True:
+            record = self.queue.get()
+            if record is None:
+                return
+            self.target.handle(record)
+
+    def close(self) -> None:
+        """Write what is queued (waiting ``CLOSE_WAIT_S`` at most), then stop."""
+        if self._put(None) or self._wait_put():
+            self._thread.join(CLOSE_WAIT_S)
+        self.target.flush()
+        super().close()
+
+    def _wait_put(self) -> bool:
+        try:
+            self.queue.put(None, timeout=CLOSE_WAIT_S)
+        except queue.Full:
+            return False
+        return True
+
+
+def log_to_stderr(level: str) -> NonBlockingHandler:
+    """Send the operational log to stderr at ``level``, through a ``NonBlockingHandler``."""
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler = NonBlockingHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    atexit.register(handler.close)
+    return handler
 
 
 class ChatLog:

@@ -18,11 +18,12 @@ needs of a server (``Server``), and it runs one in one of two ways:
   (Ctrl-C) or SIGTERM stops the loop gracefully. Once bound, the program
   prints ``listening on HOST:PORT`` on stdout: with ``--port 0`` that line
   is how a parent process (the bench, the tests) learns the port, and that
-  the server is ready.
+  the server is ready. The loop also logs ``listening on …`` on stderr: each
+  stream says it once, on purpose, stdout for a parent process and stderr
+  for the operational log, which a stdout redirect would otherwise lose.
 """
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import threading
@@ -30,6 +31,7 @@ from types import TracebackType
 from typing import Generic, Protocol, TypeVar
 
 from . import config as cfg
+from .logs import log_to_stderr
 
 
 class Server(Protocol):
@@ -81,8 +83,9 @@ def configure(cls: type[ServerConfig], argv: list[str] | None, *, prog: str,
               description: str) -> ServerConfig | None:
     """A server program's first steps: its settings from ``argv``, then its log.
 
-    The operational log goes to stderr at the ``log_level`` setting (the chat
-    log is separate, see ``logs``). Returns None after saying on stderr what
+    The operational log goes to stderr at the ``log_level`` setting, through
+    a bounded queue and a writer thread, so that a stderr nobody reads never
+    stalls the loop (the chat log is separate; both are in ``logs``). Returns None after saying on stderr what
     is wrong with a setting: the program then exits with 2.
     """
     try:
@@ -90,8 +93,7 @@ def configure(cls: type[ServerConfig], argv: list[str] | None, *, prog: str,
     except cfg.ConfigError as exc:
         print(f"chat-sync: {exc}", file=sys.stderr)
         return None
-    logging.basicConfig(stream=sys.stderr, level=config.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    log_to_stderr(config.log_level)     # never blocks the loop (see logs)
     return config
 
 

@@ -1,13 +1,16 @@
 """The chat log: escaping, one line per entry, the writer thread, rotation."""
 from __future__ import annotations
 
+import logging
 import sys
+import threading
 import unicodedata
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 
-from chat_sync.logs import ChatLog, escape, format_entry
+from chat_sync.logs import ChatLog, NonBlockingHandler, escape, format_entry
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -139,3 +142,39 @@ def test_chat_log_batches_fit_the_size_limit(tmp_path: Path) -> None:
         assert unlimited._chunks(["x"] * 300) == [["x"] * 300]
     finally:
         unlimited.close()
+
+
+@pytest.mark.timeout(10)
+def test_the_operational_log_never_blocks_and_counts_what_it_dropped() -> None:
+    # Issue 9, item 1: a handler whose stream blocks (a full pipe) stalls only its writer.
+    released = threading.Event()
+    written: list[str] = []
+
+    class Blocked(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            released.wait(10)
+            written.append(record.getMessage())
+
+    handler = NonBlockingHandler(Blocked(), capacity=10)
+    logger = logging.getLogger("test.nonblocking")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        done = threading.Event()
+
+        def log_lots() -> None:
+            for n in range(100):
+                logger.warning("record %d", n)
+            done.set()
+        threading.Thread(target=log_lots, daemon=True).start()
+        assert done.wait(5), "logging blocked on the stalled stream"
+        released.set()
+        wait_for(handler.queue.empty, what="the writer catching up")
+        logger.warning("after")
+        handler.close()
+    finally:
+        logger.removeHandler(handler)
+    assert handler.dropped > 0
+    assert len(written) <= 13
+    assert any(f"dropped {handler.dropped} log records" in text for text in written)
+    assert written[-1] == "after"

@@ -379,3 +379,23 @@ def test_requests_before_an_overlong_line_in_the_same_read_are_answered() -> Non
         rest = client.recv_until_closed()
         assert rest[0] == {"type": "pong", "id": 1} and rest[1] == {"type": "pong", "id": 2}
         assert rest[2]["code"] == "line_too_long"
+
+
+def test_a_stderr_nobody_reads_does_not_freeze_the_server() -> None:
+    # Issue 9, item 1: the debug log of every line fills the 64 KiB pipe in a moment;
+    # the loop must go on serving (the log drops what it cannot write, and says so).
+    proc = run_server("--port", "0", "--log-level", "debug", "--rate-limit-per-s", "0")
+    try:
+        assert proc.stdout is not None
+        port = listening_port(StreamLines(proc.stdout))      # stderr: never read
+        with connect("127.0.0.1", port) as alice:
+            alice.join("lobby", "alice")
+            for batch in range(20):
+                alice.send_raw(b"".join(b'{"type":"ping","id":%d,"pad":"%s"}\n'
+                                        % (batch * 20 + i, b"x" * 1000) for i in range(20)))
+                alice.recv_until(lambda m: m.get("id") == batch * 20 + 19, timeout=5)
+            with connect("127.0.0.1", port, timeout=5) as bob:   # its welcome arrives
+                bob.join("lobby", "bob")
+    finally:
+        proc.kill()
+        proc.wait()
