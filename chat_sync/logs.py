@@ -32,12 +32,15 @@ import atexit
 import datetime
 import logging
 import logging.handlers
+import os
 import queue
 import re
 import sys
 import threading
 
 from .protocol import SYSTEM_USER
+
+_log = logging.getLogger("chat_sync.logs")
 
 # Cc: control, Cf: format (bidi overrides, zero-width, invisible tags), Zl/Zp: line and
 # paragraph separators. Matches every code point of those categories in Unicode 14. Also
@@ -148,13 +151,50 @@ def log_to_stderr(level: str) -> NonBlockingHandler:
     return handler
 
 
+class _ByteRotatingHandler(logging.handlers.RotatingFileHandler):
+    """Rotates on the bytes a record takes in UTF-8 (the base class counts
+    characters), and keeps a write error for ``ChatLog`` to report instead of
+    printing a traceback, which holds the chat line, to stderr per record."""
+
+    error: Exception | None = None
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        if self.maxBytes <= 0 or (os.path.exists(self.baseFilename)
+                                  and not os.path.isfile(self.baseFilename)):
+            return False
+        if self.stream is None:
+            self.stream = self._open()
+        size = len(f"{self.format(record)}\n".encode("utf-8"))
+        self.stream.seek(0, 2)
+        return bool(self.stream.tell()) and self.stream.tell() + size > self.maxBytes
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        self.error = error if isinstance(error, Exception) else None
+        # Drop what the file's buffer holds (it would grow) and reopen at the next record.
+        stream, self.stream = self.stream, None   # type: ignore[assignment]
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
 class ChatLog:
-    """A rotating chat log written by its own thread."""
+    """A rotating chat log written by its own thread.
+
+    A write error (a full disk) loses the chat log's lines, never a chat
+    message: it is logged once on stderr with the reason, and again when the
+    log is written once more, with how many lines were lost.
+    """
 
     def __init__(self, path: str, max_bytes: int, backups: int) -> None:
-        self._handler = logging.handlers.RotatingFileHandler(
+        self._handler = _ByteRotatingHandler(
             path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
         self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self._path = path
+        self._lost = 0                  # lines lost in this episode of write errors
+        self._busy = threading.Event()  # set while entries wait or are being written
         self._queue: queue.SimpleQueue[tuple[float, str, str | None, str] | None] = (
             queue.SimpleQueue())
         self._thread = threading.Thread(target=self._run, name="chat-log", daemon=True)
@@ -162,13 +202,21 @@ class ChatLog:
 
     def write(self, ts: float, room: str, user: str | None, text: str) -> None:
         """Queue one entry; returns at once. ``user`` None marks a system notice."""
+        self._busy.set()
         self._queue.put((ts, room, user, text))
+
+    def idle(self) -> bool:
+        """True when everything written so far is in the file (or lost): for tests."""
+        return not self._busy.is_set()
 
     def close(self) -> None:
         """Write everything queued so far, then stop the thread and close the file."""
         self._queue.put(None)
         self._thread.join()
-        self._handler.close()
+        try:
+            self._handler.close()
+        except OSError:     # its last flush: already reported, or the file is gone
+            pass
 
     def _run(self) -> None:
         while True:
@@ -180,8 +228,24 @@ class ChatLog:
                 record = logging.LogRecord("chat_sync.chat", logging.INFO, __file__, 0,
                                            "\n".join(chunk), None, None)
                 self._handler.handle(record)
+                self._check_written(len(chunk))
+            if self._queue.empty():
+                self._busy.clear()
             if entries[-1] is None:                 # close() puts it last
                 return
+
+    def _check_written(self, count: int) -> None:
+        """Say once per episode that lines are lost, and when they are not any more."""
+        error, self._handler.error = self._handler.error, None
+        if error is not None:
+            if not self._lost:
+                _log.warning("chat log %s: cannot write (%s); chat lines are lost until "
+                             "it can", self._path, error)
+            self._lost += count
+        elif self._lost:
+            _log.warning("chat log %s: writing again; %d lines were lost", self._path,
+                         self._lost)
+            self._lost = 0
 
     def _chunks(self, lines: list[str]) -> list[list[str]]:
         """``lines`` in runs that each fit ``max_bytes`` (a longer line runs alone)."""

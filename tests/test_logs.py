@@ -178,3 +178,41 @@ def test_the_operational_log_never_blocks_and_counts_what_it_dropped() -> None:
     assert len(written) <= 13
     assert any(f"dropped {handler.dropped} log records" in text for text in written)
     assert written[-1] == "after"
+
+
+def test_chat_log_rotates_on_bytes_not_characters(tmp_path: Path) -> None:
+    # Issue 9, item 8: "é" is one character and two bytes.
+    path = tmp_path / "chat.log"
+    chat_log = ChatLog(str(path), max_bytes=2000, backups=10)
+    def lines_written() -> int:
+        try:
+            return sum(len(f.read_bytes().splitlines()) for f in tmp_path.iterdir())
+        except FileNotFoundError:       # rotated while we looked
+            return 0
+    for n in range(8):             # one at a time: each entry is its own record
+        chat_log.write(1_700_000_000.0 + n, "lobby", "zoë", "é" * 500)
+        wait_for(lambda: lines_written() > n, what=f"entry {n}")
+    chat_log.close()
+    files = sorted(tmp_path.iterdir())
+    assert len(files) > 1
+    for file in files:
+        assert file.stat().st_size <= 2000, (file.name, file.stat().st_size)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_chat_log_write_error_is_said_once_and_loses_only_the_log(
+        capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    # Issue 9, item 8: on a full disk every record used to print a traceback holding
+    # the chat line; now one warning per episode names the file and the reason.
+    chat_log = ChatLog("/dev/full", max_bytes=0, backups=0)
+    with caplog.at_level(logging.WARNING, logger="chat_sync.logs"):
+        for n in range(200):
+            chat_log.write(1_700_000_000.0 + n, "lobby", "alice", f"secret {n}")
+            if n % 50 == 0:
+                wait_for(chat_log.idle, what="the writer catching up")
+        chat_log.close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "secret" not in err
+    warnings = [r.getMessage() for r in caplog.records if "chat log" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "/dev/full" in warnings[0] and "No space left on device" in warnings[0]
