@@ -26,6 +26,9 @@ Invariants:
   the replay starts with a ``history_gap`` notice: loss is said, not hidden.
 - Rooms are created on demand and kept while empty (their history is still
   useful); at ``max_rooms`` the oldest empty room is dropped to make space.
+  The seq its history reached is remembered (for ``max_rooms`` rooms, then as
+  one floor), so a rejoin with ``since`` into the room made again gets the
+  ``history_gap`` notice, not silence.
 - ``epoch``, random per ChatCore, tells clients in the welcome which run of
   the server this is: ``seq`` and ``since`` mean nothing across a restart.
 - A request carrying ``id`` is answered by a message carrying that ``id``:
@@ -92,6 +95,10 @@ class ChatCore:
         self.members: dict[ConnId, Member] = {}
         self.rooms: dict[str, Room] = {}          # name_key -> room; insertion order = age
         self._names: dict[str, ConnId] = {}       # name_key(user) -> conn
+        # Rooms dropped at max_rooms -> the newest seq they had; at most max_rooms of
+        # them, older ones folded into one floor (a gap is said, maybe needlessly).
+        self._evicted: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._evicted_floor = 0
 
     # -- connection life -----------------------------------------------------
     def connect(self, conn: ConnId) -> list[Output]:
@@ -214,10 +221,20 @@ class ChatCore:
             if empty is None:
                 raise p.ProtocolError(p.ErrorCode.SERVER_FULL,
                                       f"room limit {self.max_rooms} reached", field="room", id=rid)
-            del self.rooms[empty]
-        room = Room(name, collections.deque(maxlen=self.history_size))
+            self._evict(empty)
+        room = Room(name, collections.deque(maxlen=self.history_size),
+                    forgotten=self._evicted.pop(key, self._evicted_floor))
         self.rooms[key] = room
         return room
+
+    def _evict(self, key: str) -> None:
+        """Drop an empty room, remembering the seq its history reached, so that a
+        rejoin with ``since`` into the room made again hears of the gap."""
+        room = self.rooms.pop(key)
+        self._evicted[key] = room.history[-1]["seq"] if room.history else room.forgotten
+        if len(self._evicted) > self.max_rooms:         # the oldest memory goes ...
+            _, newest = self._evicted.popitem(last=False)
+            self._evicted_floor = max(self._evicted_floor, newest)   # ... into the floor
 
     def _message(self, member: Member, request: p.Message, now: float) -> list[Output]:
         room = self._require_room(member, request.id)

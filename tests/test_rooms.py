@@ -516,3 +516,26 @@ def test_a_rejoin_that_history_still_covers_gets_no_gap_notice() -> None:
     chat.connect(3)
     fresh = chat.join(3, "lobby", "carol")[3]                # no since: a first visit
     assert all(m.get("event") != "history_gap" for m in fresh)
+
+
+def test_a_rejoin_into_a_room_evicted_at_max_rooms_says_history_gap() -> None:
+    # Issue 9, item 6: the recreated room must not pretend nothing happened.
+    chat = chat_with("alice", room="old", max_rooms=2)      # seq 1
+    chat.send(1, type="message", text="one")                # seq 2
+    chat.send(1, type="message", text="missed")             # seq 3
+    chat.join(1, "middle", "alice")                         # "old" is empty now
+    chat.connect(2)
+    chat.join(2, "new", "bob")                              # evicts "old"
+    chat.send(2, type="leave")                              # "new" is empty: may make way
+    chat.connect(3)
+    got = chat.join(3, "old", "carol", since=2)[3]          # a new "old"
+    assert got[0]["event"] == "history_gap" and "up to seq 4" in got[0]["text"], got
+    assert got[-1]["event"] == "join"
+
+
+def test_the_memory_of_evicted_rooms_is_bounded() -> None:
+    chat = chat_with("alice", room="r0", max_rooms=2)
+    for n in range(1, 50):
+        chat.join(1, f"r{n}", "alice")                      # each move evicts the last room
+    assert len(chat.core.rooms) <= 2
+    assert len(chat.core._evicted) <= 2
