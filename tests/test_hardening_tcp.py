@@ -26,7 +26,8 @@ from chat_sync import protocol as p
 from chat_sync.guard import Guard, GuardLimits, TokenBucket
 from chat_sync.rooms import ChatCore, Reply
 from chat_sync.serving import ServerHandle
-from chat_sync.tcp_server import Connection, serve
+from chat_sync.tcp_server import serve
+from chat_sync.tcp_server_core import Connection
 
 pytestmark = pytest.mark.timeout(20)
 
