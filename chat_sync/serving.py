@@ -24,6 +24,8 @@ needs of a server (``Server``), and it runs one in one of two ways:
 """
 from __future__ import annotations
 
+import logging
+import resource
 import signal
 import sys
 import threading
@@ -32,6 +34,10 @@ from typing import Generic, Protocol, TypeVar
 
 from . import config as cfg
 from .logs import log_to_stderr
+
+log = logging.getLogger("chat_sync.serving")
+
+SPARE_DESCRIPTORS = 64      # beyond one per client: the listener, log files, the wake-up pair
 
 
 class Server(Protocol):
@@ -107,3 +113,25 @@ def run_in_foreground(server: Server) -> int:
     print(f"listening on {server.address[0]}:{server.address[1]}", flush=True)
     server.serve_forever()
     return 0
+
+
+def fit_descriptor_limit(max_clients: int) -> None:
+    """Raise the soft open-file limit toward the hard one so it holds ``max_clients``.
+
+    Where the hard limit is too low, warn naming both numbers: accepts will
+    then fail (and pause) before ``max_clients`` is reached.
+    """
+    needed = max_clients + SPARE_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (OSError, ValueError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("open-file limit %d (hard limit %s) cannot hold max_clients %d and %d "
+                    "spare descriptors: raise it (ulimit -n %d) or lower max_clients",
+                    soft, "unlimited" if hard == resource.RLIM_INFINITY else hard,
+                    max_clients, SPARE_DESCRIPTORS, needed)

@@ -59,9 +59,9 @@ from .framing import LineTooLong
 from .guard import Breach, Guard, GuardLimits
 from .logs import ChatLog
 from .rooms import ChatCore, ConnId, Output, Reply
-from .serving import ServerHandle, configure, run_in_foreground
+from .serving import ServerHandle, configure, fit_descriptor_limit, run_in_foreground
 from .tcp_server_core import (CLOSING_S, LINGER_BYTES, LINGER_S, Connection, ErrorReply,
-                              Phase, TimerHeap, refusal)
+                              AcceptGate, Phase, TimerHeap, refusal)
 from .wakeup import Wakeup
 
 log = logging.getLogger("chat_sync.tcp_server")
@@ -92,6 +92,7 @@ class TcpServer:
             handshake_timeout_s=config.tls_handshake_timeout_s)
         # Below both output limits no rule can trip: the guard is not even asked.
         self._check_from = min(config.send_buffer_soft_bytes, config.max_send_buffer_bytes)
+        fit_descriptor_limit(config.max_clients)
         if config.tls_key is not None and config.tls_cert is None:
             raise cfg.ConfigError("tls_key is set but tls_cert is not: TLS needs a certificate")
         # The files first: if one cannot be opened, no socket is left bound.
@@ -122,6 +123,7 @@ class TcpServer:
         self._doomed: collections.deque[tuple[Connection, str, ErrorReply | None]] = \
             collections.deque()
         self._timers = TimerHeap()
+        self._gate = AcceptGate()                   # accept paused while descriptors run out
         self._stop = threading.Event()
         self.stopped = threading.Event()
 
@@ -158,19 +160,26 @@ class TcpServer:
                 if mask & selectors.EVENT_WRITE and not conn.closed:
                     self._dirty.add(conn)
         self._read_ready()
+        self._resume_accepting()
         self._expire_timers(self._now)
         self._reap()
         self._flush_dirty()
 
+    def _accept_socket(self) -> tuple[socket.socket, Any]:
+        return self.listener.accept()
+
     def _accept(self) -> None:
         for _ in range(ACCEPTS_PER_TURN):
             try:
-                sock, addr = self.listener.accept()
+                sock, addr = self._accept_socket()
             except BlockingIOError:
                 return
             except OSError as exc:      # EMFILE and friends: keep serving the others
-                log.warning("accept failed: %s", exc)
+                self._pause_accepting(exc)
                 return
+            failures = self._gate.accepted()
+            if failures:
+                log.warning("accepting again, after %d failed accepts", failures)
             try:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -190,6 +199,18 @@ class TcpServer:
             if conn.phase is Phase.OPEN:
                 self._open(conn)
             self._schedule(conn)
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Stop watching the listener a moment: it stays readable, so retrying spins."""
+        if self._gate.failed(self._now):
+            log.warning("accept failed: %s; pausing accepts %.2f s at a time until one "
+                        "works (%d connections open)", exc, self._gate.pause_s,
+                        len(self.conns))
+        self.selector.unregister(self.listener)
+
+    def _resume_accepting(self) -> None:
+        if self._gate.resume(self._now):
+            self.selector.register(self.listener, selectors.EVENT_READ, "listener")
 
     def _open(self, conn: Connection) -> None:
         """The connection can talk (TLS: its handshake is done): welcome it, or refuse it."""
@@ -425,7 +446,13 @@ class TcpServer:
         self._timers.schedule(conn, len(self.conns))
 
     def _timer_timeout(self) -> float | None:
-        return self._timers.timeout(time.monotonic())
+        """How long select() may sleep: until the earliest deadline (or accept pause)."""
+        now = time.monotonic()
+        timeout = self._timers.timeout(now)
+        if self._gate.paused_until is not None:
+            paused = max(0.0, self._gate.paused_until - now)
+            timeout = paused if timeout is None else min(timeout, paused)
+        return timeout
 
     def _expire_timers(self, now: float) -> None:
         """Act on every deadline up to ``now`` (this turn's time, ``self._now``)."""
@@ -547,8 +574,7 @@ class TcpServer:
     def _shutdown(self) -> None:
         """Stop accepting, tell everyone, flush for up to ``shutdown_grace_s``."""
         log.info("shutting down: %d clients", len(self.conns))
-        self.selector.unregister(self.listener)
-        self.listener.close()
+        self._stop_listening()
         self._dispatch([self.core.shutdown_notice(time.time())])
         self._now = time.monotonic()
         for conn in list(self.conns.values()):
@@ -567,15 +593,19 @@ class TcpServer:
                 break
             self._turn(remaining)
 
+    def _stop_listening(self) -> None:
+        if self.listener.fileno() >= 0:
+            if self._gate.paused_until is None:     # else not registered
+                self.selector.unregister(self.listener)
+            self.listener.close()
+
     def _close_all(self) -> None:
         for conn in list(self.conns.values()):
             conn.closed = True
             self.selector.unregister(conn.sock)
             conn.sock.close()
         self.conns.clear()
-        if self.listener.fileno() >= 0:
-            self.selector.unregister(self.listener)
-            self.listener.close()
+        self._stop_listening()
         self.selector.close()
         self._wakeup.close()
         if self.chat_log is not None:
