@@ -156,6 +156,7 @@ class Join:
     user: str
     since: int | None = None
     id: RequestId = None
+    resume: str | None = None      # the welcome's token of the connection that had the name
 
 
 @dataclass(frozen=True)
@@ -368,9 +369,13 @@ def parse_request(obj: dict[str, Any], limits: Limits = Limits()) -> Request:
         if since is not None and (isinstance(since, bool) or not isinstance(since, int)
                                   or since < 0):
             raise _bad("since", "must be a non-negative integer", rid)
+        resume = obj.get("resume")
+        if resume is not None and not (isinstance(resume, str)
+                                       and 1 <= len(resume) <= MAX_ID_CHARS):
+            raise _bad("resume", f"must be a string of 1 to {MAX_ID_CHARS} characters", rid)
         return Join(room=check_name(obj.get("room"), "room", limits.max_room_chars, rid),
                     user=check_name(obj.get("user"), "user", limits.max_user_chars, rid),
-                    since=since, id=rid)
+                    since=since, id=rid, resume=resume)
     if kind == MessageType.MESSAGE:
         room = obj.get("room")
         if room is not None:
@@ -399,11 +404,19 @@ def _with_id(message: dict[str, Any], rid: RequestId) -> dict[str, Any]:
     return message
 
 
-def welcome(version: str, limits: Limits, seq: int, epoch: str) -> dict[str, Any]:
-    """``epoch`` names this run of the server: a new one means ``seq`` started afresh."""
-    return {"type": MessageType.WELCOME.value, "server": "chat_sync", "version": version,
-            "protocol": PROTOCOL_VERSION, "limits": limits.to_dict(), "seq": seq,
-            "epoch": epoch}
+def welcome(version: str, limits: Limits, seq: int, epoch: str,
+            resume: str | None = None) -> dict[str, Any]:
+    """``epoch`` names this run of the server: a new one means ``seq`` started afresh.
+
+    ``resume`` (TCP) is this connection's secret: a later connection that joins
+    with it takes over the name this one holds, from its ghost.
+    """
+    message = {"type": MessageType.WELCOME.value, "server": "chat_sync", "version": version,
+               "protocol": PROTOCOL_VERSION, "limits": limits.to_dict(), "seq": seq,
+               "epoch": epoch}
+    if resume is not None:
+        message["resume"] = resume
+    return message
 
 
 def chat_message(room: str, user: str, text: str, seq: int, ts: float) -> dict[str, Any]:

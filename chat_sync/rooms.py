@@ -31,6 +31,9 @@ Invariants:
   ``history_gap`` notice, not silence.
 - ``epoch``, random per ChatCore, tells clients in the welcome which run of
   the server this is: ``seq`` and ``since`` mean nothing across a restart.
+- With ``resume`` on (TCP), each welcome carries a secret token; a join that
+  shows the token of the connection holding its name takes the name over
+  from that ghost (``take_ghosts`` tells the shell which to close).
 - A request carrying ``id`` is answered by a message carrying that ``id``:
   the reply, the error, or the sender's own copy of its broadcast.
 
@@ -72,6 +75,7 @@ class Member:
     conn: ConnId
     user: str | None = None      # fixed at the first join
     room: Room | None = None     # None: not in a room
+    resume: str | None = None    # its secret: a join that shows it may take over its name
 
 
 @dataclass
@@ -86,8 +90,10 @@ class ChatCore:
     """The chat logic of one server: feed it requests, send what it returns."""
 
     def __init__(self, limits: p.Limits = p.Limits(), history_size: int = p.HISTORY_SIZE,
-                 max_rooms: int = p.MAX_ROOMS, epoch: str | None = None) -> None:
+                 max_rooms: int = p.MAX_ROOMS, epoch: str | None = None,
+                 resume: bool = False) -> None:
         self.limits = limits
+        self.resume = resume                      # welcomes carry a resume token
         self.epoch = epoch if epoch is not None else secrets.token_hex(4)
         self.history_size = history_size
         self.max_rooms = max_rooms
@@ -99,14 +105,16 @@ class ChatCore:
         # them, older ones folded into one floor (a gap is said, maybe needlessly).
         self._evicted: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._evicted_floor = 0
+        self._ghosts: list[ConnId] = []           # taken over by a resume: for the shell
 
     # -- connection life -----------------------------------------------------
     def connect(self, conn: ConnId) -> list[Output]:
         """Register a new connection; returns its welcome."""
         if conn in self.members:
             raise ValueError(f"connection {conn!r} is already connected")
-        self.members[conn] = Member(conn)
-        return [Reply(conn, p.welcome(__version__, self.limits, self.seq, self.epoch))]
+        token = secrets.token_urlsafe(16) if self.resume else None
+        self.members[conn] = Member(conn, resume=token)
+        return [Reply(conn, p.welcome(__version__, self.limits, self.seq, self.epoch, token))]
 
     def disconnect(self, conn: ConnId, now: float) -> list[Output]:
         """Forget a connection; its room hears that it left."""
@@ -115,6 +123,14 @@ class ChatCore:
         if member.user is not None:
             del self._names[p.name_key(member.user)]
         return outputs
+
+    def take_ghosts(self) -> list[ConnId]:
+        """Connections a resume took the name from, since the last call: close them.
+
+        The core has forgotten them already (their room heard that they left).
+        """
+        ghosts, self._ghosts = self._ghosts, []
+        return ghosts
 
     def user_named(self, name: str) -> str | None:
         """The connected user whose name compares equal to ``name``, as they spelled it."""
@@ -164,6 +180,7 @@ class ChatCore:
 
     # -- the actions -----------------------------------------------------------
     def _join(self, member: Member, request: p.Join, now: float) -> list[Output]:
+        outputs = self._reclaim(member, request, now)
         key = self._check_name(member, request)
         if member.room is not None and member.room is self.rooms.get(p.name_key(request.room)):
             raise p.ProtocolError(p.ErrorCode.BAD_MESSAGE,
@@ -173,7 +190,7 @@ class ChatCore:
         if member.user is None:     # claimed only now: a refused join fixes no name
             self._names[key] = member.conn
             member.user = request.user
-        outputs = self._leave_room(member, now, notify_self=True)
+        outputs += self._leave_room(member, now, notify_self=True)
         since = request.since if request.since is not None else -1
         if since < room.forgotten and request.since is not None:
             outputs.append(Reply(member.conn, p.system(
@@ -190,6 +207,20 @@ class ChatCore:
                           f"{member.user} joined", self._next_seq(), now)
         outputs += self._broadcast(room, notice, member.conn, request.id)
         return outputs
+
+    def _reclaim(self, member: Member, request: p.Join, now: float) -> list[Output]:
+        """A join showing the resume token of the connection that holds its name
+        takes the name over: that connection is a ghost (its peer vanished
+        without a word), and goes, its room hearing that it left."""
+        holder = self._names.get(p.name_key(request.user))
+        if request.resume is None or member.user is not None or holder is None:
+            return []
+        ghost = self.members[holder]
+        if ghost.resume is None or not secrets.compare_digest(ghost.resume.encode(),
+                                                              request.resume.encode()):
+            return []
+        self._ghosts.append(holder)
+        return self.disconnect(holder, now)
 
     def _check_name(self, member: Member, request: p.Join) -> str:
         """Return the key of the name the join asks for, or raise if it may not have it."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import resource
 import signal
+import ssl
 import sys
 import threading
 from types import TracebackType
@@ -135,3 +136,20 @@ def fit_descriptor_limit(max_clients: int) -> None:
                     "spare descriptors: raise it (ulimit -n %d) or lower max_clients",
                     soft, "unlimited" if hard == resource.RLIM_INFINITY else hard,
                     max_clients, SPARE_DESCRIPTORS, needed)
+
+
+def startup_failure(exc: cfg.ConfigError | OSError, config: ServerConfig) -> tuple[str, int]:
+    """What a server program says when it cannot start, and its exit code.
+
+    A bad setting is 2; a file or the address it cannot use is 1, named.
+    """
+    if isinstance(exc, cfg.ConfigError):
+        return str(exc), 2
+    cert, key = getattr(config, "tls_cert", None), getattr(config, "tls_key", None)
+    if isinstance(exc, ssl.SSLError):           # before OSError: it is one
+        return f"cannot use TLS certificate {cert}: {exc.reason or exc}", 1
+    if exc.filename is not None and exc.filename in (cert, key):
+        return f"cannot read TLS file {exc.filename}: {exc.strerror}", 1
+    if exc.filename is not None:                # the chat log's file, not the socket
+        return f"cannot open chat log {exc.filename}: {exc.strerror}", 1
+    return f"cannot listen on {config.host}:{config.port}: {exc.strerror}", 1

@@ -59,9 +59,10 @@ from .framing import LineTooLong
 from .guard import Breach, Guard, GuardLimits
 from .logs import ChatLog
 from .rooms import ChatCore, ConnId, Output, Reply
-from .serving import ServerHandle, configure, fit_descriptor_limit, run_in_foreground
+from .serving import (ServerHandle, configure, fit_descriptor_limit, run_in_foreground,
+                      startup_failure)
 from .tcp_server_core import (CLOSING_S, LINGER_BYTES, LINGER_S, Connection, ErrorReply,
-                              AcceptGate, Phase, TimerHeap, refusal)
+                              AcceptGate, Phase, TimerHeap, refusal, socket_options)
 from .wakeup import Wakeup
 
 log = logging.getLogger("chat_sync.tcp_server")
@@ -82,7 +83,7 @@ class TcpServer:
         self.config = config
         limits = p.Limits(max_line_bytes=config.max_line_bytes,
                           max_text_chars=config.max_text_chars)
-        self.core = ChatCore(limits, config.history_size, config.max_rooms)
+        self.core = ChatCore(limits, config.history_size, config.max_rooms, resume=True)
         self.limits = GuardLimits(
             rate_per_s=config.rate_limit_per_s, burst=config.rate_burst,
             abuse_limit=config.rate_abuse_limit, soft_bytes=config.send_buffer_soft_bytes,
@@ -124,6 +125,9 @@ class TcpServer:
             collections.deque()
         self._timers = TimerHeap()
         self._gate = AcceptGate()                   # accept paused while descriptors run out
+        self._socket_options = socket_options(config.keepalive_idle_s,
+                                              config.keepalive_interval_s,
+                                              config.keepalive_probes)
         self._stop = threading.Event()
         self.stopped = threading.Event()
 
@@ -182,7 +186,8 @@ class TcpServer:
                 log.warning("accepting again, after %d failed accepts", failures)
             try:
                 sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                for level, option, value in self._socket_options:
+                    sock.setsockopt(level, option, value)
             except OSError:             # reset before we got to it
                 sock.close()
                 continue
@@ -303,6 +308,10 @@ class TcpServer:
         self._close_gently(conn, "closed by peer")
 
     def _dispatch(self, outputs: list[Output]) -> None:
+        for ghost in self.core.take_ghosts():   # a resumed user's old, silent connection
+            target = self.conns.get(ghost)
+            if target is not None:
+                self._doom(target, "its user resumed on another connection")
         for output in outputs:
             if isinstance(output, Reply):
                 target = self.conns.get(output.to)
@@ -629,24 +638,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         server = TcpServer(config)
-    except cfg.ConfigError as exc:
-        print(f"chat-sync: {exc}", file=sys.stderr)
-        return 2
-    except ssl.SSLError as exc:             # before OSError: it is one
-        print(f"chat-sync: cannot use TLS certificate {config.tls_cert}: "
-              f"{exc.reason or exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        if exc.filename is not None and exc.filename in (config.tls_cert, config.tls_key):
-            print(f"chat-sync: cannot read TLS file {exc.filename}: {exc.strerror}",
-                  file=sys.stderr)
-        elif exc.filename is not None:      # the chat log's file, not the socket
-            print(f"chat-sync: cannot open chat log {exc.filename}: {exc.strerror}",
-                  file=sys.stderr)
-        else:
-            print(f"chat-sync: cannot listen on {config.host}:{config.port}: {exc.strerror}",
-                  file=sys.stderr)
-        return 1
+    except (cfg.ConfigError, OSError) as exc:
+        text, code = startup_failure(exc, config)
+        print(f"chat-sync: {text}", file=sys.stderr)
+        return code
     return run_in_foreground(server)
 
 

@@ -38,15 +38,12 @@ import enum
 import heapq
 import itertools
 import selectors
+import socket
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from . import protocol as p
 from .framing import LineBuffer
 from .guard import Guard
-
-if TYPE_CHECKING:
-    import socket
 
 LINGER_S = 1.0               # how long a closing connection's input is drained
 LINGER_BYTES = 1024 * 1024   # ... and how much of it at most
@@ -202,6 +199,19 @@ class TimerHeap:
                 continue                        # stale: its deadline moved or it closed
             conn.timer_at = None
             yield conn
+
+
+def socket_options(idle_s: float, interval_s: float, probes: int) -> list[tuple[int, int, int]]:
+    """``setsockopt`` arguments for an accepted socket: no Nagle delay, and TCP
+    keepalive, so that a peer that vanished without a word (power, NAT, Wi-Fi)
+    is found out and its name freed after ``idle_s + interval_s * probes``."""
+    options = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+               (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_KEEPIDLE", idle_s), ("TCP_KEEPINTVL", interval_s),
+                        ("TCP_KEEPCNT", probes)):
+        if hasattr(socket, name):               # Linux; macOS has only some of them
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), max(1, int(value))))
+    return options
 
 
 def clients(count: int) -> str:

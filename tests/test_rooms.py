@@ -539,3 +539,38 @@ def test_the_memory_of_evicted_rooms_is_bounded() -> None:
         chat.join(1, f"r{n}", "alice")                      # each move evicts the last room
     assert len(chat.core.rooms) <= 2
     assert len(chat.core._evicted) <= 2
+
+
+# -- resuming a name from a ghost (issue 9, item 3) -----------------------------------------
+
+def test_a_reconnect_with_its_resume_token_reclaims_the_name_from_its_ghost() -> None:
+    chat = Chat(resume=True)
+    token = chat.connect(1)["resume"]
+    assert isinstance(token, str) and len(token) >= 16
+    chat.join(1, "lobby", "alice")
+    chat.connect(3)
+    chat.join(3, "lobby", "carol")
+    chat.connect(2)                                   # alice again; 1 is a half-open ghost
+    got = chat.join(2, "lobby", "alice", resume=token, id=7)
+    assert [(m["event"], m["user"]) for m in got[3]] == [("leave", "alice"), ("join", "alice")]
+    assert got[2][-1]["event"] == "join" and got[2][-1]["id"] == 7
+    assert 1 not in chat.core.members
+    assert chat.core.take_ghosts() == [1] and chat.core.take_ghosts() == []
+    assert chat.core.user_named("alice") == "alice"
+
+
+@pytest.mark.parametrize("which", ["wrong", "someone else's"])
+def test_a_resume_token_that_is_not_the_name_holders_is_name_taken(which: str) -> None:
+    chat = Chat(resume=True)
+    chat.connect(1)
+    chat.join(1, "lobby", "alice")
+    carol_token = chat.connect(3)["resume"]
+    chat.join(3, "lobby", "carol")
+    chat.connect(2)
+    token = "x" * 22 if which == "wrong" else carol_token
+    assert is_error(only(chat.join(2, "lobby", "alice", resume=token)[2]), "name_taken", "user")
+    assert chat.core.take_ghosts() == [] and 1 in chat.core.members
+
+
+def test_without_resume_the_welcome_has_no_token() -> None:
+    assert "resume" not in Chat().connect(1)

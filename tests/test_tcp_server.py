@@ -399,3 +399,35 @@ def test_a_stderr_nobody_reads_does_not_freeze_the_server() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+# -- a vanished client's name (issue 9, item 3) --------------------------------------------------
+
+def test_a_reconnect_with_the_resume_token_takes_the_name_from_its_ghost() -> None:
+    with serve(port=0) as server:
+        ghost = LineClient(server.host, server.port)       # will go silent, never closed
+        token = ghost.recv_message()["resume"]
+        ghost.join("lobby", "alice")
+        with connect(server.host, server.port) as bob:
+            bob.join("lobby", "bob")
+            with connect(server.host, server.port) as again:
+                again.send(type="join", room="lobby", user="alice")
+                assert again.recv_message()["code"] == "name_taken"    # no token: refused
+                got = again.join("lobby", "alice", resume=token)
+                assert got[-1]["user"] == "alice"
+                left = bob.recv_until(is_event("join", "alice"))
+                assert [m["event"] for m in left] == ["leave", "join"]
+                assert ghost.recv_until_closed()[-1]["event"] == "join"   # then closed
+        ghost.close()
+
+
+def test_accepted_connections_have_tcp_keepalive_with_the_configured_timings() -> None:
+    with serve(port=0, keepalive_idle_s=7, keepalive_interval_s=3, keepalive_probes=4) as server, \
+            connect(server.host, server.port):
+        [conn] = server.server.conns.values()
+        sock = conn.sock
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 4
