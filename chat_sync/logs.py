@@ -38,17 +38,18 @@ import re
 import sys
 import threading
 
-from .protocol import SYSTEM_USER
+from .protocol import DEFAULT_IGNORABLE, SYSTEM_USER
 
 _log = logging.getLogger("chat_sync.logs")
 
 # Cc: control, Cf: format (bidi overrides, zero-width, invisible tags), Zl/Zp: line and
 # paragraph separators. Matches every code point of those categories in Unicode 14. Also
-# Cs: lone surrogates, which JSON can carry and no file or terminal encoding can write.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u00ad\ud800-\udfff\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891"
-                     "\u08e2\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb"
-                     "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
-                     "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f]")
+# Cs: lone surrogates, which JSON can carry and no file or terminal encoding can write;
+# and every default-ignorable code point (variation selectors, Hangul fillers, ...),
+# which render as nothing, so "alice" + U+E0100 shows as alice\U000e0100.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u0600-\u0605\u06dd\u070f\u0890\u0891"
+                     "\u08e2\u2028\u2029\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f"
+                     f"{DEFAULT_IGNORABLE}]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 

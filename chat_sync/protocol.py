@@ -23,9 +23,12 @@ an outgoing message's keys; the server and the clients use them.
 from __future__ import annotations
 
 import enum
+import functools
 import json
+import re
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Union
 
 PROTOCOL_VERSION = 1
@@ -292,10 +295,14 @@ def _text(obj: dict[str, Any], field: str, limit: int, rid: RequestId) -> str:
     return value
 
 
-# Letters that render as nothing (Hangul fillers), and marks that are invisible
-# (combining grapheme joiner, variation selectors): a name must not hide in them.
-_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u034f\u180b\u180c\u180d\u180f"
-                       + "".join(map(chr, range(0xFE00, 0xFE10))))
+# Default_Ignorable_Code_Point (Unicode 14, DerivedCoreProperties.txt): characters
+# that render as nothing, such as Hangul fillers, variation selectors (U+E0100), Khmer
+# inherent vowels (U+17B4) and tags. A name must not hide one; ``logs.escape`` (the
+# chat log, stderr and the terminal) shows each as an escape.
+DEFAULT_IGNORABLE = ("\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+                     "\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+                     "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff")
+_INVISIBLE = re.compile(f"[{DEFAULT_IGNORABLE}]")
 # Scripts that may share a name: Unicode TS #39's "highly restrictive" level, as
 # Japanese (Latin, Han, kana), Korean (Latin, Han, Hangul) and Chinese (Latin, Han,
 # Bopomofo) are written. Any other mix, such as Latin with Cyrillic ("аlice" with a
@@ -321,10 +328,14 @@ def check_name(value: object, field: str, limit: int, rid: RequestId = None) -> 
     name = unicodedata.normalize("NFKC", value)
     if not 1 <= len(name) <= limit:
         raise _bad(field, f"must be 1 to {limit} characters, got {len(name)}", rid)
+    invisible = _INVISIBLE.search(name)
+    if invisible is not None:
+        raise _bad(field, f"holds an invisible character (U+{ord(invisible.group()):04X}), "
+                          "which could make it pass for another name", rid)
     scripts: set[str] = set()
     for index, char in enumerate(name):
         mark = unicodedata.category(char) in ("Mn", "Mc") and index > 0
-        if char in _INVISIBLE or not (char.isalnum() or char in "_-" or mark):
+        if not (char.isalnum() or char in "_-" or mark):
             raise _bad(field, f"may hold only letters, digits, '_' and '-', not {char!r}", rid)
         if char.isalpha():
             scripts.add(_script(char))
@@ -353,6 +364,32 @@ def peek_id(data: bytes) -> RequestId:
 def name_key(name: str) -> str:
     """The form in which two names are compared: 'Alice' and 'ALICE' clash."""
     return unicodedata.normalize("NFKC", name).casefold()
+
+
+def skeleton(name: str) -> str:
+    """The UTS #39 skeleton of a name, case-folded: names that look alike share it.
+
+    Each character of the name's NFD form is replaced by its prototype from
+    Unicode's confusables data (Cyrillic "ј" by Latin "j", "0" by "O"), so an
+    all-Cyrillic "јое" has the skeleton of "joe" although no script is mixed.
+    """
+    prototypes = _confusables()
+    nfd = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", name))
+    mapped = "".join(prototypes.get(char, char) for char in nfd)
+    return unicodedata.normalize("NFD", mapped).casefold()
+
+
+@functools.cache
+def _confusables() -> dict[str, str]:
+    """confusables.txt, shipped beside this module: Unicode's confusables.txt cut
+    down to the characters a name may hold (letters, digits, marks)."""
+    prototypes: dict[str, str] = {}
+    text = Path(__file__).with_name("confusables.txt").read_text(encoding="ascii")
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            source, *target = line.split()
+            prototypes[chr(int(source, 16))] = "".join(chr(int(h, 16)) for h in target)
+    return prototypes
 
 
 def parse_request(obj: dict[str, Any], limits: Limits = Limits()) -> Request:

@@ -17,7 +17,8 @@ Invariants:
   message, a join or leave notice) takes the next value, so every client
   sees strictly increasing ``seq`` on live broadcasts.
 - A user name is fixed at the first join of a connection and unique on the
-  server, compared with ``protocol.name_key`` (case-folded NFKC).
+  server, compared with ``protocol.name_key`` (case-folded NFKC); nor may it
+  look like a connected one (the same ``protocol.skeleton``, UTS #39).
 - A room keeps its last ``history_size`` broadcasts. A join replays those
   after ``since`` (marked ``"history": true``) to the joiner, then announces
   the join, so a client that reconnects with ``since`` = the last seq it
@@ -101,6 +102,7 @@ class ChatCore:
         self.members: dict[ConnId, Member] = {}
         self.rooms: dict[str, Room] = {}          # name_key -> room; insertion order = age
         self._names: dict[str, ConnId] = {}       # name_key(user) -> conn
+        self._skeletons: dict[str, ConnId] = {}   # skeleton(user) -> conn: look-alikes
         # Rooms dropped at max_rooms -> the newest seq they had; at most max_rooms of
         # them, older ones folded into one floor (a gap is said, maybe needlessly).
         self._evicted: collections.OrderedDict[str, int] = collections.OrderedDict()
@@ -122,6 +124,7 @@ class ChatCore:
         outputs = self._leave_room(member, now, notify_self=False)
         if member.user is not None:
             del self._names[p.name_key(member.user)]
+            del self._skeletons[p.skeleton(member.user)]
         return outputs
 
     def take_ghosts(self) -> list[ConnId]:
@@ -189,6 +192,7 @@ class ChatCore:
         room = self._room(request.room, request.id, leaving=member.room)
         if member.user is None:     # claimed only now: a refused join fixes no name
             self._names[key] = member.conn
+            self._skeletons[p.skeleton(request.user)] = member.conn
             member.user = request.user
         outputs += self._leave_room(member, now, notify_self=True)
         since = request.since if request.since is not None else -1
@@ -234,6 +238,12 @@ class ChatCore:
             return key
         if key in self._names or key == p.SYSTEM_USER:
             raise p.ProtocolError(p.ErrorCode.NAME_TAKEN, f"the name {request.user!r} is taken",
+                                  field="user", id=request.id)
+        twin = self._skeletons.get(p.skeleton(request.user))
+        if twin is not None:
+            raise p.ProtocolError(p.ErrorCode.NAME_TAKEN,
+                                  f"the name {request.user!r} looks like "
+                                  f"{self.members[twin].user!r}, who is here",
                                   field="user", id=request.id)
         return key
 

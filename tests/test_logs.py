@@ -216,3 +216,11 @@ def test_a_chat_log_write_error_is_said_once_and_loses_only_the_log(
     warnings = [r.getMessage() for r in caplog.records if "chat log" in r.getMessage()]
     assert len(warnings) == 1, warnings
     assert "/dev/full" in warnings[0] and "No space left on device" in warnings[0]
+
+
+@pytest.mark.parametrize("char", ["\U000e0100", "\u17b4", "\u180b", "\u115f", "\u3164",
+                                  "\ufe0f", "\U000e0041"])
+def test_escape_shows_default_ignorable_characters(char: str) -> None:
+    # Issue 9, item 5: "alice\U000e0100: I am the real alice" must not read as alice.
+    shown = escape("alice" + char)
+    assert shown != "alice" + char and shown.startswith("alice\\")

@@ -574,3 +574,13 @@ def test_a_resume_token_that_is_not_the_name_holders_is_name_taken(which: str) -
 
 def test_without_resume_the_welcome_has_no_token() -> None:
     assert "resume" not in Chat().connect(1)
+
+
+def test_a_whole_script_look_alike_of_a_connected_name_is_refused() -> None:
+    # Issue 9, item 5: all-Cyrillic "јое" beside Latin "joe".
+    chat = chat_with("joe")
+    chat.connect(2)
+    error = only(chat.join(2, "lobby", "јое")[2])
+    assert is_error(error, "name_taken", "user") and "looks like" in error["text"]
+    chat.disconnect(1)
+    assert chat.join(2, "lobby", "јое")[2][-1]["event"] == "join"    # free once joe is gone
