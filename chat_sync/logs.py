@@ -86,7 +86,8 @@ class NonBlockingHandler(logging.handlers.QueueHandler):
     """
 
     def __init__(self, target: logging.Handler, capacity: int = LOG_QUEUE_RECORDS) -> None:
-        super().__init__(queue.Queue(capacity))
+        self._records: queue.Queue[logging.LogRecord | None] = queue.Queue(capacity)
+        super().__init__(self._records)
         self.target = target
         self.dropped = 0
         self._unreported = 0          # dropped since the last record that got through
@@ -109,7 +110,7 @@ class NonBlockingHandler(logging.handlers.QueueHandler):
 
     def _put(self, record: logging.LogRecord | None) -> bool:
         try:
-            self.queue.put_nowait(record)
+            self._records.put_nowait(record)
         except queue.Full:
             return False
         return True
@@ -120,7 +121,7 @@ class NonBlockingHandler(logging.handlers.QueueHandler):
 
     def _run(self) -> None:
         while True:
-            record = self.queue.get()
+            record = self._records.get()
             if record is None:
                 return
             self.target.handle(record)
@@ -134,7 +135,7 @@ class NonBlockingHandler(logging.handlers.QueueHandler):
 
     def _wait_put(self) -> bool:
         try:
-            self.queue.put(None, timeout=CLOSE_WAIT_S)
+            self._records.put(None, timeout=CLOSE_WAIT_S)
         except queue.Full:
             return False
         return True
@@ -173,7 +174,7 @@ class _ByteRotatingHandler(logging.handlers.RotatingFileHandler):
         error = sys.exc_info()[1]
         self.error = error if isinstance(error, Exception) else None
         # Drop what the file's buffer holds (it would grow) and reopen at the next record.
-        stream, self.stream = self.stream, None   # type: ignore[assignment]
+        stream, self.stream = self.stream, None
         if stream is not None:
             try:
                 stream.close()

@@ -31,6 +31,7 @@ import ssl
 import sys
 import threading
 from types import TracebackType
+from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 from . import config as cfg
@@ -153,3 +154,22 @@ def startup_failure(exc: cfg.ConfigError | OSError, config: ServerConfig) -> tup
     if exc.filename is not None:                # the chat log's file, not the socket
         return f"cannot open chat log {exc.filename}: {exc.strerror}", 1
     return f"cannot listen on {config.host}:{config.port}: {exc.strerror}", 1
+
+
+def run_program(cls: type[ServerConfig], build: Callable[[ServerConfig], Server],
+                argv: list[str] | None, *, prog: str, description: str) -> int:
+    """A server program's ``main``: settings, log, ``build(config)``, serve until a signal.
+
+    Returns the exit code: 0 after a graceful stop, 2 for a bad setting, 1
+    for a file or an address the server cannot use (``startup_failure``).
+    """
+    config = configure(cls, argv, prog=prog, description=description)
+    if config is None:
+        return 2
+    try:
+        server = build(config)
+    except (cfg.ConfigError, OSError) as exc:
+        text, code = startup_failure(exc, config)
+        print(f"chat-sync: {text}", file=sys.stderr)
+        return code
+    return run_in_foreground(server)

@@ -19,22 +19,16 @@ on ``SelectorKey.data``. Each turn of the loop has three steps:
    socket is never registered for writing with nothing to write: that would
    wake the loop for nothing, forever.
 
-What a connection is and the rules it lives by, without a socket, are
-``tcp_server_core``: its phases (``Phase``: TLS hello and handshake, open,
-closing, linger), its output queue, the timer heap, the accept back-off.
-``_doom`` marks a connection to be closed at the end of the step, never in
-the middle of a broadcast.
+What a connection is and the rules it lives by, without a socket, are in
+``tcp_server_core``: its phases (TLS hello and handshake, open, closing,
+linger), its output queue, the timer heap, the accept back-off. ``_doom``
+marks a connection to be closed at the end of the step, never mid-broadcast.
 
 Bounds: a line longer than ``max_line_bytes`` is answered with
-``line_too_long`` and the connection closed; beyond ``max_clients``, or
-``max_clients_per_ip`` from one address, a new connection gets
-``server_full`` or ``too_many_connections``. The per-connection rules (a
-request rate, the slow-reader limits, join and unfinished-line timeouts)
-are ``guard.Guard``, which has no I/O: this shell asks it before each
-request, after each read and each flush, and keeps its deadlines.
-
-Timers: ``select()`` sleeps exactly until the earliest deadline in the
-``TimerHeap``; every deadline that has passed is acted on after the reads.
+``line_too_long`` and the connection closed; the per-connection rules (a
+request rate, the slow-reader limits, timeouts) are ``guard.Guard``, which
+this shell asks before each request, after each read and each flush.
+``select()`` sleeps exactly until the earliest deadline in the ``TimerHeap``.
 
 Other threads (``stop``) and signal handlers wake the loop by writing a
 byte to a socketpair the selector watches, never by polling a flag.
@@ -42,7 +36,6 @@ byte to a socketpair the selector watches, never by polling a flag.
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import selectors
 import socket
@@ -56,13 +49,13 @@ from . import config as cfg
 from . import protocol as p
 from . import tls
 from .framing import LineTooLong
-from .guard import Breach, Guard, GuardLimits
+from .guard import Breach, Guard
 from .logs import ChatLog
-from .rooms import ChatCore, ConnId, Output, Reply
-from .serving import (ServerHandle, configure, fit_descriptor_limit, run_in_foreground,
-                      startup_failure)
-from .tcp_server_core import (CLOSING_S, LINGER_BYTES, LINGER_S, Connection, ErrorReply,
-                              AcceptGate, Phase, TimerHeap, refusal, socket_options)
+from .rooms import ChatCore, Output, Reply
+from .serving import ServerHandle, fit_descriptor_limit, run_program
+from .tcp_server_core import (CLOSING_S, LINGER_BYTES, LINGER_S, AcceptGate, Connection,
+                              Connections, ErrorReply, Phase, TimerHeap, guard_limits,
+                              socket_options)
 from .wakeup import Wakeup
 
 log = logging.getLogger("chat_sync.tcp_server")
@@ -84,13 +77,7 @@ class TcpServer:
         limits = p.Limits(max_line_bytes=config.max_line_bytes,
                           max_text_chars=config.max_text_chars)
         self.core = ChatCore(limits, config.history_size, config.max_rooms, resume=True)
-        self.limits = GuardLimits(
-            rate_per_s=config.rate_limit_per_s, burst=config.rate_burst,
-            abuse_limit=config.rate_abuse_limit, soft_bytes=config.send_buffer_soft_bytes,
-            grace_s=config.slow_reader_grace_s, hard_bytes=config.max_send_buffer_bytes,
-            join_timeout_s=config.join_timeout_s,
-            partial_line_timeout_s=config.partial_line_timeout_s,
-            handshake_timeout_s=config.tls_handshake_timeout_s)
+        self.limits = guard_limits(config)
         # Below both output limits no rule can trip: the guard is not even asked.
         self._check_from = min(config.send_buffer_soft_bytes, config.max_send_buffer_bytes)
         fit_descriptor_limit(config.max_clients)
@@ -114,10 +101,10 @@ class TcpServer:
         self.selector.register(self.listener, selectors.EVENT_READ, "listener")
         self._wakeup = Wakeup()
         self.selector.register(self._wakeup.reader, selectors.EVENT_READ, "wakeup")
-        self.conns: dict[ConnId, Connection] = {}
-        self._per_ip: dict[str, int] = {}           # connections from each address
+        self._table = Connections(config)
+        self.conns = self._table.by_id              # every connection, by id
+        self._per_ip = self._table.per_ip           # how many from each address
         self._recv_buffer = memoryview(bytearray(RECV_BYTES))
-        self._ids = itertools.count(1)
         self._now = time.monotonic()                # this turn's time, for every rule
         self._dirty: set[Connection] = set()        # got output this turn
         self._ready: set[Connection] = set()        # TLS: decrypted bytes wait in OpenSSL
@@ -125,9 +112,7 @@ class TcpServer:
             collections.deque()
         self._timers = TimerHeap()
         self._gate = AcceptGate()                   # accept paused while descriptors run out
-        self._socket_options = socket_options(config.keepalive_idle_s,
-                                              config.keepalive_interval_s,
-                                              config.keepalive_probes)
+        self._socket_options = socket_options(config)
         self._stop = threading.Event()
         self.stopped = threading.Event()
 
@@ -164,7 +149,6 @@ class TcpServer:
                 if mask & selectors.EVENT_WRITE and not conn.closed:
                     self._dirty.add(conn)
         self._read_ready()
-        self._resume_accepting()
         self._expire_timers(self._now)
         self._reap()
         self._flush_dirty()
@@ -192,15 +176,9 @@ class TcpServer:
                 sock.close()
                 continue
             phase = Phase.HELLO if self.tls is not None else Phase.OPEN
-            conn = Connection(next(self._ids), sock, addr[0], f"{addr[0]}:{addr[1]}",
-                              self.config.max_line_bytes,
-                              Guard(self.limits, self._now, tls=self.tls is not None), phase)
+            conn = self._table.add(sock, addr, Guard(self.limits, self._now,
+                                                     tls=self.tls is not None), phase)
             self.selector.register(sock, selectors.EVENT_READ, conn)
-            self.conns[conn.id] = conn
-            self._per_ip[conn.ip] = self._per_ip.get(conn.ip, 0) + 1
-            conn.refusal = refusal(len(self.conns), self.config.max_clients,
-                                   self._per_ip[conn.ip], conn.ip,
-                                   self.config.max_clients_per_ip)
             if conn.phase is Phase.OPEN:
                 self._open(conn)
             self._schedule(conn)
@@ -212,10 +190,6 @@ class TcpServer:
                         "works (%d connections open)", exc, self._gate.pause_s,
                         len(self.conns))
         self.selector.unregister(self.listener)
-
-    def _resume_accepting(self) -> None:
-        if self._gate.resume(self._now):
-            self.selector.register(self.listener, selectors.EVENT_READ, "listener")
 
     def _open(self, conn: Connection) -> None:
         """The connection can talk (TLS: its handshake is done): welcome it, or refuse it."""
@@ -441,12 +415,9 @@ class TcpServer:
         except OSError as exc:                  # ssl.SSLError is an OSError
             self._doom(conn, f"TLS handshake failed: {exc}")
             return
-        if step is tls.Step.WANT_READ:
-            self._watch(conn, selectors.EVENT_READ)
-        elif step is tls.Step.WANT_WRITE:
-            self._watch(conn, selectors.EVENT_WRITE)
-        else:
-            self._watch(conn, selectors.EVENT_READ)
+        writing = step is tls.Step.WANT_WRITE
+        self._watch(conn, selectors.EVENT_WRITE if writing else selectors.EVENT_READ)
+        if step is tls.Step.DONE:
             self._ready.add(conn)       # lines may have come with the handshake's last flight
             self._open(conn)
 
@@ -455,16 +426,13 @@ class TcpServer:
         self._timers.schedule(conn, len(self.conns))
 
     def _timer_timeout(self) -> float | None:
-        """How long select() may sleep: until the earliest deadline (or accept pause)."""
-        now = time.monotonic()
-        timeout = self._timers.timeout(now)
-        if self._gate.paused_until is not None:
-            paused = max(0.0, self._gate.paused_until - now)
-            timeout = paused if timeout is None else min(timeout, paused)
-        return timeout
+        """How long select() may sleep: until the earliest deadline or accept pause."""
+        return self._timers.timeout(time.monotonic(), self._gate.paused_until)
 
     def _expire_timers(self, now: float) -> None:
         """Act on every deadline up to ``now`` (this turn's time, ``self._now``)."""
+        if self._gate.resume(now):              # the accept pause is over
+            self.selector.register(self.listener, selectors.EVENT_READ, "listener")
         for conn in self._timers.due(now):
             self._on_timer(conn)
             if not conn.closed and not conn.doomed:
@@ -518,12 +486,7 @@ class TcpServer:
         conn.closed = True
         log.info("[%s] disconnected: %s", conn.peer, reason)
         self._dirty.discard(conn)
-        del self.conns[conn.id]
-        left = self._per_ip[conn.ip] - 1
-        if left:
-            self._per_ip[conn.ip] = left
-        else:
-            del self._per_ip[conn.ip]
+        self._table.remove(conn)
         if conn.id in self.core.members:
             self._dispatch(self.core.disconnect(conn.id, time.time()))
         self._timers.compact(len(self.conns))
@@ -539,10 +502,7 @@ class TcpServer:
             return
         if error is not None:
             conn.last_words(p.encode(p.error(*error)), drop_unsent=drop_unsent)
-        conn.phase = Phase.CLOSING  # no more input handled or output queued
-        conn.why = reason
-        # A peer that never reads its last output must not hold a slot forever.
-        conn.close_by = self._now + CLOSING_S
+        conn.start_closing(reason, self._now + CLOSING_S)
         self._schedule(conn)
         self._dirty.add(conn)
         if conn.id in self.core.members:
@@ -587,10 +547,9 @@ class TcpServer:
         self._dispatch([self.core.shutdown_notice(time.time())])
         self._now = time.monotonic()
         for conn in list(self.conns.values()):
-            if conn.phase is Phase.OPEN:
-                conn.phase = Phase.CLOSING  # nothing more is read or queued; flush, then shut
-                conn.why = "server shutting down"
-                conn.close_by = self._now + self.config.shutdown_grace_s
+            if conn.phase is Phase.OPEN:     # flush, then shut
+                conn.start_closing("server shutting down",
+                                   self._now + self.config.shutdown_grace_s)
             elif conn.phase in (Phase.HELLO, Phase.HANDSHAKE):
                 self._doom(conn, "server shutting down")
         self._reap()
@@ -632,17 +591,8 @@ def serve(config: cfg.TcpServerConfig = cfg.TcpServerConfig(), **overrides: Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = configure(cfg.TcpServerConfig, argv, prog="chat-sync tcp-server",
+    return run_program(cfg.TcpServerConfig, TcpServer, argv, prog="chat-sync tcp-server",
                        description="Run the chat_sync TCP chat server.")
-    if config is None:
-        return 2
-    try:
-        server = TcpServer(config)
-    except (cfg.ConfigError, OSError) as exc:
-        text, code = startup_failure(exc, config)
-        print(f"chat-sync: {text}", file=sys.stderr)
-        return code
-    return run_in_foreground(server)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,10 @@ connection's ``timer_at``) and skipped ("lazy deletion"); a stale entry
 costs one early wake-up, never a missed one. The heap is rebuilt when stale
 entries outnumber the connections, so it stays bounded.
 
+Bounds: beyond ``max_clients``, or ``max_clients_per_ip`` from one address,
+a new connection is told ``server_full`` or ``too_many_connections``
+(``refusal``) and closed.
+
 Accepting: when the process runs out of file descriptors, ``accept`` fails
 and the listener stays readable, so a loop that simply retries spins.
 ``AcceptGate`` says to stop watching the listener for ``ACCEPT_PAUSE_S``
@@ -34,6 +38,7 @@ and to log once per episode, as mature servers do on EMFILE.
 """
 from __future__ import annotations
 
+import collections
 import enum
 import heapq
 import itertools
@@ -41,9 +46,11 @@ import selectors
 import socket
 from collections.abc import Iterator
 
+from . import config as cfg
 from . import protocol as p
 from .framing import LineBuffer
-from .guard import Guard
+from .guard import Guard, GuardLimits
+from .rooms import ConnId
 
 LINGER_S = 1.0               # how long a closing connection's input is drained
 LINGER_BYTES = 1024 * 1024   # ... and how much of it at most
@@ -107,6 +114,16 @@ class Connection:
         if self.phase in (Phase.CLOSING, Phase.LINGER):
             return self.close_by
         return self.guard.deadline()
+
+    def start_closing(self, reason: str, close_by: float) -> None:
+        """CLOSING: no more input handled or output queued; what is queued is sent.
+
+        ``close_by``: a peer that never reads its last output must not hold a
+        slot for ever.
+        """
+        self.phase = Phase.CLOSING
+        self.why = reason
+        self.close_by = close_by
 
     def append(self, data: bytes) -> None:
         self.out.append(data)
@@ -185,11 +202,13 @@ class TimerHeap:
                           if not entry[2].closed and entry[0] == entry[2].timer_at]
             heapq.heapify(self._heap)
 
-    def timeout(self, now: float) -> float | None:
-        """How long select() may sleep: until the earliest deadline, or for ever."""
-        if not self._heap:
-            return None
-        return max(0.0, self._heap[0][0] - now)
+    def timeout(self, now: float, also: float | None = None) -> float | None:
+        """How long select() may sleep: until the earliest deadline (or ``also``),
+        or for ever."""
+        when = self._heap[0][0] if self._heap else None
+        if also is not None:
+            when = also if when is None else min(when, also)
+        return None if when is None else max(0.0, when - now)
 
     def due(self, now: float) -> Iterator[Connection]:
         """Pop every live entry up to ``now``; each yielded connection has no entry left."""
@@ -201,17 +220,29 @@ class TimerHeap:
             yield conn
 
 
-def socket_options(idle_s: float, interval_s: float, probes: int) -> list[tuple[int, int, int]]:
+def socket_options(config: cfg.TcpServerConfig) -> list[tuple[int, int, int]]:
     """``setsockopt`` arguments for an accepted socket: no Nagle delay, and TCP
     keepalive, so that a peer that vanished without a word (power, NAT, Wi-Fi)
-    is found out and its name freed after ``idle_s + interval_s * probes``."""
+    is found out, and its name freed, after idle + interval * probes seconds."""
     options = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
                (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
-    for name, value in (("TCP_KEEPIDLE", idle_s), ("TCP_KEEPINTVL", interval_s),
-                        ("TCP_KEEPCNT", probes)):
+    for name, value in (("TCP_KEEPIDLE", config.keepalive_idle_s),
+                        ("TCP_KEEPINTVL", config.keepalive_interval_s),
+                        ("TCP_KEEPCNT", config.keepalive_probes)):
         if hasattr(socket, name):               # Linux; macOS has only some of them
             options.append((socket.IPPROTO_TCP, getattr(socket, name), max(1, int(value))))
     return options
+
+
+def guard_limits(config: cfg.TcpServerConfig) -> GuardLimits:
+    """The per-connection rules of ``guard``, from the server's settings."""
+    return GuardLimits(
+        rate_per_s=config.rate_limit_per_s, burst=config.rate_burst,
+        abuse_limit=config.rate_abuse_limit, soft_bytes=config.send_buffer_soft_bytes,
+        grace_s=config.slow_reader_grace_s, hard_bytes=config.max_send_buffer_bytes,
+        join_timeout_s=config.join_timeout_s,
+        partial_line_timeout_s=config.partial_line_timeout_s,
+        handshake_timeout_s=config.tls_handshake_timeout_s)
 
 
 def clients(count: int) -> str:
@@ -219,18 +250,40 @@ def clients(count: int) -> str:
     return f"{count} client" if count == 1 else f"{count} clients"
 
 
-def refusal(connected: int, max_clients: int, from_ip: int, ip: str,
-            max_per_ip: int) -> ErrorReply | None:
-    """The error a new connection gets if it is over a limit, or None.
+class Connections:
+    """Every connection by id, and how many come from each address."""
 
-    ``connected`` and ``from_ip`` count it already.
-    """
-    if connected > max_clients:
-        return p.ErrorCode.SERVER_FULL, f"server full: {clients(max_clients)}"
-    if max_per_ip and from_ip > max_per_ip:
-        return (p.ErrorCode.TOO_MANY_CONNECTIONS,
-                f"too many connections from {ip}: {max_per_ip} at most")
-    return None
+    def __init__(self, config: cfg.TcpServerConfig) -> None:
+        self.config = config
+        self.by_id: dict[ConnId, Connection] = {}
+        self.per_ip: collections.Counter[str] = collections.Counter()
+        self._ids = itertools.count(1)
+
+    def add(self, sock: socket.socket, addr: tuple[str, int], guard: Guard,
+            phase: Phase) -> Connection:
+        """A new connection, its ``refusal`` set if it is over a limit."""
+        conn = Connection(next(self._ids), sock, addr[0], f"{addr[0]}:{addr[1]}",
+                          self.config.max_line_bytes, guard, phase)
+        self.by_id[conn.id] = conn
+        self.per_ip[conn.ip] += 1
+        conn.refusal = self._refusal(conn)
+        return conn
+
+    def remove(self, conn: Connection) -> None:
+        del self.by_id[conn.id]
+        self.per_ip[conn.ip] -= 1
+        if not self.per_ip[conn.ip]:
+            del self.per_ip[conn.ip]
+
+    def _refusal(self, conn: Connection) -> ErrorReply | None:
+        """The error a new connection gets if it is over a limit, or None."""
+        if len(self.by_id) > self.config.max_clients:
+            return p.ErrorCode.SERVER_FULL, f"server full: {clients(self.config.max_clients)}"
+        limit = self.config.max_clients_per_ip
+        if limit and self.per_ip[conn.ip] > limit:
+            return (p.ErrorCode.TOO_MANY_CONNECTIONS,
+                    f"too many connections from {conn.ip}: {limit} at most")
+        return None
 
 
 class AcceptGate:
