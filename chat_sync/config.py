@@ -9,7 +9,8 @@ comes from three layers, later ones winning:
    retyped here);
 2. an optional config file: a flat mapping whose keys are the field names,
    which are also the long flags with ``_`` for ``-`` (``log_file`` is
-   ``--log-file``). YAML, TOML or JSON, chosen by the file's extension;
+   ``--log-file``). YAML, TOML or JSON, chosen by the file's extension and
+   read by ``config_files``;
 3. the command-line flags the user actually typed.
 
 Nothing needs a config file: no file and no flags give the defaults.
@@ -36,19 +37,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import json
 import math
 import os
-import re
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar, Union
 
-import yaml
-
+from .config_files import ConfigError as ConfigError  # defined there, raised by both
+from .config_files import read_file, show, type_name
 from .protocol import (
     DEFAULT_HOST,
     DEFAULT_ROOM,
@@ -74,17 +71,11 @@ from .protocol import (
     SEND_BUFFER_SOFT_BYTES,
     SLOW_READER_GRACE_S,
     TLS_HANDSHAKE_TIMEOUT_S,
-    DuplicateKey,
-    no_duplicate_keys,
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_PORT = 65535
 MAX_UDP_PAYLOAD = 65507  # largest payload of one IPv4 UDP datagram
-
-
-class ConfigError(Exception):
-    """A config file or a command-line value is unusable; the message says where and why."""
 
 
 def setting(default: Any, help: str, *, min: float | None = None,
@@ -313,7 +304,7 @@ def load(cls: type[C], path: str | os.PathLike[str] | None = None,
     origin: dict[str, str] = {}          # setting name -> where its value came from
     if path is not None:
         source = os.fspath(path)
-        for key, value in _read_file(source).items():
+        for key, value in read_file(source).items():
             values[key] = _check(cls, key, value, source)
             origin[key] = source
     if overrides is not None:
@@ -340,7 +331,7 @@ def _where(source: str, name: object) -> str:
         return f"{COMMAND_LINE}: --{name.replace('_', '-')}"
     if isinstance(name, str):
         return f"{source}: key '{name}'"
-    return f"{source}: key {_show(name)}"
+    return f"{source}: key {show(name)}"
 
 
 def _check(cls: type[C], name: object, value: Any, source: str) -> Any:
@@ -401,7 +392,7 @@ def _check_type(base: type, optional: bool, value: Any, where: str, source: str)
                 raise ConfigError(f"{where}: {value} is too large") from None
         ok = isinstance(value, float)
         if ok and not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a finite number, got {_show(value)}")
+            raise ConfigError(f"{where}: expected a finite number, got {show(value)}")
     else:
         ok = isinstance(value, str)
     if not ok:
@@ -412,7 +403,7 @@ def _check_type(base: type, optional: bool, value: Any, where: str, source: str)
             hint = ("; YAML 1.1 reads an exponent without a '.' and a sign (1e3, 1.0e3) "
                     "as a string: write 1000 or 1.0e+3")
         raise ConfigError(f"{where}: expected {expected}, "
-                          f"got {_type_name(value)} ({_show(value)}){hint}")
+                          f"got {type_name(value)} ({show(value)}){hint}")
     return value
 
 
@@ -432,18 +423,18 @@ def _check_range(meta: Mapping[str, Any], value: Any, where: str) -> None:
     if above is not None and high is not None:
         if not above < value <= high:
             raise ConfigError(f"{where}: must be greater than {above} and at most {high}, "
-                              f"got {_show(value)}")
+                              f"got {show(value)}")
     elif low is not None and high is not None:
         if not low <= value <= high:
-            raise ConfigError(f"{where}: must be in {low}..{high}, got {_show(value)}")
+            raise ConfigError(f"{where}: must be in {low}..{high}, got {show(value)}")
     elif low is not None and value < low:
-        raise ConfigError(f"{where}: must be at least {low}, got {_show(value)}")
+        raise ConfigError(f"{where}: must be at least {low}, got {show(value)}")
     elif high is not None and value > high:
-        raise ConfigError(f"{where}: must be at most {high}, got {_show(value)}")
+        raise ConfigError(f"{where}: must be at most {high}, got {show(value)}")
     elif above is not None and not value > above:
-        raise ConfigError(f"{where}: must be greater than {above}, got {_show(value)}")
+        raise ConfigError(f"{where}: must be greater than {above}, got {show(value)}")
     if choices is not None and value not in choices:
-        raise ConfigError(f"{where}: must be one of {', '.join(choices)}; got {_show(value)}")
+        raise ConfigError(f"{where}: must be one of {', '.join(choices)}; got {show(value)}")
 
 
 def _check_order(config: _Dataclass, origin: Mapping[str, str]) -> None:
@@ -456,128 +447,10 @@ def _check_order(config: _Dataclass, origin: Mapping[str, str]) -> None:
         if value <= limit:
             continue
         if f.name in origin:
-            raise ConfigError(f"{_where(origin[f.name], f.name)}: {_show(value)} must not "
-                              f"be greater than {other} ({_show(limit)})")
-        raise ConfigError(f"{_where(origin.get(other, 'defaults'), other)}: {_show(limit)} "
-                          f"must not be less than {f.name} ({_show(value)})")
-
-
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, dict):
-        return "mapping"
-    return type(value).__name__
-
-
-def _show(value: object) -> str:
-    """Show a value as a config file would spell it, shortened."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-# -- Reading files -------------------------------------------------------------
-
-class _DuplicateKey(Exception):
-    def __init__(self, key: object, line: int, first_line: int) -> None:
-        super().__init__(key, line, first_line)
-        self.key = key
-        self.line = line
-        self.first_line = first_line
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """``yaml.safe_load`` that refuses duplicate keys instead of keeping the last."""
-
-    def construct_mapping(self, node: yaml.MappingNode,
-                          deep: bool = False) -> dict[Any, Any]:
-        first_line: dict[Any, int] = {}
-        for key_node, _value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue                  # ``<<: *base`` may repeat keys on purpose
-            key = self.construct_object(key_node, deep=True)
-            try:
-                hash(key)
-            except TypeError:
-                continue                  # the base class reports unhashable keys
-            line = key_node.start_mark.line + 1
-            if key in first_line:
-                raise _DuplicateKey(key, line, first_line[key])
-            first_line[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def _read_file(path: str) -> dict[Any, Any]:
-    """Parse the file at ``path`` by its extension; return its top-level mapping."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in (".yaml", ".yml", ".toml", ".json"):
-        kind = f"'{suffix}'" if suffix else "(no extension)"
-        raise ConfigError(f"{path}: unknown config file type {kind}; "
-                          f"use .yaml, .yml, .toml or .json")
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8-sig")   # -sig: skip the BOM some editors write
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8: {exc}") from None
-    if suffix == ".toml":
-        try:
-            return tomllib.loads(text)       # always a table: no top-level check needed
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: {_toml_error(text, str(exc))}") from None
-    if suffix == ".json":
-        parsed = _parse_json(path, text)
-    else:
-        parsed = _parse_yaml(path, text)
-        if parsed is None:
-            return {}                     # an empty YAML file: no settings
-    if not isinstance(parsed, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of setting names "
-                          f"to values, got {_type_name(parsed)}")
-    return parsed
-
-
-def _toml_error(text: str, error: str) -> str:
-    """tomllib's error, naming the key where it only says it "Cannot overwrite a value"."""
-    found = re.search(r"Cannot overwrite a value \(at line (\d+),", error)
-    lines = text.splitlines()
-    if found is None or not 0 < int(found.group(1)) <= len(lines):
-        return f"invalid TOML: {error}"
-    line = int(found.group(1))
-    key = lines[line - 1].split("=", 1)[0].strip().strip("\"'")
-    first = next((number for number, earlier in enumerate(lines[:line - 1], 1)
-                  if earlier.split("=", 1)[0].strip().strip("\"'") == key), None)
-    since = f" (first set on line {first})" if first is not None else ""
-    return f"line {line}: key {_show(key)}: duplicate key{since}"
-
-
-def _parse_yaml(path: str, text: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_YamlLoader)
-    except _DuplicateKey as dup:
-        raise ConfigError(f"{path}: line {dup.line}: key {_show(dup.key)}: duplicate key "
-                          f"(first set on line {dup.first_line})") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        place = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(f"{path}: invalid YAML: {place}{exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-
-
-def _parse_json(path: str, text: str) -> Any:
-    try:
-        return json.loads(text, object_pairs_hook=no_duplicate_keys)
-    except DuplicateKey as exc:
-        raise ConfigError(f"{path}: key {_show(exc.key)}: duplicate key") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: invalid JSON: {exc}") from None
+            raise ConfigError(f"{_where(origin[f.name], f.name)}: {show(value)} must not "
+                              f"be greater than {other} ({show(limit)})")
+        raise ConfigError(f"{_where(origin.get(other, 'defaults'), other)}: {show(limit)} "
+                          f"must not be less than {f.name} ({show(value)})")
 
 
 # -- Command line ----------------------------------------------------------------
@@ -596,7 +469,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[_Dataclass]) -> Non
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata["help"].replace("%", "%%")   # argparse formats help with %
         if f.default is not None:
-            help_text += f" (default: {_show(f.default)}{_range(f.metadata)})"
+            help_text += f" (default: {show(f.default)}{_range(f.metadata)})"
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
