@@ -128,9 +128,14 @@ class NonBlockingHandler(logging.handlers.QueueHandler):
 
     def close(self) -> None:
         """Write what is queued (waiting ``CLOSE_WAIT_S`` at most), then stop."""
+        if not self._thread.is_alive():
+            return                      # closed already (by the program, then atexit)
         if self._put(None) or self._wait_put():
             self._thread.join(CLOSE_WAIT_S)
-        self.target.flush()
+        try:
+            self.target.flush()
+        except (OSError, ValueError):   # stderr closed or broken: nothing more to say
+            pass
         super().close()
 
     def _wait_put(self) -> bool:

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from helpers import wait_for
 
+from chat_sync.config import TcpServerConfig, UdpServerConfig
 from chat_sync.logs import ChatLog, NonBlockingHandler, escape, format_entry
+from chat_sync.serving import configure
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -224,3 +226,21 @@ def test_escape_shows_default_ignorable_characters(char: str) -> None:
     # Issue 9, item 5: "alice\U000e0100: I am the real alice" must not read as alice.
     shown = escape("alice" + char)
     assert shown != "alice" + char and shown.startswith("alice\\")
+
+
+@pytest.mark.parametrize("cls", [TcpServerConfig, UdpServerConfig])
+def test_both_server_programs_log_through_the_non_blocking_handler(cls: type) -> None:
+    # Issue 9, item 1, "same for the UDP server": serving.configure is their shared start.
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    try:
+        assert configure(cls, ["--log-level", "warning"], prog="test", description="") is not None
+        added = [h for h in root.handlers if h not in before]
+        assert len(added) == 1 and isinstance(added[0], NonBlockingHandler)
+        assert root.level == logging.WARNING
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in before:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(level)
