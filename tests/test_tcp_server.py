@@ -431,3 +431,27 @@ def test_accepted_connections_have_tcp_keepalive_with_the_configured_timings() -
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 4
+
+
+def test_listening_is_said_once_on_stdout_and_once_in_the_log() -> None:
+    # Issue 11, item 9: stdout is for a parent process, stderr is the operational log.
+    proc = run_server("--port", "0")
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = StreamLines(proc.stdout), StreamLines(proc.stderr)
+        port = listening_port(out)
+        err.wait_for_line(lambda line: f"listening on 127.0.0.1:{port}" in line)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert out.rest().count("listening on") == 1
+        assert sum("listening on" in line for line in err.rest().splitlines()) == 1
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_server_full_says_how_many_in_good_grammar() -> None:
+    with serve(port=0, max_clients=1) as server, connect(server.host, server.port):
+        with LineClient(server.host, server.port) as second:
+            [error] = second.recv_until_closed()
+        assert error["code"] == "server_full" and error["text"] == "server full: 1 client"
