@@ -201,7 +201,8 @@ class ChatLog:
         self._handler.setFormatter(logging.Formatter("%(message)s"))
         self._path = path
         self._lost = 0                  # lines lost in this episode of write errors
-        self._busy = threading.Event()  # set while entries wait or are being written
+        self._queued = 0                # entries written to the queue (by the caller) ...
+        self._done = 0                  # ... and taken care of (by the writer): for idle()
         self._queue: queue.SimpleQueue[tuple[float, str, str | None, str] | None] = (
             queue.SimpleQueue())
         self._thread = threading.Thread(target=self._run, name="chat-log", daemon=True)
@@ -209,12 +210,15 @@ class ChatLog:
 
     def write(self, ts: float, room: str, user: str | None, text: str) -> None:
         """Queue one entry; returns at once. ``user`` None marks a system notice."""
-        self._busy.set()
+        self._queued += 1
         self._queue.put((ts, room, user, text))
 
     def idle(self) -> bool:
-        """True when everything written so far is in the file (or lost): for tests."""
-        return not self._busy.is_set()
+        """True when every entry the caller wrote is in the file, or lost: for tests.
+
+        Each counter has one writer thread, so no lock is needed to read them.
+        """
+        return self._done >= self._queued
 
     def close(self) -> None:
         """Write everything queued so far, then stop the thread and close the file."""
@@ -236,8 +240,7 @@ class ChatLog:
                                            "\n".join(chunk), None, None)
                 self._handler.handle(record)
                 self._check_written(len(chunk))
-            if self._queue.empty():
-                self._busy.clear()
+            self._done += len(lines)
             if entries[-1] is None:                 # close() puts it last
                 return
 

@@ -366,16 +366,21 @@ def name_key(name: str) -> str:
     return unicodedata.normalize("NFKC", name).casefold()
 
 
-def skeleton(name: str) -> str:
-    """The UTS #39 skeleton of a name, case-folded: names that look alike share it.
+def skeletons(name: str) -> frozenset[str]:
+    """The UTS #39 skeletons of a name, case-folded: names that look alike share one.
 
     Each character of the name's NFD form is replaced by its prototype from
     Unicode's confusables data (Cyrillic "ј" by Latin "j", "0" by "O"), so an
     all-Cyrillic "јое" has the skeleton of "joe" although no script is mixed.
+    Two, because case matters to the data: as written (Cyrillic "Ь" looks
+    like "b", "ь" does not) and folded first ("M" and "m", which looks like "rn").
     """
+    return frozenset((_skeleton(unicodedata.normalize("NFKC", name)), _skeleton(name_key(name))))
+
+
+def _skeleton(name: str) -> str:
     prototypes = _confusables()
-    nfd = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", name))
-    mapped = "".join(prototypes.get(char, char) for char in nfd)
+    mapped = "".join(prototypes.get(char, char) for char in unicodedata.normalize("NFD", name))
     return unicodedata.normalize("NFD", mapped).casefold()
 
 

@@ -18,7 +18,7 @@ Invariants:
   sees strictly increasing ``seq`` on live broadcasts.
 - A user name is fixed at the first join of a connection and unique on the
   server, compared with ``protocol.name_key`` (case-folded NFKC); nor may it
-  look like a connected one (the same ``protocol.skeleton``, UTS #39).
+  look like a connected one (a ``protocol.skeletons`` in common, UTS #39).
 - A room keeps its last ``history_size`` broadcasts. A join replays those
   after ``since`` (marked ``"history": true``) to the joiner, then announces
   the join, so a client that reconnects with ``since`` = the last seq it
@@ -51,6 +51,7 @@ from . import __version__
 from . import protocol as p
 
 ConnId = Hashable
+_SYSTEM_LOOKS = p.skeletons(p.SYSTEM_USER)   # nor may a user look like the log's "system"
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,8 @@ class ChatCore:
         outputs = self._leave_room(member, now, notify_self=False)
         if member.user is not None:
             del self._names[p.name_key(member.user)]
-            del self._skeletons[p.skeleton(member.user)]
+            for look in p.skeletons(member.user):
+                del self._skeletons[look]
         return outputs
 
     def take_ghosts(self) -> list[ConnId]:
@@ -192,7 +194,8 @@ class ChatCore:
         room = self._room(request.room, request.id, leaving=member.room)
         if member.user is None:     # claimed only now: a refused join fixes no name
             self._names[key] = member.conn
-            self._skeletons[p.skeleton(request.user)] = member.conn
+            for look in p.skeletons(request.user):
+                self._skeletons[look] = member.conn
             member.user = request.user
         outputs += self._leave_room(member, now, notify_self=True)
         since = request.since if request.since is not None else -1
@@ -236,10 +239,11 @@ class ChatCore:
                     f"user: this connection is {member.user!r}; a name is fixed at the first join",
                     field="user", id=request.id)
             return key
-        if key in self._names or key == p.SYSTEM_USER:
+        looks = p.skeletons(request.user)
+        if key in self._names or looks & _SYSTEM_LOOKS:
             raise p.ProtocolError(p.ErrorCode.NAME_TAKEN, f"the name {request.user!r} is taken",
                                   field="user", id=request.id)
-        twin = self._skeletons.get(p.skeleton(request.user))
+        twin = next((self._skeletons[look] for look in looks if look in self._skeletons), None)
         if twin is not None:
             raise p.ProtocolError(p.ErrorCode.NAME_TAKEN,
                                   f"the name {request.user!r} looks like "

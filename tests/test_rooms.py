@@ -483,7 +483,7 @@ def test_every_json_trap_is_one_typed_error_and_no_broadcast(line: bytes, code: 
     assert only(chat.send(1, type="ping")[1])["type"] == "pong"     # still usable
 
 
-@pytest.mark.parametrize("name", ["system", "SYSTEM", "ｓｙｓｔｅｍ"])
+@pytest.mark.parametrize("name", ["system", "SYSTEM", "ｓｙｓｔｅｍ", "systern"])
 def test_nobody_may_be_called_system_which_marks_notices_in_the_log(name: str) -> None:
     chat = Chat()
     chat.connect(1)
