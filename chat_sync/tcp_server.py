@@ -153,13 +153,10 @@ class TcpServer:
         self._reap()
         self._flush_dirty()
 
-    def _accept_socket(self) -> tuple[socket.socket, Any]:
-        return self.listener.accept()
-
     def _accept(self) -> None:
         for _ in range(ACCEPTS_PER_TURN):
             try:
-                sock, addr = self._accept_socket()
+                sock, addr = self.listener.accept()
             except BlockingIOError:
                 return
             except OSError as exc:      # EMFILE and friends: keep serving the others

@@ -665,33 +665,46 @@ def test_a_devanagari_name_is_a_name() -> None:
 
 # == Out of file descriptors (issue 9, item 2) =====================================
 
+class NoDescriptors:
+    """The server's listener while the process is out of file descriptors:
+    ``accept`` fails with EMFILE (the pending connection stays in the backlog,
+    so the real listener stays readable); everything else is the real one's."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.calls = 0
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        self.calls += 1
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 def test_out_of_descriptors_pauses_accepting_logs_once_and_recovers(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="chat_sync.tcp_server")
     server = TcpServer(TcpServerConfig(port=0))
-    calls = 0
-
-    def no_descriptors() -> tuple[socket.socket, Any]:
-        nonlocal calls
-        calls += 1
-        raise OSError(errno.EMFILE, "Too many open files")
-
-    server._accept_socket = no_descriptors            # type: ignore[method-assign]
+    real = server.listener
+    fake = NoDescriptors(real)
+    server.listener = fake                          # type: ignore[assignment]
     waiting = socket.create_connection(server.address, timeout=5)   # the listener is readable
     try:
-        for _ in range(20):                            # 20 turns: 1 accept, not 20
+        for _ in range(20):                         # 20 turns: 1 accept, not 20
             server._turn(0)
-        assert calls == 1
+        assert fake.calls == 1
         said = [r.getMessage() for r in caplog.records if "accept" in r.getMessage()]
         assert len(said) == 1 and "Too many open files" in said[0], said
-        del server._accept_socket                      # descriptors are back
+        server.listener = real                      # descriptors are back
         deadline = time.monotonic() + 5
         while not server.conns and time.monotonic() < deadline:
-            server._turn(server._timer_timeout())      # sleeps until the pause ends
+            server._turn(server._timer_timeout())   # sleeps until the pause ends
         assert len(server.conns) == 1
         assert any("accepting again" in r.getMessage() for r in caplog.records)
     finally:
         waiting.close()
+        server.listener = real
         server._close_all()
 
 
