@@ -112,6 +112,12 @@ def run_in_foreground(server: Server) -> int:
     """
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: server.stop())
+    # A signal that lands just before the loop enters select() would run its
+    # Python handler only once select() returns, which with no deadline is
+    # never: so the C-level handler also writes to the loop's wake-up pair.
+    wakeup_fileno = getattr(server, "wakeup_fileno", None)
+    if wakeup_fileno is not None:
+        signal.set_wakeup_fd(wakeup_fileno(), warn_on_full_buffer=False)
     print(f"listening on {server.address[0]}:{server.address[1]}", flush=True)
     server.serve_forever()
     return 0

@@ -122,6 +122,10 @@ class TcpServer:
         self._stop.set()
         self._wakeup.wake()
 
+    def wakeup_fileno(self) -> int:
+        """The wake-up pair's writing end, for ``signal.set_wakeup_fd`` (see serving)."""
+        return self._wakeup.writer.fileno()
+
     def serve_forever(self) -> None:
         """Run the loop until ``stop``; then say goodbye to every client and close."""
         log.info("listening on %s:%d%s", *self.address, " (TLS)" if self.tls else "")
