@@ -166,8 +166,7 @@ class TcpServer:
             except OSError as exc:      # EMFILE and friends: keep serving the others
                 self._pause_accepting(exc)
                 return
-            failures = self._gate.accepted()
-            if failures:
+            if failures := self._gate.accepted():
                 log.warning("accepting again, after %d failed accepts", failures)
             try:
                 sock.setblocking(False)
@@ -187,9 +186,8 @@ class TcpServer:
     def _pause_accepting(self, exc: OSError) -> None:
         """Stop watching the listener a moment: it stays readable, so retrying spins."""
         if self._gate.failed(self._now):
-            log.warning("accept failed: %s; pausing accepts %.2f s at a time until one "
-                        "works (%d connections open)", exc, self._gate.pause_s,
-                        len(self.conns))
+            log.warning("accept failed: %s; pausing accepts %.2f s at a time until one works "
+                        "(%d open)", exc, self._gate.pause_s, len(self.conns))
         self.selector.unregister(self.listener)
 
     def _open(self, conn: Connection) -> None:
