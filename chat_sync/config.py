@@ -29,8 +29,10 @@ told apart from "given", so a flag cannot set an optional setting back to
 None. To run without the chat log a file asks for, edit the file (or call
 ``load`` with ``{"log_file": None}``).
 
-To add a setting, add one ``setting(...)`` line to a dataclass; loading,
-checking, the flag and its ``--help`` line all follow from it.
+To add a setting, add one ``setting(...)`` line to a dataclass (give it a
+``max``: every number has an upper bound); loading, checking, the flag and
+its ``--help`` line all follow from it. A setting several programs have is
+declared once, in ``_SHARED``, and named in each with ``shared(...)``.
 """
 from __future__ import annotations
 
