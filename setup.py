@@ -24,7 +24,10 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["chat_sync", "chat_sync.*"]),
-    package_data={"chat_sync.dissector": ["chatsync.lua"]},   # chat-sync dissector's file
+    package_data={
+        "chat_sync.dissector": ["chatsync.lua"],   # chat-sync dissector's file
+        "chat_sync": ["confusables.txt"],          # protocol.skeleton's data (UTS #39)
+    },
     python_requires=">=3.11",
     install_requires=["pyyaml"],
     extras_require={

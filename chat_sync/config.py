@@ -9,7 +9,8 @@ comes from three layers, later ones winning:
    retyped here);
 2. an optional config file: a flat mapping whose keys are the field names,
    which are also the long flags with ``_`` for ``-`` (``log_file`` is
-   ``--log-file``). YAML, TOML or JSON, chosen by the file's extension;
+   ``--log-file``). YAML, TOML or JSON, chosen by the file's extension and
+   read by ``config_files``;
 3. the command-line flags the user actually typed.
 
 Nothing needs a config file: no file and no flags give the defaults.
@@ -28,26 +29,25 @@ told apart from "given", so a flag cannot set an optional setting back to
 None. To run without the chat log a file asks for, edit the file (or call
 ``load`` with ``{"log_file": None}``).
 
-To add a setting, add one ``setting(...)`` line to a dataclass; loading,
-checking, the flag and its ``--help`` line all follow from it.
+To add a setting, add one ``setting(...)`` line to a dataclass (give it a
+``max``: every number has an upper bound); loading, checking, the flag and
+its ``--help`` line all follow from it. A setting several programs have is
+declared once, in ``_SHARED``, and named in each with ``shared(...)``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import difflib
-import json
 import math
 import os
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar, Union
 
-import yaml
-
+from .config_files import ConfigError as ConfigError  # defined there, raised by both
+from .config_files import read_file, show, type_name
 from .protocol import (
     DEFAULT_HOST,
     DEFAULT_ROOM,
@@ -55,6 +55,9 @@ from .protocol import (
     DEFAULT_UDP_PORT,
     HISTORY_SIZE,
     JOIN_TIMEOUT_S,
+    KEEPALIVE_IDLE_S,
+    KEEPALIVE_INTERVAL_S,
+    KEEPALIVE_PROBES,
     MAX_CLIENTS,
     MAX_CLIENTS_PER_IP,
     MAX_DATAGRAM_BYTES,
@@ -70,17 +73,11 @@ from .protocol import (
     SEND_BUFFER_SOFT_BYTES,
     SLOW_READER_GRACE_S,
     TLS_HANDSHAKE_TIMEOUT_S,
-    DuplicateKey,
-    no_duplicate_keys,
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_PORT = 65535
 MAX_UDP_PAYLOAD = 65507  # largest payload of one IPv4 UDP datagram
-
-
-class ConfigError(Exception):
-    """A config file or a command-line value is unusable; the message says where and why."""
 
 
 def setting(default: Any, help: str, *, min: float | None = None,
@@ -102,6 +99,48 @@ def setting(default: Any, help: str, *, min: float | None = None,
 
 # -- The settings -------------------------------------------------------------
 # kw_only: with this many fields, a positional call would be a bug waiting.
+# Every number has an upper bound as well as a lower one: a value the loader
+# took and a program later chokes on (a select() timeout too large, a deque too
+# big to allocate) is a bug, so it is refused here, naming the key and range.
+
+DAY_S = 86_400.0
+HOUR_S = 3_600.0
+MILLION = 1_000_000
+GIB = 1024 ** 3
+
+# Settings several programs have, each declared once: name -> setting() arguments.
+_SHARED: dict[str, tuple[Any, str, dict[str, Any]]] = {
+    "log_file": (None, "chat log file (unset = no chat log)", {}),
+    "log_max_bytes": (1_000_000, "rotate the chat log at this size, in bytes",
+                      {"min": 1, "max": 1024 * GIB}),
+    "log_backups": (3, "rotated chat logs to keep (0 = none)", {"min": 0, "max": 1000}),
+    "log_level": ("info", "operational log level on stderr; debug also logs raw bytes "
+                  "per peer", {"choices": LOG_LEVELS}),
+    "history_size": (HISTORY_SIZE, "messages replayed per room on join",
+                     {"min": 0, "max": 100_000}),
+    "max_text_chars": (MAX_TEXT_CHARS, "longest message text", {"min": 1, "max": MILLION}),
+    "max_clients": (MAX_CLIENTS, "clients at most", {"min": 1, "max": MILLION}),
+    "max_rooms": (MAX_ROOMS, "rooms at most", {"min": 1, "max": MILLION}),
+    "user": (None, "your user name (required, here or in the file)", {}),
+    "room": (DEFAULT_ROOM, "room to join first", {}),
+    "plain": (False, "plain output: no colours or cursor tricks", {}),
+    "base_delay": (0.2, "first retransmit delay, doubled per retry",
+                   {"above": 0.0, "max": 60.0, "not_above": "max_delay"}),
+    "max_delay": (3.0, "longest retransmit delay", {"above": 0.0, "max": 600.0}),
+    "max_retries": (6, "retransmits before giving up on a datagram", {"min": 0, "max": 100}),
+    "adaptive_rto": (False, "estimate the retransmit timeout from measured round trips", {}),
+    "min_rto": (0.2, "smallest adaptive retransmit timeout",
+                {"above": 0.0, "max": 60.0, "not_above": "max_delay"}),
+    "max_datagram_bytes": (MAX_DATAGRAM_BYTES, "largest datagram, both ways",
+                           {"min": MIN_DATAGRAM_BYTES, "max": MAX_UDP_PAYLOAD}),
+}
+
+
+def shared(name: str) -> Any:
+    """The setting ``name`` of ``_SHARED``, for one more settings class."""
+    default, help, bounds = _SHARED[name]
+    return setting(default, help, **bounds)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TcpServerConfig:
@@ -110,41 +149,52 @@ class TcpServerConfig:
     host: str = setting(DEFAULT_HOST, "address to listen on ('' = all interfaces)")
     port: int = setting(DEFAULT_TCP_PORT, "TCP port to listen on (0 = any free port)",
                         min=0, max=MAX_PORT)
-    log_file: str | None = setting(None, "chat log file (unset = no chat log)")
-    log_max_bytes: int = setting(1_000_000, "rotate the chat log at this size", min=1)
-    log_backups: int = setting(3, "rotated chat logs to keep (0 = none)", min=0)
-    log_level: str = setting("info", "operational log level on stderr; debug also "
-                             "logs raw bytes per peer", choices=LOG_LEVELS)
-    history_size: int = setting(HISTORY_SIZE, "messages replayed per room on join", min=0)
-    max_line_bytes: int = setting(MAX_LINE_BYTES, "longest line accepted from a client", min=1)
-    max_text_chars: int = setting(MAX_TEXT_CHARS, "longest message text", min=1)
+    log_file: str | None = shared("log_file")
+    log_max_bytes: int = shared("log_max_bytes")
+    log_backups: int = shared("log_backups")
+    log_level: str = shared("log_level")
+    history_size: int = shared("history_size")
+    max_line_bytes: int = setting(MAX_LINE_BYTES, "longest line accepted from a client",
+                                  min=1, max=16 * 1024 * 1024)
+    max_text_chars: int = shared("max_text_chars")
     max_send_buffer_bytes: int = setting(MAX_SEND_BUFFER_BYTES, "unsent bytes held for "
-                                         "one client before it is dropped as slow", min=1)
+                                         "one client before it is dropped as slow",
+                                         min=1, max=GIB)
     send_buffer_soft_bytes: int = setting(SEND_BUFFER_SOFT_BYTES, "unsent bytes a client may "
                                           "hold for slow_reader_grace_s (at or above "
-                                          "max_send_buffer_bytes: no soft limit)", min=1)
+                                          "max_send_buffer_bytes: no soft limit)",
+                                          min=1, max=GIB)
     slow_reader_grace_s: float = setting(SLOW_READER_GRACE_S, "seconds a client may stay "
-                                         "over send_buffer_soft_bytes", min=0.0)
-    max_clients: int = setting(MAX_CLIENTS, "connected clients at most", min=1)
+                                         "over send_buffer_soft_bytes", min=0.0, max=DAY_S)
+    max_clients: int = shared("max_clients")
     max_clients_per_ip: int = setting(MAX_CLIENTS_PER_IP, "connected clients from one "
-                                      "address at most (0 = no limit)", min=0)
-    max_rooms: int = setting(MAX_ROOMS, "rooms at most", min=1)
+                                      "address at most (0 = no limit)", min=0, max=MILLION)
+    max_rooms: int = shared("max_rooms")
     rate_limit_per_s: float = setting(RATE_LIMIT_PER_S, "requests a second one client may "
-                                      "send, sustained (0 = no limit)", min=0.0)
-    rate_burst: int = setting(RATE_BURST, "requests one client may send at once", min=1)
+                                      "send, sustained (0 = no limit)", min=0.0, max=MILLION)
+    rate_burst: int = setting(RATE_BURST, "requests one client may send at once",
+                              min=1, max=MILLION)
     rate_abuse_limit: int = setting(RATE_ABUSE_LIMIT, "refused requests in a row (the "
                                     "bucket never full again) before a client is cut off",
-                                    min=1)
+                                    min=1, max=MILLION)
     join_timeout_s: float = setting(JOIN_TIMEOUT_S, "seconds a connection may take to join "
-                                    "(0 = no limit)", min=0.0)
+                                    "(0 = no limit)", min=0.0, max=DAY_S)
     partial_line_timeout_s: float = setting(PARTIAL_LINE_TIMEOUT_S, "seconds a line may stay "
-                                            "unfinished (0 = no limit)", min=0.0)
+                                            "unfinished (0 = no limit)", min=0.0, max=DAY_S)
+    keepalive_idle_s: float = setting(KEEPALIVE_IDLE_S, "TCP keepalive: seconds a connection "
+                                      "may be silent before the kernel probes it",
+                                      min=1.0, max=DAY_S)
+    keepalive_interval_s: float = setting(KEEPALIVE_INTERVAL_S, "TCP keepalive: seconds "
+                                          "between probes", min=1.0, max=HOUR_S)
+    keepalive_probes: int = setting(KEEPALIVE_PROBES, "TCP keepalive: unanswered probes "
+                                    "before the connection is dropped", min=1, max=100)
     tls_cert: str | None = setting(None, "TLS certificate chain, PEM (set = TLS on; "
                                    "unset = plain TCP)")
     tls_key: str | None = setting(None, "TLS private key, PEM (unset = in the tls_cert file)")
     tls_handshake_timeout_s: float = setting(TLS_HANDSHAKE_TIMEOUT_S, "seconds a TLS "
-                                             "handshake may take", above=0.0)
-    shutdown_grace_s: float = setting(2.0, "seconds to flush output on shutdown", min=0.0)
+                                             "handshake may take", above=0.0, max=HOUR_S)
+    shutdown_grace_s: float = setting(2.0, "seconds to flush output on shutdown",
+                                      min=0.0, max=HOUR_S)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -153,15 +203,18 @@ class TcpClientConfig:
 
     host: str = setting(DEFAULT_HOST, "server address to connect to")
     port: int = setting(DEFAULT_TCP_PORT, "server TCP port", min=1, max=MAX_PORT)
-    user: str | None = setting(None, "your user name (required, here or in the file)")
-    room: str = setting(DEFAULT_ROOM, "room to join first")
-    plain: bool = setting(False, "plain output: no colours or cursor tricks")
+    user: str | None = shared("user")
+    room: str = shared("room")
+    plain: bool = shared("plain")
     reconnect_tries: int = setting(8, "reconnect attempts after a lost connection "
-                                   "(0 = give up at once)", min=0)
+                                   "(0 = give up at once)", min=0, max=1000)
     reconnect_base_delay_s: float = setting(0.5, "first reconnect delay, doubled per try",
-                                            above=0.0, not_above="reconnect_max_delay_s")
-    reconnect_max_delay_s: float = setting(10.0, "longest reconnect delay", above=0.0)
-    connect_timeout_s: float = setting(5.0, "seconds to wait for a connection", above=0.0)
+                                            above=0.0, max=HOUR_S,
+                                            not_above="reconnect_max_delay_s")
+    reconnect_max_delay_s: float = setting(10.0, "longest reconnect delay",
+                                           above=0.0, max=HOUR_S)
+    connect_timeout_s: float = setting(5.0, "seconds to wait for a connection",
+                                       above=0.0, max=HOUR_S)
     tls: bool = setting(False, "connect with TLS, checking the server's certificate "
                         "against --host")
     cafile: str | None = setting(None, "CA certificates (PEM) to trust with --tls "
@@ -175,38 +228,35 @@ class UdpServerConfig:
     host: str = setting(DEFAULT_HOST, "address to listen on ('' = all interfaces)")
     port: int = setting(DEFAULT_UDP_PORT, "UDP port to listen on (0 = any free port)",
                         min=0, max=MAX_PORT)
-    log_file: str | None = setting(None, "chat log file (unset = no chat log)")
-    log_max_bytes: int = setting(1_000_000, "rotate the chat log at this size", min=1)
-    log_backups: int = setting(3, "rotated chat logs to keep (0 = none)", min=0)
-    log_level: str = setting("info", "operational log level on stderr; debug also "
-                             "logs raw bytes per peer", choices=LOG_LEVELS)
-    history_size: int = setting(HISTORY_SIZE, "messages replayed per room on join", min=0)
-    max_text_chars: int = setting(MAX_TEXT_CHARS, "longest message text", min=1)
-    max_datagram_bytes: int = setting(MAX_DATAGRAM_BYTES, "largest datagram, both ways",
-                                      min=MIN_DATAGRAM_BYTES, max=MAX_UDP_PAYLOAD)
-    max_clients: int = setting(MAX_CLIENTS, "known clients at most", min=1)
-    max_rooms: int = setting(MAX_ROOMS, "rooms at most", min=1)
-    client_timeout_s: float = setting(60.0, "forget a client silent this long", above=0.0)
-    base_delay: float = setting(0.2, "first retransmit delay, doubled per retry",
-                                above=0.0, not_above="max_delay")
-    max_delay: float = setting(3.0, "longest retransmit delay", above=0.0)
-    max_retries: int = setting(6, "retransmits before giving up on a datagram", min=0)
-    adaptive_rto: bool = setting(False, "estimate the retransmit timeout from "
-                                 "measured round trips")
-    min_rto: float = setting(0.2, "smallest adaptive retransmit timeout",
-                             above=0.0, not_above="max_delay")
+    log_file: str | None = shared("log_file")
+    log_max_bytes: int = shared("log_max_bytes")
+    log_backups: int = shared("log_backups")
+    log_level: str = shared("log_level")
+    history_size: int = shared("history_size")
+    max_text_chars: int = shared("max_text_chars")
+    max_datagram_bytes: int = shared("max_datagram_bytes")
+    max_clients: int = shared("max_clients")
+    max_rooms: int = shared("max_rooms")
+    client_timeout_s: float = setting(60.0, "forget a client silent this long",
+                                      above=0.0, max=DAY_S)
+    base_delay: float = shared("base_delay")
+    max_delay: float = shared("max_delay")
+    max_retries: int = shared("max_retries")
+    adaptive_rto: bool = shared("adaptive_rto")
+    min_rto: float = shared("min_rto")
     shutdown_grace_s: float = setting(2.0, "seconds to wait for acks of the shutdown "
-                                      "notice", min=0.0)
+                                      "notice", min=0.0, max=HOUR_S)
     # Defences (udp_server_core.py): each on by default.
     anti_amplification: bool = setting(True, "send an address that has not acked a datagram "
                                        "at most 3x the bytes it sent (RFC 9000 section 8)")
     unverified_timeout_s: float = setting(5.0, "forget an address that has not acked its "
                                           "welcome this long after its first datagram",
-                                          above=0.0)
+                                          above=0.0, max=HOUR_S)
     udp_rate_limit_per_s: float = setting(50.0, "datagrams a second one address may send; "
-                                          "more are dropped (0 = no limit)", min=0.0)
+                                          "more are dropped (0 = no limit)",
+                                          min=0.0, max=MILLION)
     udp_rate_burst: int = setting(100, "datagrams one address may send at once, after a "
-                                  "pause", min=1)
+                                  "pause", min=1, max=MILLION)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -215,23 +265,20 @@ class UdpClientConfig:
 
     host: str = setting(DEFAULT_HOST, "server address to send to")
     port: int = setting(DEFAULT_UDP_PORT, "server UDP port", min=1, max=MAX_PORT)
-    user: str | None = setting(None, "your user name (required, here or in the file)")
-    room: str = setting(DEFAULT_ROOM, "room to join first")
-    plain: bool = setting(False, "plain output: no colours or cursor tricks")
-    keepalive_s: float = setting(15.0, "ping the server after this long idle", above=0.0)
-    base_delay: float = setting(0.2, "first retransmit delay, doubled per retry",
-                                above=0.0, not_above="max_delay")
-    max_delay: float = setting(3.0, "longest retransmit delay", above=0.0)
-    max_retries: int = setting(6, "retransmits before giving up on a datagram", min=0)
-    adaptive_rto: bool = setting(False, "estimate the retransmit timeout from "
-                                 "measured round trips")
-    min_rto: float = setting(0.2, "smallest adaptive retransmit timeout",
-                             above=0.0, not_above="max_delay")
-    max_datagram_bytes: int = setting(MAX_DATAGRAM_BYTES, "largest datagram, both ways",
-                                      min=MIN_DATAGRAM_BYTES, max=MAX_UDP_PAYLOAD)
+    user: str | None = shared("user")
+    room: str = shared("room")
+    plain: bool = shared("plain")
+    keepalive_s: float = setting(15.0, "ping the server after this long idle",
+                                 above=0.0, max=DAY_S)
+    base_delay: float = shared("base_delay")
+    max_delay: float = shared("max_delay")
+    max_retries: int = shared("max_retries")
+    adaptive_rto: bool = shared("adaptive_rto")
+    min_rto: float = shared("min_rto")
+    max_datagram_bytes: int = shared("max_datagram_bytes")
     gap_timeout_s: float = setting(15.0, "report a hole in the server's stream as lost "
                                    "after this long (longer than the server's retries)",
-                                   above=0.0)
+                                   above=0.0, max=DAY_S)
 
 
 # -- Loading -----------------------------------------------------------------
@@ -259,7 +306,7 @@ def load(cls: type[C], path: str | os.PathLike[str] | None = None,
     origin: dict[str, str] = {}          # setting name -> where its value came from
     if path is not None:
         source = os.fspath(path)
-        for key, value in _read_file(source).items():
+        for key, value in read_file(source).items():
             values[key] = _check(cls, key, value, source)
             origin[key] = source
     if overrides is not None:
@@ -286,7 +333,7 @@ def _where(source: str, name: object) -> str:
         return f"{COMMAND_LINE}: --{name.replace('_', '-')}"
     if isinstance(name, str):
         return f"{source}: key '{name}'"
-    return f"{source}: key {_show(name)}"
+    return f"{source}: key {show(name)}"
 
 
 def _check(cls: type[C], name: object, value: Any, source: str) -> Any:
@@ -347,31 +394,49 @@ def _check_type(base: type, optional: bool, value: Any, where: str, source: str)
                 raise ConfigError(f"{where}: {value} is too large") from None
         ok = isinstance(value, float)
         if ok and not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a finite number, got {_show(value)}")
+            raise ConfigError(f"{where}: expected a finite number, got {show(value)}")
     else:
         ok = isinstance(value, str)
     if not ok:
         hint = ""
         if base is str and source != COMMAND_LINE and isinstance(value, (bool, int, float)):
             hint = "; put it in quotes if you meant a string"
+        elif base in (int, float) and source != COMMAND_LINE and _is_number(value):
+            hint = ("; YAML 1.1 reads an exponent without a '.' and a sign (1e3, 1.0e3) "
+                    "as a string: write 1000 or 1.0e+3")
         raise ConfigError(f"{where}: expected {expected}, "
-                          f"got {_type_name(value)} ({_show(value)}){hint}")
+                          f"got {type_name(value)} ({show(value)}){hint}")
     return value
+
+
+def _is_number(value: object) -> bool:
+    """A string that Python (but not YAML 1.1) reads as a number, such as "1e3"."""
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_range(meta: Mapping[str, Any], value: Any, where: str) -> None:
     low, high, above, choices = meta["min"], meta["max"], meta["above"], meta["choices"]
-    if low is not None and high is not None:
+    if above is not None and high is not None:
+        if not above < value <= high:
+            raise ConfigError(f"{where}: must be greater than {above} and at most {high}, "
+                              f"got {show(value)}")
+    elif low is not None and high is not None:
         if not low <= value <= high:
-            raise ConfigError(f"{where}: must be in {low}..{high}, got {_show(value)}")
+            raise ConfigError(f"{where}: must be in {low}..{high}, got {show(value)}")
     elif low is not None and value < low:
-        raise ConfigError(f"{where}: must be at least {low}, got {_show(value)}")
+        raise ConfigError(f"{where}: must be at least {low}, got {show(value)}")
     elif high is not None and value > high:
-        raise ConfigError(f"{where}: must be at most {high}, got {_show(value)}")
-    if above is not None and not value > above:
-        raise ConfigError(f"{where}: must be greater than {above}, got {_show(value)}")
+        raise ConfigError(f"{where}: must be at most {high}, got {show(value)}")
+    elif above is not None and not value > above:
+        raise ConfigError(f"{where}: must be greater than {above}, got {show(value)}")
     if choices is not None and value not in choices:
-        raise ConfigError(f"{where}: must be one of {', '.join(choices)}; got {_show(value)}")
+        raise ConfigError(f"{where}: must be one of {', '.join(choices)}; got {show(value)}")
 
 
 def _check_order(config: _Dataclass, origin: Mapping[str, str]) -> None:
@@ -384,114 +449,10 @@ def _check_order(config: _Dataclass, origin: Mapping[str, str]) -> None:
         if value <= limit:
             continue
         if f.name in origin:
-            raise ConfigError(f"{_where(origin[f.name], f.name)}: {_show(value)} must not "
-                              f"be greater than {other} ({_show(limit)})")
-        raise ConfigError(f"{_where(origin.get(other, 'defaults'), other)}: {_show(limit)} "
-                          f"must not be less than {f.name} ({_show(value)})")
-
-
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, dict):
-        return "mapping"
-    return type(value).__name__
-
-
-def _show(value: object) -> str:
-    """Show a value as a config file would spell it, shortened."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-# -- Reading files -------------------------------------------------------------
-
-class _DuplicateKey(Exception):
-    def __init__(self, key: object, line: int, first_line: int) -> None:
-        super().__init__(key, line, first_line)
-        self.key = key
-        self.line = line
-        self.first_line = first_line
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """``yaml.safe_load`` that refuses duplicate keys instead of keeping the last."""
-
-    def construct_mapping(self, node: yaml.MappingNode,
-                          deep: bool = False) -> dict[Any, Any]:
-        first_line: dict[Any, int] = {}
-        for key_node, _value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue                  # ``<<: *base`` may repeat keys on purpose
-            key = self.construct_object(key_node, deep=True)
-            try:
-                hash(key)
-            except TypeError:
-                continue                  # the base class reports unhashable keys
-            line = key_node.start_mark.line + 1
-            if key in first_line:
-                raise _DuplicateKey(key, line, first_line[key])
-            first_line[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def _read_file(path: str) -> dict[Any, Any]:
-    """Parse the file at ``path`` by its extension; return its top-level mapping."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in (".yaml", ".yml", ".toml", ".json"):
-        kind = f"'{suffix}'" if suffix else "(no extension)"
-        raise ConfigError(f"{path}: unknown config file type {kind}; "
-                          f"use .yaml, .yml, .toml or .json")
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8-sig")   # -sig: skip the BOM some editors write
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8: {exc}") from None
-    if suffix == ".toml":
-        try:
-            return tomllib.loads(text)       # always a table: no top-level check needed
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    if suffix == ".json":
-        parsed = _parse_json(path, text)
-    else:
-        parsed = _parse_yaml(path, text)
-        if parsed is None:
-            return {}                     # an empty YAML file: no settings
-    if not isinstance(parsed, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of setting names "
-                          f"to values, got {_type_name(parsed)}")
-    return parsed
-
-
-def _parse_yaml(path: str, text: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_YamlLoader)
-    except _DuplicateKey as dup:
-        raise ConfigError(f"{path}: line {dup.line}: key {_show(dup.key)}: duplicate key "
-                          f"(first set on line {dup.first_line})") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        place = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(f"{path}: invalid YAML: {place}{exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-
-
-def _parse_json(path: str, text: str) -> Any:
-    try:
-        return json.loads(text, object_pairs_hook=no_duplicate_keys)
-    except DuplicateKey as exc:
-        raise ConfigError(f"{path}: key {_show(exc.key)}: duplicate key") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: invalid JSON: {exc}") from None
+            raise ConfigError(f"{_where(origin[f.name], f.name)}: {show(value)} must not "
+                              f"be greater than {other} ({show(limit)})")
+        raise ConfigError(f"{_where(origin.get(other, 'defaults'), other)}: {show(limit)} "
+                          f"must not be less than {f.name} ({show(value)})")
 
 
 # -- Command line ----------------------------------------------------------------
@@ -510,7 +471,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[_Dataclass]) -> Non
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata["help"].replace("%", "%%")   # argparse formats help with %
         if f.default is not None:
-            help_text += f" (default: {_show(f.default)})"
+            help_text += f" (default: {show(f.default)}{_range(f.metadata)})"
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
@@ -518,6 +479,14 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[_Dataclass]) -> Non
             parser.add_argument(flag, type=base, default=None, help=help_text,
                                 choices=f.metadata["choices"],
                                 metavar=None if f.metadata["choices"] else f.name.upper())
+
+
+def _range(meta: Mapping[str, Any]) -> str:
+    """A setting's range for ``--help``: "; 1..1000000", "; >0.0..3600.0", or ""."""
+    if meta["max"] is None:
+        return ""
+    low = f">{meta['above']}" if meta["above"] is not None else meta["min"]
+    return f"; {low}..{meta['max']}"
 
 
 def from_args(cls: type[C], args: argparse.Namespace) -> C:

@@ -19,25 +19,37 @@ Every field is passed through ``escape`` first: a user who types
 literal ``\\n``, not two lines. Control characters (C0, C1, DEL), line and
 paragraph separators and bidi/format characters are all escaped. The same
 function makes peer-supplied text safe in the operational log on stderr.
+
+The operational log (``log_to_stderr``) is off the loop too: stderr may be a
+pipe nobody reads, and a write to a full pipe blocks. ``NonBlockingHandler``
+puts records on a bounded queue that a writer thread empties; when the queue
+is full a record is dropped and counted, never waited for, and the next
+record that fits is preceded by one saying how many were lost.
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import logging.handlers
+import os
 import queue
 import re
+import sys
 import threading
 
-from .protocol import SYSTEM_USER
+from .protocol import DEFAULT_IGNORABLE, SYSTEM_USER
+
+_log = logging.getLogger("chat_sync.logs")
 
 # Cc: control, Cf: format (bidi overrides, zero-width, invisible tags), Zl/Zp: line and
 # paragraph separators. Matches every code point of those categories in Unicode 14. Also
-# Cs: lone surrogates, which JSON can carry and no file or terminal encoding can write.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u00ad\ud800-\udfff\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891"
-                     "\u08e2\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb"
-                     "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
-                     "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f]")
+# Cs: lone surrogates, which JSON can carry and no file or terminal encoding can write;
+# and every default-ignorable code point (variation selectors, Hangul fillers, ...),
+# which render as nothing, so "alice" + U+E0100 shows as alice\U000e0100.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u0600-\u0605\u06dd\u070f\u0890\u0891"
+                     "\u08e2\u2028\u2029\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f"
+                     f"{DEFAULT_IGNORABLE}]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -63,15 +75,134 @@ def format_entry(ts: float, room: str, user: str | None, text: str) -> str:
 
 
 BATCH = 256          # entries written as one record at most
+LOG_QUEUE_RECORDS = 10_000   # operational log records waiting for stderr, at most
+CLOSE_WAIT_S = 2.0           # how long close() waits for a stalled stream
+
+
+class NonBlockingHandler(logging.handlers.QueueHandler):
+    """Hands records to ``target`` on a writer thread; never blocks the caller.
+
+    ``dropped`` counts the records the full queue refused, in all.
+    """
+
+    def __init__(self, target: logging.Handler, capacity: int = LOG_QUEUE_RECORDS) -> None:
+        self._records: queue.Queue[logging.LogRecord | None] = queue.Queue(capacity)
+        super().__init__(self._records)
+        self.target = target
+        self.dropped = 0
+        self._unreported = 0          # dropped since the last record that got through
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        """Called under the handler's lock, so the counts need no other."""
+        if self._unreported:
+            notice = logging.LogRecord(
+                "chat_sync.logs", logging.WARNING, __file__, 0,
+                "dropped %d log records: stderr was not read fast enough",
+                (self._unreported,), None)
+            if not self._put(notice):
+                self._count_drop()
+                return
+            self._unreported = 0
+        if not self._put(record):
+            self._count_drop()
+
+    def _put(self, record: logging.LogRecord | None) -> bool:
+        try:
+            self._records.put_nowait(record)
+        except queue.Full:
+            return False
+        return True
+
+    def _count_drop(self) -> None:
+        self.dropped += 1
+        self._unreported += 1
+
+    def _run(self) -> None:
+        while True:
+            record = self._records.get()
+            if record is None:
+                return
+            self.target.handle(record)
+
+    def close(self) -> None:
+        """Write what is queued (waiting ``CLOSE_WAIT_S`` at most), then stop."""
+        if not self._thread.is_alive():
+            return                      # closed already (by the program, then atexit)
+        if self._put(None) or self._wait_put():
+            self._thread.join(CLOSE_WAIT_S)
+        try:
+            self.target.flush()
+        except (OSError, ValueError):   # stderr closed or broken: nothing more to say
+            pass
+        super().close()
+
+    def _wait_put(self) -> bool:
+        try:
+            self._records.put(None, timeout=CLOSE_WAIT_S)
+        except queue.Full:
+            return False
+        return True
+
+
+def log_to_stderr(level: str) -> NonBlockingHandler:
+    """Send the operational log to stderr at ``level``, through a ``NonBlockingHandler``."""
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler = NonBlockingHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    atexit.register(handler.close)
+    return handler
+
+
+class _ByteRotatingHandler(logging.handlers.RotatingFileHandler):
+    """Rotates on the bytes a record takes in UTF-8 (the base class counts
+    characters), and keeps a write error for ``ChatLog`` to report instead of
+    printing a traceback, which holds the chat line, to stderr per record."""
+
+    error: Exception | None = None
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        if self.maxBytes <= 0 or (os.path.exists(self.baseFilename)
+                                  and not os.path.isfile(self.baseFilename)):
+            return False
+        if self.stream is None:
+            self.stream = self._open()
+        size = len(f"{self.format(record)}\n".encode("utf-8"))
+        self.stream.seek(0, 2)
+        return bool(self.stream.tell()) and self.stream.tell() + size > self.maxBytes
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        self.error = error if isinstance(error, Exception) else None
+        # Drop what the file's buffer holds (it would grow) and reopen at the next record.
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass
 
 
 class ChatLog:
-    """A rotating chat log written by its own thread."""
+    """A rotating chat log written by its own thread.
+
+    A write error (a full disk) loses the chat log's lines, never a chat
+    message: it is logged once on stderr with the reason, and again when the
+    log is written once more, with how many lines were lost.
+    """
 
     def __init__(self, path: str, max_bytes: int, backups: int) -> None:
-        self._handler = logging.handlers.RotatingFileHandler(
+        self._handler = _ByteRotatingHandler(
             path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
         self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self._path = path
+        self._lost = 0                  # lines lost in this episode of write errors
+        self._queued = 0                # entries written to the queue (by the caller) ...
+        self._done = 0                  # ... and taken care of (by the writer): for idle()
         self._queue: queue.SimpleQueue[tuple[float, str, str | None, str] | None] = (
             queue.SimpleQueue())
         self._thread = threading.Thread(target=self._run, name="chat-log", daemon=True)
@@ -79,13 +210,24 @@ class ChatLog:
 
     def write(self, ts: float, room: str, user: str | None, text: str) -> None:
         """Queue one entry; returns at once. ``user`` None marks a system notice."""
+        self._queued += 1
         self._queue.put((ts, room, user, text))
+
+    def idle(self) -> bool:
+        """True when every entry the caller wrote is in the file, or lost: for tests.
+
+        Each counter has one writer thread, so no lock is needed to read them.
+        """
+        return self._done >= self._queued
 
     def close(self) -> None:
         """Write everything queued so far, then stop the thread and close the file."""
         self._queue.put(None)
         self._thread.join()
-        self._handler.close()
+        try:
+            self._handler.close()
+        except OSError:     # its last flush: already reported, or the file is gone
+            pass
 
     def _run(self) -> None:
         while True:
@@ -97,8 +239,23 @@ class ChatLog:
                 record = logging.LogRecord("chat_sync.chat", logging.INFO, __file__, 0,
                                            "\n".join(chunk), None, None)
                 self._handler.handle(record)
+                self._check_written(len(chunk))
+            self._done += len(lines)
             if entries[-1] is None:                 # close() puts it last
                 return
+
+    def _check_written(self, count: int) -> None:
+        """Say once per episode that lines are lost, and when they are not any more."""
+        error, self._handler.error = self._handler.error, None
+        if error is not None:
+            if not self._lost:
+                _log.warning("chat log %s: cannot write (%s); chat lines are lost until "
+                             "it can", self._path, error)
+            self._lost += count
+        elif self._lost:
+            _log.warning("chat log %s: writing again; %d lines were lost", self._path,
+                         self._lost)
+            self._lost = 0
 
     def _chunks(self, lines: list[str]) -> list[list[str]]:
         """``lines`` in runs that each fit ``max_bytes`` (a longer line runs alone)."""

@@ -23,9 +23,12 @@ an outgoing message's keys; the server and the clients use them.
 from __future__ import annotations
 
 import enum
+import functools
 import json
+import re
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Union
 
 PROTOCOL_VERSION = 1
@@ -60,6 +63,9 @@ JOIN_TIMEOUT_S = 30.0               # from connect (or TLS handshake) to join
 PARTIAL_LINE_TIMEOUT_S = 30.0       # an unfinished line, at most
 MAX_CLIENTS_PER_IP = 32
 TLS_HANDSHAKE_TIMEOUT_S = 5.0
+KEEPALIVE_IDLE_S = 30.0             # TCP keepalive: a silent peer is probed after this,
+KEEPALIVE_INTERVAL_S = 10.0         # ... every this long,
+KEEPALIVE_PROBES = 3                # ... and dropped after this many unanswered (~1 min)
 
 
 class MessageType(enum.StrEnum):
@@ -153,6 +159,7 @@ class Join:
     user: str
     since: int | None = None
     id: RequestId = None
+    resume: str | None = None      # the welcome's token of the connection that had the name
 
 
 @dataclass(frozen=True)
@@ -288,10 +295,14 @@ def _text(obj: dict[str, Any], field: str, limit: int, rid: RequestId) -> str:
     return value
 
 
-# Letters that render as nothing (Hangul fillers), and marks that are invisible
-# (combining grapheme joiner, variation selectors): a name must not hide in them.
-_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u034f\u180b\u180c\u180d\u180f"
-                       + "".join(map(chr, range(0xFE00, 0xFE10))))
+# Default_Ignorable_Code_Point (Unicode 14, DerivedCoreProperties.txt): characters
+# that render as nothing, such as Hangul fillers, variation selectors (U+E0100), Khmer
+# inherent vowels (U+17B4) and tags. A name must not hide one; ``logs.escape`` (the
+# chat log, stderr and the terminal) shows each as an escape.
+DEFAULT_IGNORABLE = ("\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+                     "\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+                     "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff")
+_INVISIBLE = re.compile(f"[{DEFAULT_IGNORABLE}]")
 # Scripts that may share a name: Unicode TS #39's "highly restrictive" level, as
 # Japanese (Latin, Han, kana), Korean (Latin, Han, Hangul) and Chinese (Latin, Han,
 # Bopomofo) are written. Any other mix, such as Latin with Cyrillic ("аlice" with a
@@ -317,10 +328,14 @@ def check_name(value: object, field: str, limit: int, rid: RequestId = None) -> 
     name = unicodedata.normalize("NFKC", value)
     if not 1 <= len(name) <= limit:
         raise _bad(field, f"must be 1 to {limit} characters, got {len(name)}", rid)
+    invisible = _INVISIBLE.search(name)
+    if invisible is not None:
+        raise _bad(field, f"holds an invisible character (U+{ord(invisible.group()):04X}), "
+                          "which could make it pass for another name", rid)
     scripts: set[str] = set()
     for index, char in enumerate(name):
         mark = unicodedata.category(char) in ("Mn", "Mc") and index > 0
-        if char in _INVISIBLE or not (char.isalnum() or char in "_-" or mark):
+        if not (char.isalnum() or char in "_-" or mark):
             raise _bad(field, f"may hold only letters, digits, '_' and '-', not {char!r}", rid)
         if char.isalpha():
             scripts.add(_script(char))
@@ -351,6 +366,37 @@ def name_key(name: str) -> str:
     return unicodedata.normalize("NFKC", name).casefold()
 
 
+def skeletons(name: str) -> frozenset[str]:
+    """The UTS #39 skeletons of a name, case-folded: names that look alike share one.
+
+    Each character of the name's NFD form is replaced by its prototype from
+    Unicode's confusables data (Cyrillic "ј" by Latin "j", "0" by "O"), so an
+    all-Cyrillic "јое" has the skeleton of "joe" although no script is mixed.
+    Two, because case matters to the data: as written (Cyrillic "Ь" looks
+    like "b", "ь" does not) and folded first ("M" and "m", which looks like "rn").
+    """
+    return frozenset((_skeleton(unicodedata.normalize("NFKC", name)), _skeleton(name_key(name))))
+
+
+def _skeleton(name: str) -> str:
+    prototypes = _confusables()
+    mapped = "".join(prototypes.get(char, char) for char in unicodedata.normalize("NFD", name))
+    return unicodedata.normalize("NFD", mapped).casefold()
+
+
+@functools.cache
+def _confusables() -> dict[str, str]:
+    """confusables.txt, shipped beside this module: Unicode's confusables.txt cut
+    down to the characters a name may hold (letters, digits, marks)."""
+    prototypes: dict[str, str] = {}
+    text = Path(__file__).with_name("confusables.txt").read_text(encoding="ascii")
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            source, *target = line.split()
+            prototypes[chr(int(source, 16))] = "".join(chr(int(h, 16)) for h in target)
+    return prototypes
+
+
 def parse_request(obj: dict[str, Any], limits: Limits = Limits()) -> Request:
     """Validate a decoded object as a client request.
 
@@ -365,9 +411,13 @@ def parse_request(obj: dict[str, Any], limits: Limits = Limits()) -> Request:
         if since is not None and (isinstance(since, bool) or not isinstance(since, int)
                                   or since < 0):
             raise _bad("since", "must be a non-negative integer", rid)
+        resume = obj.get("resume")
+        if resume is not None and not (isinstance(resume, str)
+                                       and 1 <= len(resume) <= MAX_ID_CHARS):
+            raise _bad("resume", f"must be a string of 1 to {MAX_ID_CHARS} characters", rid)
         return Join(room=check_name(obj.get("room"), "room", limits.max_room_chars, rid),
                     user=check_name(obj.get("user"), "user", limits.max_user_chars, rid),
-                    since=since, id=rid)
+                    since=since, id=rid, resume=resume)
     if kind == MessageType.MESSAGE:
         room = obj.get("room")
         if room is not None:
@@ -396,11 +446,19 @@ def _with_id(message: dict[str, Any], rid: RequestId) -> dict[str, Any]:
     return message
 
 
-def welcome(version: str, limits: Limits, seq: int, epoch: str) -> dict[str, Any]:
-    """``epoch`` names this run of the server: a new one means ``seq`` started afresh."""
-    return {"type": MessageType.WELCOME.value, "server": "chat_sync", "version": version,
-            "protocol": PROTOCOL_VERSION, "limits": limits.to_dict(), "seq": seq,
-            "epoch": epoch}
+def welcome(version: str, limits: Limits, seq: int, epoch: str,
+            resume: str | None = None) -> dict[str, Any]:
+    """``epoch`` names this run of the server: a new one means ``seq`` started afresh.
+
+    ``resume`` (TCP) is this connection's secret: a later connection that joins
+    with it takes over the name this one holds, from its ghost.
+    """
+    message = {"type": MessageType.WELCOME.value, "server": "chat_sync", "version": version,
+               "protocol": PROTOCOL_VERSION, "limits": limits.to_dict(), "seq": seq,
+               "epoch": epoch}
+    if resume is not None:
+        message["resume"] = resume
+    return message
 
 
 def chat_message(room: str, user: str, text: str, seq: int, ts: float) -> dict[str, Any]:

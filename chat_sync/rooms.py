@@ -17,7 +17,8 @@ Invariants:
   message, a join or leave notice) takes the next value, so every client
   sees strictly increasing ``seq`` on live broadcasts.
 - A user name is fixed at the first join of a connection and unique on the
-  server, compared with ``protocol.name_key`` (case-folded NFKC).
+  server, compared with ``protocol.name_key`` (case-folded NFKC); nor may it
+  look like a connected one (a ``protocol.skeletons`` in common, UTS #39).
 - A room keeps its last ``history_size`` broadcasts. A join replays those
   after ``since`` (marked ``"history": true``) to the joiner, then announces
   the join, so a client that reconnects with ``since`` = the last seq it
@@ -26,8 +27,14 @@ Invariants:
   the replay starts with a ``history_gap`` notice: loss is said, not hidden.
 - Rooms are created on demand and kept while empty (their history is still
   useful); at ``max_rooms`` the oldest empty room is dropped to make space.
+  The seq its history reached is remembered (for ``max_rooms`` rooms, then as
+  one floor), so a rejoin with ``since`` into the room made again gets the
+  ``history_gap`` notice, not silence.
 - ``epoch``, random per ChatCore, tells clients in the welcome which run of
   the server this is: ``seq`` and ``since`` mean nothing across a restart.
+- With ``resume`` on (TCP), each welcome carries a secret token; a join that
+  shows the token of the connection holding its name takes the name over
+  from that ghost (``take_ghosts`` tells the shell which to close).
 - A request carrying ``id`` is answered by a message carrying that ``id``:
   the reply, the error, or the sender's own copy of its broadcast.
 
@@ -44,6 +51,7 @@ from . import __version__
 from . import protocol as p
 
 ConnId = Hashable
+_SYSTEM_LOOKS = p.skeletons(p.SYSTEM_USER)   # nor may a user look like the log's "system"
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,7 @@ class Member:
     conn: ConnId
     user: str | None = None      # fixed at the first join
     room: Room | None = None     # None: not in a room
+    resume: str | None = None    # its secret: a join that shows it may take over its name
 
 
 @dataclass
@@ -83,8 +92,10 @@ class ChatCore:
     """The chat logic of one server: feed it requests, send what it returns."""
 
     def __init__(self, limits: p.Limits = p.Limits(), history_size: int = p.HISTORY_SIZE,
-                 max_rooms: int = p.MAX_ROOMS, epoch: str | None = None) -> None:
+                 max_rooms: int = p.MAX_ROOMS, epoch: str | None = None,
+                 resume: bool = False) -> None:
         self.limits = limits
+        self.resume = resume                      # welcomes carry a resume token
         self.epoch = epoch if epoch is not None else secrets.token_hex(4)
         self.history_size = history_size
         self.max_rooms = max_rooms
@@ -92,14 +103,21 @@ class ChatCore:
         self.members: dict[ConnId, Member] = {}
         self.rooms: dict[str, Room] = {}          # name_key -> room; insertion order = age
         self._names: dict[str, ConnId] = {}       # name_key(user) -> conn
+        self._skeletons: dict[str, ConnId] = {}   # skeleton(user) -> conn: look-alikes
+        # Rooms dropped at max_rooms -> the newest seq they had; at most max_rooms of
+        # them, older ones folded into one floor (a gap is said, maybe needlessly).
+        self._evicted: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._evicted_floor = 0
+        self._ghosts: list[ConnId] = []           # taken over by a resume: for the shell
 
     # -- connection life -----------------------------------------------------
     def connect(self, conn: ConnId) -> list[Output]:
         """Register a new connection; returns its welcome."""
         if conn in self.members:
             raise ValueError(f"connection {conn!r} is already connected")
-        self.members[conn] = Member(conn)
-        return [Reply(conn, p.welcome(__version__, self.limits, self.seq, self.epoch))]
+        token = secrets.token_urlsafe(16) if self.resume else None
+        self.members[conn] = Member(conn, resume=token)
+        return [Reply(conn, p.welcome(__version__, self.limits, self.seq, self.epoch, token))]
 
     def disconnect(self, conn: ConnId, now: float) -> list[Output]:
         """Forget a connection; its room hears that it left."""
@@ -107,7 +125,17 @@ class ChatCore:
         outputs = self._leave_room(member, now, notify_self=False)
         if member.user is not None:
             del self._names[p.name_key(member.user)]
+            for look in p.skeletons(member.user):
+                del self._skeletons[look]
         return outputs
+
+    def take_ghosts(self) -> list[ConnId]:
+        """Connections a resume took the name from, since the last call: close them.
+
+        The core has forgotten them already (their room heard that they left).
+        """
+        ghosts, self._ghosts = self._ghosts, []
+        return ghosts
 
     def user_named(self, name: str) -> str | None:
         """The connected user whose name compares equal to ``name``, as they spelled it."""
@@ -157,6 +185,7 @@ class ChatCore:
 
     # -- the actions -----------------------------------------------------------
     def _join(self, member: Member, request: p.Join, now: float) -> list[Output]:
+        outputs = self._reclaim(member, request, now)
         key = self._check_name(member, request)
         if member.room is not None and member.room is self.rooms.get(p.name_key(request.room)):
             raise p.ProtocolError(p.ErrorCode.BAD_MESSAGE,
@@ -165,8 +194,10 @@ class ChatCore:
         room = self._room(request.room, request.id, leaving=member.room)
         if member.user is None:     # claimed only now: a refused join fixes no name
             self._names[key] = member.conn
+            for look in p.skeletons(request.user):
+                self._skeletons[look] = member.conn
             member.user = request.user
-        outputs = self._leave_room(member, now, notify_self=True)
+        outputs += self._leave_room(member, now, notify_self=True)
         since = request.since if request.since is not None else -1
         if since < room.forgotten and request.since is not None:
             outputs.append(Reply(member.conn, p.system(
@@ -184,6 +215,20 @@ class ChatCore:
         outputs += self._broadcast(room, notice, member.conn, request.id)
         return outputs
 
+    def _reclaim(self, member: Member, request: p.Join, now: float) -> list[Output]:
+        """A join showing the resume token of the connection that holds its name
+        takes the name over: that connection is a ghost (its peer vanished
+        without a word), and goes, its room hearing that it left."""
+        holder = self._names.get(p.name_key(request.user))
+        if request.resume is None or member.user is not None or holder is None:
+            return []
+        ghost = self.members[holder]
+        if ghost.resume is None or not secrets.compare_digest(ghost.resume.encode(),
+                                                              request.resume.encode()):
+            return []
+        self._ghosts.append(holder)
+        return self.disconnect(holder, now)
+
     def _check_name(self, member: Member, request: p.Join) -> str:
         """Return the key of the name the join asks for, or raise if it may not have it."""
         key = p.name_key(request.user)
@@ -194,8 +239,15 @@ class ChatCore:
                     f"user: this connection is {member.user!r}; a name is fixed at the first join",
                     field="user", id=request.id)
             return key
-        if key in self._names or key == p.SYSTEM_USER:
+        looks = p.skeletons(request.user)
+        if key in self._names or looks & _SYSTEM_LOOKS:
             raise p.ProtocolError(p.ErrorCode.NAME_TAKEN, f"the name {request.user!r} is taken",
+                                  field="user", id=request.id)
+        twin = next((self._skeletons[look] for look in looks if look in self._skeletons), None)
+        if twin is not None:
+            raise p.ProtocolError(p.ErrorCode.NAME_TAKEN,
+                                  f"the name {request.user!r} looks like "
+                                  f"{self.members[twin].user!r}, who is here",
                                   field="user", id=request.id)
         return key
 
@@ -214,10 +266,20 @@ class ChatCore:
             if empty is None:
                 raise p.ProtocolError(p.ErrorCode.SERVER_FULL,
                                       f"room limit {self.max_rooms} reached", field="room", id=rid)
-            del self.rooms[empty]
-        room = Room(name, collections.deque(maxlen=self.history_size))
+            self._evict(empty)
+        room = Room(name, collections.deque(maxlen=self.history_size),
+                    forgotten=self._evicted.pop(key, self._evicted_floor))
         self.rooms[key] = room
         return room
+
+    def _evict(self, key: str) -> None:
+        """Drop an empty room, remembering the seq its history reached, so that a
+        rejoin with ``since`` into the room made again hears of the gap."""
+        room = self.rooms.pop(key)
+        self._evicted[key] = room.history[-1]["seq"] if room.history else room.forgotten
+        if len(self._evicted) > self.max_rooms:         # the oldest memory goes ...
+            _, newest = self._evicted.popitem(last=False)
+            self._evicted_floor = max(self._evicted_floor, newest)   # ... into the floor
 
     def _message(self, member: Member, request: p.Message, now: float) -> list[Output]:
         room = self._require_room(member, request.id)

@@ -18,18 +18,28 @@ needs of a server (``Server``), and it runs one in one of two ways:
   (Ctrl-C) or SIGTERM stops the loop gracefully. Once bound, the program
   prints ``listening on HOST:PORT`` on stdout: with ``--port 0`` that line
   is how a parent process (the bench, the tests) learns the port, and that
-  the server is ready.
+  the server is ready. The loop also logs ``listening on …`` on stderr: each
+  stream says it once, on purpose, stdout for a parent process and stderr
+  for the operational log, which a stdout redirect would otherwise lose.
 """
 from __future__ import annotations
 
 import logging
+import resource
 import signal
+import ssl
 import sys
 import threading
 from types import TracebackType
+from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 from . import config as cfg
+from .logs import log_to_stderr
+
+log = logging.getLogger("chat_sync.serving")
+
+SPARE_DESCRIPTORS = 64      # beyond one per client: the listener, log files, the wake-up pair
 
 
 class Server(Protocol):
@@ -81,8 +91,9 @@ def configure(cls: type[ServerConfig], argv: list[str] | None, *, prog: str,
               description: str) -> ServerConfig | None:
     """A server program's first steps: its settings from ``argv``, then its log.
 
-    The operational log goes to stderr at the ``log_level`` setting (the chat
-    log is separate, see ``logs``). Returns None after saying on stderr what
+    The operational log goes to stderr at the ``log_level`` setting, through
+    a bounded queue and a writer thread, so that a stderr nobody reads never
+    stalls the loop (the chat log is separate; both are in ``logs``). Returns None after saying on stderr what
     is wrong with a setting: the program then exits with 2.
     """
     try:
@@ -90,8 +101,7 @@ def configure(cls: type[ServerConfig], argv: list[str] | None, *, prog: str,
     except cfg.ConfigError as exc:
         print(f"chat-sync: {exc}", file=sys.stderr)
         return None
-    logging.basicConfig(stream=sys.stderr, level=config.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    log_to_stderr(config.log_level)     # never blocks the loop (see logs)
     return config
 
 
@@ -102,6 +112,70 @@ def run_in_foreground(server: Server) -> int:
     """
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: server.stop())
+    # A signal that lands just before the loop enters select() would run its
+    # Python handler only once select() returns, which with no deadline is
+    # never: so the C-level handler also writes to the loop's wake-up pair.
+    wakeup_fileno = getattr(server, "wakeup_fileno", None)
+    if wakeup_fileno is not None:
+        signal.set_wakeup_fd(wakeup_fileno(), warn_on_full_buffer=False)
     print(f"listening on {server.address[0]}:{server.address[1]}", flush=True)
     server.serve_forever()
     return 0
+
+
+def fit_descriptor_limit(max_clients: int) -> None:
+    """Raise the soft open-file limit toward the hard one so it holds ``max_clients``.
+
+    Where the hard limit is too low, warn naming both numbers: accepts will
+    then fail (and pause) before ``max_clients`` is reached.
+    """
+    needed = max_clients + SPARE_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (OSError, ValueError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("open-file limit %d (hard limit %s) cannot hold max_clients %d and %d "
+                    "spare descriptors: raise it (ulimit -n %d) or lower max_clients",
+                    soft, "unlimited" if hard == resource.RLIM_INFINITY else hard,
+                    max_clients, SPARE_DESCRIPTORS, needed)
+
+
+def startup_failure(exc: cfg.ConfigError | OSError, config: ServerConfig) -> tuple[str, int]:
+    """What a server program says when it cannot start, and its exit code.
+
+    A bad setting is 2; a file or the address it cannot use is 1, named.
+    """
+    if isinstance(exc, cfg.ConfigError):
+        return str(exc), 2
+    cert, key = getattr(config, "tls_cert", None), getattr(config, "tls_key", None)
+    if isinstance(exc, ssl.SSLError):           # before OSError: it is one
+        return f"cannot use TLS certificate {cert}: {exc.reason or exc}", 1
+    if exc.filename is not None and exc.filename in (cert, key):
+        return f"cannot read TLS file {exc.filename}: {exc.strerror}", 1
+    if exc.filename is not None:                # the chat log's file, not the socket
+        return f"cannot open chat log {exc.filename}: {exc.strerror}", 1
+    return f"cannot listen on {config.host}:{config.port}: {exc.strerror}", 1
+
+
+def run_program(cls: type[ServerConfig], build: Callable[[ServerConfig], Server],
+                argv: list[str] | None, *, prog: str, description: str) -> int:
+    """A server program's ``main``: settings, log, ``build(config)``, serve until a signal.
+
+    Returns the exit code: 0 after a graceful stop, 2 for a bad setting, 1
+    for a file or an address the server cannot use (``startup_failure``).
+    """
+    config = configure(cls, argv, prog=prog, description=description)
+    if config is None:
+        return 2
+    try:
+        server = build(config)
+    except (cfg.ConfigError, OSError) as exc:
+        text, code = startup_failure(exc, config)
+        print(f"chat-sync: {text}", file=sys.stderr)
+        return code
+    return run_in_foreground(server)

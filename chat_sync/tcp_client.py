@@ -191,11 +191,19 @@ class ChatClient:
         return self.execute(command)
 
     def send(self, request: dict[str, Any]) -> None:
-        """Send one request if we are in a room; otherwise say why not (a Notice)."""
+        """Send one request if we are in a room; otherwise say why not (a Notice).
+
+        It goes with an ``id``: a line the connection loses before its echo is
+        reported (see ``tcp_client_core``).
+        """
         if self.core.state is not ClientState.JOINED:
             self._events.emit(Notice("not connected: not sent"))
             return
-        self._send_or_notice(request)
+        with self._core_lock:
+            request = self.core.track(request)
+        if not self._send_or_notice(request):
+            with self._core_lock:
+                self.core.forget(request)
 
     def close(self, timeout: float = 5.0) -> int:
         """Leave the room, close the connection, wait for the reader thread.
@@ -277,12 +285,14 @@ class ChatClient:
         if self._tls is None:
             sock.settimeout(None)
 
-    def _disconnect(self) -> None:
+    def _disconnect(self) -> list[str]:
+        """Close the socket; returns the lines sent on it that were never answered."""
         with self._core_lock:
             sock, self._sock = self._sock, None
-            self.core.connection_lost()
+            unconfirmed = self.core.connection_lost()
         if sock is not None:
             sock.close()
+        return unconfirmed
 
     # -- the reader thread ------------------------------------------------------------
     def _run(self) -> None:
@@ -299,7 +309,9 @@ class ChatClient:
                     if self._closing.is_set():
                         break
                     self._events.emit(Notice(f"connection to {self.peer} lost: {exc}"))
-                self._disconnect()
+                for text in self._disconnect():
+                    self._events.emit(Notice(f"may not have arrived (not resent): "
+                                             f"{escape(text)!r}"))
                 failure = self._reconnect()
                 if failure is not None:
                     code, reason = EXIT_FAILED, failure
@@ -400,7 +412,8 @@ class ChatClient:
             # Joined needs nothing here: the join notice itself is shown.
 
     # -- sending ----------------------------------------------------------------------
-    def _send_or_notice(self, request: dict[str, Any]) -> None:
+    def _send_or_notice(self, request: dict[str, Any]) -> bool:
+        """Send ``request``; False (after a Notice saying so) if it could not be."""
         sock = self._sock
         try:
             if sock is None:
@@ -408,6 +421,8 @@ class ChatClient:
             self._send_raw(sock, request)
         except OSError as exc:
             self._events.emit(Notice(f"not sent: {exc}"))
+            return False
+        return True
 
     def _send_raw(self, sock: socket.socket, request: dict[str, Any]) -> None:
         data = p.encode(request)

@@ -15,6 +15,18 @@ counter for the whole server. The core remembers, per room, the highest
 broadcast whose seq is not above the last one seen in its room is dropped
 as a second line of defence. A new ``epoch`` in a welcome means the server
 restarted and counts afresh, so the core forgets the old numbers.
+
+A reconnect also reclaims the name: each welcome carries a ``resume`` token,
+and the first join on the next connection shows the token of the connection
+that held the name, so a server still holding that half-open ghost hands the
+name over instead of refusing it (``name_taken``).
+
+Lines never vanish in silence: each chat line and whisper is sent with an
+``id`` and is ``unconfirmed`` until the answer carrying that id arrives (its
+echo, or an error). When the connection is lost, ``connection_lost`` returns
+the unconfirmed texts, for the shell to say they may not have arrived. They
+are not resent: the server may have broadcast them already, and a line must
+never arrive twice.
 """
 from __future__ import annotations
 
@@ -26,6 +38,9 @@ from typing import Any, Union
 from . import commands as cmd
 from . import protocol as p
 from .terminal import escape
+
+
+MAX_UNCONFIRMED = 1000       # lines remembered awaiting their echo, at most
 
 
 # -- Back-off (pure) ------------------------------------------------------------
@@ -111,14 +126,34 @@ class ClientCore:
         self.epoch: object = None            # the server run those seqs belong to
         self._ids = itertools.count(1)
         self._pending_join: tuple[int, str] | None = None   # (request id, room)
+        self._token: str | None = None       # this connection's resume token
+        self._ghost_token: str | None = None # the token of the connection that joined last
+        self._unconfirmed: dict[int, str] = {}   # request id -> text, awaiting its answer
 
     def connection_made(self) -> None:
         self.state = ClientState.CONNECTING
         self._pending_join = None
 
-    def connection_lost(self) -> None:
+    def connection_lost(self) -> list[str]:
+        """The connection is gone; returns the texts sent on it that were never answered."""
         self.state = ClientState.DISCONNECTED
         self._pending_join = None
+        lost, self._unconfirmed = list(self._unconfirmed.values()), {}
+        return lost
+
+    def track(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A message or whisper, given an ``id``: unconfirmed until answered."""
+        if request.get("type") not in (p.MessageType.MESSAGE, p.MessageType.WHISPER):
+            return request
+        rid = next(self._ids)
+        if len(self._unconfirmed) >= MAX_UNCONFIRMED:     # a server that never answers
+            del self._unconfirmed[next(iter(self._unconfirmed))]
+        self._unconfirmed[rid] = str(request.get("text", ""))
+        return {**request, "id": rid}
+
+    def forget(self, request: dict[str, Any]) -> None:
+        """``request`` was not sent after all (the shell said so): not unconfirmed."""
+        self._unconfirmed.pop(request.get("id"), None)    # type: ignore[arg-type]
 
     def join(self, room: str) -> dict[str, Any]:
         """The request that joins ``room``, with ``since`` if we have been there before.
@@ -132,6 +167,9 @@ class ClientCore:
     def receive(self, message: dict[str, Any]) -> list[Action]:
         """Act on one decoded server message."""
         kind = message.get("type")
+        rid = message.get("id")
+        if isinstance(rid, int) and not isinstance(rid, bool):
+            self._unconfirmed.pop(rid, None)        # answered: it arrived
         if self.state is ClientState.CONNECTING:
             if kind == p.MessageType.WELCOME:
                 return self._welcome(message)
@@ -156,7 +194,12 @@ class ClientCore:
             actions.append(Note("the server has restarted; its history starts afresh"))
         self.epoch = epoch
         self.state = ClientState.JOINING
-        actions.append(Send(self.join(self.room)))
+        join = self.join(self.room)
+        if self._ghost_token is not None:
+            join["resume"] = self._ghost_token
+        token = message.get("resume")
+        self._token = token if isinstance(token, str) else None
+        actions.append(Send(join))
         return actions
 
     def _join_answer(self, message: dict[str, Any]) -> list[Action]:
@@ -170,6 +213,7 @@ class ClientCore:
             return [Show(message)]        # a /join refused: we stay where we were
         room_name = message.get("room")
         self.room = room_name if isinstance(room_name, str) else room
+        self._ghost_token = self._token     # if this connection dies, it holds the name
         self.state = ClientState.JOINED
         self._is_new(message)             # record its seq
         return [Joined(self.room), Show(message)]

@@ -19,29 +19,16 @@ on ``SelectorKey.data``. Each turn of the loop has three steps:
    socket is never registered for writing with nothing to write: that would
    wake the loop for nothing, forever.
 
-A connection goes through the phases of ``Phase``: TLS ones start in
-``HELLO`` and ``HANDSHAKE`` (see ``tls``), plain ones start ``OPEN``; only an
-open connection's lines are handled. ``CLOSING`` sends its last output (an
-error, or the replies a half-closed peer still waits for) and ``LINGER``
-drains its input after our side is shut, so the peer reads the error
-instead of a reset. ``_doom`` marks a connection to be closed at the end of
-the step, never in the middle of a broadcast.
+What a connection is and the rules it lives by, without a socket, are in
+``tcp_server_core``: its phases (TLS hello and handshake, open, closing,
+linger), its output queue, the timer heap, the accept back-off. ``_doom``
+marks a connection to be closed at the end of the step, never mid-broadcast.
 
 Bounds: a line longer than ``max_line_bytes`` is answered with
-``line_too_long`` and the connection closed; beyond ``max_clients``, or
-``max_clients_per_ip`` from one address, a new connection gets
-``server_full`` or ``too_many_connections``. The per-connection rules (a
-request rate, the slow-reader limits, join and unfinished-line timeouts)
-are ``guard.Guard``, which has no I/O: this shell asks it before each
-request, after each read and each flush, and keeps its deadlines.
-
-Timers: one heap of ``(deadline, order, connection)`` for every connection,
-and ``select()`` sleeps exactly until the earliest. A connection's deadline
-that moves later is not searched for in the heap: the old entry stays and,
-when it comes up, is seen to be stale (it is not the connection's
-``timer_at``) and skipped ("lazy deletion"); a stale entry costs one early
-wake-up, never a missed one. The heap is rebuilt when stale entries
-outnumber the connections, so it stays bounded.
+``line_too_long`` and the connection closed; the per-connection rules (a
+request rate, the slow-reader limits, timeouts) are ``guard.Guard``, which
+this shell asks before each request, after each read and each flush.
+``select()`` sleeps exactly until the earliest deadline in the ``TimerHeap``.
 
 Other threads (``stop``) and signal handlers wake the loop by writing a
 byte to a socketpair the selector watches, never by polling a flag.
@@ -49,9 +36,6 @@ byte to a socketpair the selector watches, never by polling a flag.
 from __future__ import annotations
 
 import collections
-import enum
-import heapq
-import itertools
 import logging
 import selectors
 import socket
@@ -64,74 +48,21 @@ from typing import Any
 from . import config as cfg
 from . import protocol as p
 from . import tls
-from .framing import LineBuffer, LineTooLong
-from .guard import Breach, Guard, GuardLimits
+from .framing import LineTooLong
+from .guard import Breach, Guard
 from .logs import ChatLog
-from .rooms import ChatCore, ConnId, Output, Reply
-from .serving import ServerHandle, configure, run_in_foreground
+from .rooms import ChatCore, Output, Reply
+from .serving import ServerHandle, fit_descriptor_limit, run_program
+from .tcp_server_core import (CLOSING_S, LINGER_BYTES, LINGER_S, AcceptGate, Connection,
+                              Connections, ErrorReply, Phase, TimerHeap, guard_limits,
+                              socket_options)
 from .wakeup import Wakeup
 
 log = logging.getLogger("chat_sync.tcp_server")
 
 RECV_BYTES = 64 * 1024
 ACCEPTS_PER_TURN = 64        # bound the time one turn spends on a connection storm
-LINGER_S = 1.0               # how long a closing connection's input is drained
-LINGER_BYTES = 1024 * 1024   # ... and how much of it at most
-CLOSING_S = 5.0              # the longest a connection may take to read its last output
 IOV_MAX = 1024               # chunks one sendmsg() may take (Linux's limit)
-TLS_SEND_BYTES = 64 * 1024   # chunks joined for one TLS send, at most (unless one is longer)
-
-ErrorReply = tuple[p.ErrorCode, str]
-
-
-class Phase(enum.Enum):
-    """Where a connection is in its life."""
-
-    HELLO = "hello"            # TLS: waiting for the first byte (plain text is refused)
-    HANDSHAKE = "handshake"    # TLS: do_handshake() until it is done
-    OPEN = "open"              # lines in, messages out
-    CLOSING = "closing"        # its last output is being sent; input is discarded
-    LINGER = "linger"          # our side is shut; its input is drained until EOF
-
-
-class Connection:
-    """One client socket and its buffers; rides on ``SelectorKey.data``.
-
-    ``__slots__``: with ten thousand connections, no per-object ``__dict__``.
-    """
-
-    __slots__ = ("id", "sock", "ip", "peer", "phase", "lines", "out", "out_bytes", "started",
-                 "events", "guard", "refusal", "eof", "doomed", "closed", "drained", "why",
-                 "close_by", "timer_at")
-
-    def __init__(self, conn_id: int, sock: socket.socket, ip: str, peer: str,
-                 max_line_bytes: int, guard: Guard, phase: Phase) -> None:
-        self.id = conn_id
-        self.sock = sock
-        self.ip = ip                  # the max_clients_per_ip key
-        self.peer = peer              # "host:port", for the log
-        self.phase = phase
-        self.lines = LineBuffer(max_line_bytes)
-        self.out: list[bytes] = []    # shared encoded messages (a list: a deque keeps
-                                      # up to 16 spare 528-byte blocks for ever)
-        self.out_bytes = 0            # their total length: the slow-reader bound
-        self.started = False          # out[0] was partly sent (TLS: offered): finish it first
-        self.events = selectors.EVENT_READ   # what the selector watches for
-        self.guard = guard
-        self.refusal: ErrorReply | None = None   # over a limit: say so once open, then close
-        self.eof = False              # the peer has shut its sending side
-        self.doomed = False           # to be closed at the end of this step
-        self.closed = False
-        self.drained = 0              # bytes discarded while closing
-        self.why = ""                 # the reason logged when it finally closes
-        self.close_by: float | None = None   # CLOSING, LINGER: closed at this time regardless
-        self.timer_at: float | None = None   # its live entry in the timer heap
-
-    @property
-    def accepting(self) -> bool:
-        """Open and not doomed: its lines are handled and output is queued for it."""
-        return self.phase is Phase.OPEN and not self.doomed
-
 
 class TcpServer:
     """A chat server bound at construction, so ``address`` is known before serving.
@@ -145,16 +76,11 @@ class TcpServer:
         self.config = config
         limits = p.Limits(max_line_bytes=config.max_line_bytes,
                           max_text_chars=config.max_text_chars)
-        self.core = ChatCore(limits, config.history_size, config.max_rooms)
-        self.limits = GuardLimits(
-            rate_per_s=config.rate_limit_per_s, burst=config.rate_burst,
-            abuse_limit=config.rate_abuse_limit, soft_bytes=config.send_buffer_soft_bytes,
-            grace_s=config.slow_reader_grace_s, hard_bytes=config.max_send_buffer_bytes,
-            join_timeout_s=config.join_timeout_s,
-            partial_line_timeout_s=config.partial_line_timeout_s,
-            handshake_timeout_s=config.tls_handshake_timeout_s)
+        self.core = ChatCore(limits, config.history_size, config.max_rooms, resume=True)
+        self.limits = guard_limits(config)
         # Below both output limits no rule can trip: the guard is not even asked.
         self._check_from = min(config.send_buffer_soft_bytes, config.max_send_buffer_bytes)
+        fit_descriptor_limit(config.max_clients)
         if config.tls_key is not None and config.tls_cert is None:
             raise cfg.ConfigError("tls_key is set but tls_cert is not: TLS needs a certificate")
         # The files first: if one cannot be opened, no socket is left bound.
@@ -175,17 +101,18 @@ class TcpServer:
         self.selector.register(self.listener, selectors.EVENT_READ, "listener")
         self._wakeup = Wakeup()
         self.selector.register(self._wakeup.reader, selectors.EVENT_READ, "wakeup")
-        self.conns: dict[ConnId, Connection] = {}
-        self._per_ip: dict[str, int] = {}           # connections from each address
+        self._table = Connections(config)
+        self.conns = self._table.by_id              # every connection, by id
+        self._per_ip = self._table.per_ip           # how many from each address
         self._recv_buffer = memoryview(bytearray(RECV_BYTES))
-        self._ids = itertools.count(1)
-        self._order = itertools.count()             # tie-breaker in the timer heap
         self._now = time.monotonic()                # this turn's time, for every rule
         self._dirty: set[Connection] = set()        # got output this turn
         self._ready: set[Connection] = set()        # TLS: decrypted bytes wait in OpenSSL
         self._doomed: collections.deque[tuple[Connection, str, ErrorReply | None]] = \
             collections.deque()
-        self._timers: list[tuple[float, int, Connection]] = []     # heap by deadline
+        self._timers = TimerHeap()
+        self._gate = AcceptGate()                   # accept paused while descriptors run out
+        self._socket_options = socket_options(config)
         self._stop = threading.Event()
         self.stopped = threading.Event()
 
@@ -194,6 +121,10 @@ class TcpServer:
         """Ask the loop to shut down gracefully; safe from any thread or signal handler."""
         self._stop.set()
         self._wakeup.wake()
+
+    def wakeup_fileno(self) -> int:
+        """The wake-up pair's writing end, for ``signal.set_wakeup_fd`` (see serving)."""
+        return self._wakeup.writer.fileno()
 
     def serve_forever(self) -> None:
         """Run the loop until ``stop``; then say goodbye to every client and close."""
@@ -233,35 +164,31 @@ class TcpServer:
             except BlockingIOError:
                 return
             except OSError as exc:      # EMFILE and friends: keep serving the others
-                log.warning("accept failed: %s", exc)
+                self._pause_accepting(exc)
                 return
+            if failures := self._gate.accepted():
+                log.warning("accepting again, after %d failed accepts", failures)
             try:
                 sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                for level, option, value in self._socket_options:
+                    sock.setsockopt(level, option, value)
             except OSError:             # reset before we got to it
                 sock.close()
                 continue
             phase = Phase.HELLO if self.tls is not None else Phase.OPEN
-            conn = Connection(next(self._ids), sock, addr[0], f"{addr[0]}:{addr[1]}",
-                              self.config.max_line_bytes,
-                              Guard(self.limits, self._now, tls=self.tls is not None), phase)
+            conn = self._table.add(sock, addr, Guard(self.limits, self._now,
+                                                     tls=self.tls is not None), phase)
             self.selector.register(sock, selectors.EVENT_READ, conn)
-            self.conns[conn.id] = conn
-            self._per_ip[conn.ip] = self._per_ip.get(conn.ip, 0) + 1
-            conn.refusal = self._refusal(conn)
             if conn.phase is Phase.OPEN:
                 self._open(conn)
             self._schedule(conn)
 
-    def _refusal(self, conn: Connection) -> ErrorReply | None:
-        """The error a new connection gets if it is over a limit, or None."""
-        if len(self.conns) > self.config.max_clients:
-            return p.ErrorCode.SERVER_FULL, f"server full: {self.config.max_clients} clients"
-        limit = self.config.max_clients_per_ip
-        if limit and self._per_ip[conn.ip] > limit:
-            return (p.ErrorCode.TOO_MANY_CONNECTIONS,
-                    f"too many connections from {conn.ip}: {limit} at most")
-        return None
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Stop watching the listener a moment: it stays readable, so retrying spins."""
+        if self._gate.failed(self._now):
+            log.warning("accept failed: %s; pausing accepts %.2f s at a time until one works "
+                        "(%d open)", exc, self._gate.pause_s, len(self.conns))
+        self.selector.unregister(self.listener)
 
     def _open(self, conn: Connection) -> None:
         """The connection can talk (TLS: its handshake is done): welcome it, or refuse it."""
@@ -354,6 +281,10 @@ class TcpServer:
         self._close_gently(conn, "closed by peer")
 
     def _dispatch(self, outputs: list[Output]) -> None:
+        for ghost in self.core.take_ghosts():   # a resumed user's old, silent connection
+            target = self.conns.get(ghost)
+            if target is not None:
+                self._doom(target, "its user resumed on another connection")
         for output in outputs:
             if isinstance(output, Reply):
                 target = self.conns.get(output.to)
@@ -374,8 +305,7 @@ class TcpServer:
     def _queue(self, conn: Connection, data: bytes) -> None:
         if not conn.accepting:
             return
-        conn.out.append(data)
-        conn.out_bytes += len(data)
+        conn.append(data)
         self._dirty.add(conn)
         if conn.out_bytes > self._check_from:   # only then can a rule trip
             self._check_output(conn)
@@ -412,7 +342,7 @@ class TcpServer:
             except OSError as exc:
                 self._doom(conn, f"send failed: {exc}")
                 return
-            if not self._consume(conn, sent, offered):
+            if not conn.consume(sent, offered):
                 break                           # the kernel's buffer is full
         events = selectors.EVENT_WRITE if conn.out else 0    # write only while output waits
         if not conn.eof:                        # at EOF a socket stays readable for ever
@@ -432,36 +362,11 @@ class TcpServer:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("[%s] <- %r", conn.peer, b"".join(chunks)[:sent])
             return sent, len(chunks)
-        # TLS has no sendmsg: join chunks into one buffer at the head of the queue.
-        # After SSLWantWriteError OpenSSL wants that same buffer again: started.
-        if not conn.started:
-            count, size = 1, len(conn.out[0])
-            while count < len(conn.out) and size + len(conn.out[count]) <= TLS_SEND_BYTES:
-                size += len(conn.out[count])
-                count += 1
-            if count > 1:
-                conn.out[:count] = [b"".join(conn.out[:count])]
-            conn.started = True
-        sent = conn.sock.send(conn.out[0])
+        head = conn.tls_head()                  # TLS has no sendmsg
+        sent = conn.sock.send(head)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("[%s] <- %r", conn.peer, conn.out[0][:sent])
+            log.debug("[%s] <- %r", conn.peer, head[:sent])
         return sent, 1
-
-    def _consume(self, conn: Connection, sent: int, offered: int) -> bool:
-        """Drop ``sent`` bytes from the front of the queue; True if the
-        ``offered`` chunks all went whole."""
-        conn.out_bytes -= sent
-        done = 0                                # chunks sent whole
-        for chunk in conn.out:
-            if len(chunk) > sent:
-                break
-            sent -= len(chunk)
-            done += 1
-        del conn.out[:done]
-        conn.started = bool(sent)
-        if sent:
-            conn.out[0] = conn.out[0][sent:]
-        return done == offered
 
     def _watch(self, conn: Connection, events: int) -> None:
         """Have the selector watch ``conn`` for ``events``, if that is a change."""
@@ -509,53 +414,25 @@ class TcpServer:
         except OSError as exc:                  # ssl.SSLError is an OSError
             self._doom(conn, f"TLS handshake failed: {exc}")
             return
-        if step is tls.Step.WANT_READ:
-            self._watch(conn, selectors.EVENT_READ)
-        elif step is tls.Step.WANT_WRITE:
-            self._watch(conn, selectors.EVENT_WRITE)
-        else:
-            self._watch(conn, selectors.EVENT_READ)
+        writing = step is tls.Step.WANT_WRITE
+        self._watch(conn, selectors.EVENT_WRITE if writing else selectors.EVENT_READ)
+        if step is tls.Step.DONE:
             self._ready.add(conn)       # lines may have come with the handshake's last flight
             self._open(conn)
 
     # -- timers ------------------------------------------------------------------------
-    def _deadline(self, conn: Connection) -> float | None:
-        if conn.phase in (Phase.CLOSING, Phase.LINGER):
-            return conn.close_by
-        return conn.guard.deadline()
-
     def _schedule(self, conn: Connection) -> None:
-        """Make sure the heap holds ``conn``'s deadline, if it moved earlier."""
-        when = self._deadline(conn)
-        if when is None or (conn.timer_at is not None and conn.timer_at <= when):
-            return          # none, or an entry at or before it will come up first
-        conn.timer_at = when
-        heapq.heappush(self._timers, (when, next(self._order), conn))
-        self._compact_timers()
-
-    def _compact_timers(self) -> None:
-        """Rebuild the heap without its stale entries once they outnumber the live ones.
-
-        O(n), but it takes n more pushes or closes to be needed again.
-        """
-        if len(self._timers) > 2 * len(self.conns) + 64:
-            self._timers = [entry for entry in self._timers
-                            if not entry[2].closed and entry[0] == entry[2].timer_at]
-            heapq.heapify(self._timers)
+        self._timers.schedule(conn, len(self.conns))
 
     def _timer_timeout(self) -> float | None:
-        """How long select() may sleep: until the earliest deadline, or for ever."""
-        if not self._timers:
-            return None
-        return max(0.0, self._timers[0][0] - time.monotonic())
+        """How long select() may sleep: until the earliest deadline or accept pause."""
+        return self._timers.timeout(time.monotonic(), self._gate.paused_until)
 
     def _expire_timers(self, now: float) -> None:
         """Act on every deadline up to ``now`` (this turn's time, ``self._now``)."""
-        while self._timers and self._timers[0][0] <= now:
-            when, _, conn = heapq.heappop(self._timers)
-            if conn.closed or when != conn.timer_at:
-                continue                        # stale: its deadline moved or it closed
-            conn.timer_at = None
+        if self._gate.resume(now):              # the accept pause is over
+            self.selector.register(self.listener, selectors.EVENT_READ, "listener")
+        for conn in self._timers.due(now):
             self._on_timer(conn)
             if not conn.closed and not conn.doomed:
                 self._schedule(conn)            # its next deadline, if any
@@ -608,15 +485,10 @@ class TcpServer:
         conn.closed = True
         log.info("[%s] disconnected: %s", conn.peer, reason)
         self._dirty.discard(conn)
-        del self.conns[conn.id]
-        left = self._per_ip[conn.ip] - 1
-        if left:
-            self._per_ip[conn.ip] = left
-        else:
-            del self._per_ip[conn.ip]
+        self._table.remove(conn)
         if conn.id in self.core.members:
             self._dispatch(self.core.disconnect(conn.id, time.time()))
-        self._compact_timers()
+        self._timers.compact(len(self.conns))
 
     def _close_gently(self, conn: Connection, reason: str, error: ErrorReply | None = None,
                       *, drop_unsent: bool = False) -> None:
@@ -628,16 +500,8 @@ class TcpServer:
         if conn.closed or conn.phase in (Phase.CLOSING, Phase.LINGER):
             return
         if error is not None:
-            if drop_unsent:
-                del conn.out[1 if conn.started else 0:]
-                conn.out_bytes = sum(len(chunk) for chunk in conn.out)
-            data = p.encode(p.error(*error))
-            conn.out.append(data)
-            conn.out_bytes += len(data)
-        conn.phase = Phase.CLOSING  # no more input handled or output queued
-        conn.why = reason
-        # A peer that never reads its last output must not hold a slot forever.
-        conn.close_by = self._now + CLOSING_S
+            conn.last_words(p.encode(p.error(*error)), drop_unsent=drop_unsent)
+        conn.start_closing(reason, self._now + CLOSING_S)
         self._schedule(conn)
         self._dirty.add(conn)
         if conn.id in self.core.members:
@@ -678,15 +542,13 @@ class TcpServer:
     def _shutdown(self) -> None:
         """Stop accepting, tell everyone, flush for up to ``shutdown_grace_s``."""
         log.info("shutting down: %d clients", len(self.conns))
-        self.selector.unregister(self.listener)
-        self.listener.close()
+        self._stop_listening()
         self._dispatch([self.core.shutdown_notice(time.time())])
         self._now = time.monotonic()
         for conn in list(self.conns.values()):
-            if conn.phase is Phase.OPEN:
-                conn.phase = Phase.CLOSING  # nothing more is read or queued; flush, then shut
-                conn.why = "server shutting down"
-                conn.close_by = self._now + self.config.shutdown_grace_s
+            if conn.phase is Phase.OPEN:     # flush, then shut
+                conn.start_closing("server shutting down",
+                                   self._now + self.config.shutdown_grace_s)
             elif conn.phase in (Phase.HELLO, Phase.HANDSHAKE):
                 self._doom(conn, "server shutting down")
         self._reap()
@@ -698,15 +560,19 @@ class TcpServer:
                 break
             self._turn(remaining)
 
+    def _stop_listening(self) -> None:
+        if self.listener.fileno() >= 0:
+            if self._gate.paused_until is None:     # else not registered
+                self.selector.unregister(self.listener)
+            self.listener.close()
+
     def _close_all(self) -> None:
         for conn in list(self.conns.values()):
             conn.closed = True
             self.selector.unregister(conn.sock)
             conn.sock.close()
         self.conns.clear()
-        if self.listener.fileno() >= 0:
-            self.selector.unregister(self.listener)
-            self.listener.close()
+        self._stop_listening()
         self.selector.close()
         self._wakeup.close()
         if self.chat_log is not None:
@@ -724,31 +590,8 @@ def serve(config: cfg.TcpServerConfig = cfg.TcpServerConfig(), **overrides: Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = configure(cfg.TcpServerConfig, argv, prog="chat-sync tcp-server",
+    return run_program(cfg.TcpServerConfig, TcpServer, argv, prog="chat-sync tcp-server",
                        description="Run the chat_sync TCP chat server.")
-    if config is None:
-        return 2
-    try:
-        server = TcpServer(config)
-    except cfg.ConfigError as exc:
-        print(f"chat-sync: {exc}", file=sys.stderr)
-        return 2
-    except ssl.SSLError as exc:             # before OSError: it is one
-        print(f"chat-sync: cannot use TLS certificate {config.tls_cert}: "
-              f"{exc.reason or exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        if exc.filename is not None and exc.filename in (config.tls_cert, config.tls_key):
-            print(f"chat-sync: cannot read TLS file {exc.filename}: {exc.strerror}",
-                  file=sys.stderr)
-        elif exc.filename is not None:      # the chat log's file, not the socket
-            print(f"chat-sync: cannot open chat log {exc.filename}: {exc.strerror}",
-                  file=sys.stderr)
-        else:
-            print(f"chat-sync: cannot listen on {config.host}:{config.port}: {exc.strerror}",
-                  file=sys.stderr)
-        return 1
-    return run_in_foreground(server)
 
 
 if __name__ == "__main__":

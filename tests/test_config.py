@@ -151,8 +151,11 @@ def test_yaml_version_number_is_not_a_host(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(10)
-def test_duplicate_yaml_key_names_key_and_line(tmp_path: Path) -> None:
-    path = write(tmp_path, "x.yaml", "port: 1\nhost: a\nport: 2\n")
+@pytest.mark.parametrize("name, text", [("x.yaml", "port: 1\nhost: a\nport: 2\n"),
+                                        ("x.toml", "port = 1\nhost = 'a'\nport = 2\n")])
+def test_duplicate_key_names_key_and_line(tmp_path: Path, name: str, text: str) -> None:
+    # TOML (issue 11, item 6): tomllib says only "Cannot overwrite a value".
+    path = write(tmp_path, name, text)
     with pytest.raises(ConfigError) as info:
         load(TcpServerConfig, path)
     assert str(info.value) == f"{path}: line 3: key 'port': duplicate key (first set on line 1)"
@@ -222,9 +225,10 @@ def test_client_port_zero_is_refused() -> None:
 @pytest.mark.timeout(10)
 def test_other_ranges(tmp_path: Path) -> None:
     assert load(TcpServerConfig, overrides={"history_size": 0}).history_size == 0
-    with pytest.raises(ConfigError, match=r"--max-clients: must be at least 1, got 0"):
+    with pytest.raises(ConfigError, match=r"--max-clients: must be in 1\.\.1000000, got 0"):
         load(TcpServerConfig, overrides={"max_clients": 0})
-    with pytest.raises(ConfigError, match=r"--base-delay: must be greater than 0\.0, got 0\.0"):
+    with pytest.raises(ConfigError, match=r"--base-delay: must be greater than 0\.0 "
+                                          r"and at most 60\.0, got 0\.0"):
         load(UdpClientConfig, overrides={"base_delay": 0})
     with pytest.raises(ConfigError, match=r"key 'log_level': must be one of debug, info"):
         load(TcpServerConfig, write(tmp_path, "x.yaml", "log_level: verbose\n"))
@@ -317,3 +321,45 @@ def test_a_datagram_limit_too_small_for_a_join_notice_is_a_config_error(cls: typ
     with pytest.raises(ConfigError, match="max.datagram.bytes: must be in 576"):
         load(cls, None, {"max_datagram_bytes": protocol.MIN_DATAGRAM_BYTES - 1})
     assert load(cls, None, {"max_datagram_bytes": protocol.MIN_DATAGRAM_BYTES})
+
+
+# -- Upper bounds (issue 9, item 4) -------------------------------------------------
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("cls", ALL_CONFIGS)
+def test_every_number_setting_has_an_upper_bound(cls: type[Any]) -> None:
+    for f in dataclasses.fields(cls):
+        if f.type in ("int", "float"):
+            assert f.metadata["max"] is not None, f"{cls.__name__}.{f.name} has no upper bound"
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("cls, text, key", [
+    (TcpServerConfig, "join_timeout_s: 3000000\n", "join_timeout_s"),
+    (UdpServerConfig, "client_timeout_s: 3000000\n", "client_timeout_s"),
+    (TcpServerConfig, "history_size: 10000000000000000000\n", "history_size"),
+    (TcpServerConfig, "rate_burst: " + "9" * 400 + "\n", "rate_burst"),
+    (UdpClientConfig, "keepalive_s: 1.0e+10\n", "keepalive_s"),
+])
+def test_values_that_crashed_later_are_refused_at_load(tmp_path: Path, cls: type[Any],
+                                                       text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"key '{key}': must be (in|greater than) .*\d"):
+        load(cls, write(tmp_path, "x.yaml", text))
+
+
+# -- Issue 11: YAML exponents, --help order ------------------------
+
+@pytest.mark.timeout(10)
+def test_yaml_exponent_without_a_dot_is_explained(tmp_path: Path) -> None:
+    # YAML 1.1 reads 1e3 (and 1.0e3) as a string: a float needs a '.' and a signed exponent.
+    with pytest.raises(ConfigError, match=r"key 'rate_limit_per_s': expected float, got str "
+                                          r"\('1e3'\).*write 1000 or 1\.0e\+3"):
+        load(TcpServerConfig, write(tmp_path, "x.yaml", "rate_limit_per_s: 1e3\n"))
+    assert load(TcpServerConfig, write(tmp_path, "y.yaml", "rate_limit_per_s: 1.0e+3\n")
+                ).rate_limit_per_s == 1000.0
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("cls", ALL_CONFIGS)
+def test_help_lists_host_and_port_first(cls: type[Any]) -> None:
+    assert [f.name for f in dataclasses.fields(cls)][:2] == ["host", "port"]

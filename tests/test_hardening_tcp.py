@@ -9,24 +9,33 @@ second and the test waits for the close with a deadline, never a sleep.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
+import resource
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import time
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import LineClient, connect, request_line, wait_for
+from helpers import LineClient, StreamLines, connect, request_line, wait_for
 
 from chat_sync import protocol as p
 from chat_sync.guard import Guard, GuardLimits, TokenBucket
 from chat_sync.rooms import ChatCore, Reply
+from chat_sync.config import TcpServerConfig
 from chat_sync.serving import ServerHandle
-from chat_sync.tcp_server import Connection, serve
+from chat_sync.tcp_server import TcpServer, serve
+from chat_sync.tcp_server_core import Connection
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -652,3 +661,84 @@ def test_a_devanagari_name_is_a_name() -> None:
     core = ChatCore()
     core.connect(1)
     assert join(core, 1, "हिन्दी")["type"] == "system"
+
+
+# == Out of file descriptors (issue 9, item 2) =====================================
+
+class NoDescriptors:
+    """The server's listener while the process is out of file descriptors:
+    ``accept`` fails with EMFILE (the pending connection stays in the backlog,
+    so the real listener stays readable); everything else is the real one's."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.calls = 0
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        self.calls += 1
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def test_out_of_descriptors_pauses_accepting_logs_once_and_recovers(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="chat_sync.tcp_server")
+    server = TcpServer(TcpServerConfig(port=0))
+    real = server.listener
+    fake = NoDescriptors(real)
+    server.listener = fake                          # type: ignore[assignment]
+    waiting = socket.create_connection(server.address, timeout=5)   # the listener is readable
+    try:
+        for _ in range(20):                         # 20 turns: 1 accept, not 20
+            server._turn(0)
+        assert fake.calls == 1
+        said = [r.getMessage() for r in caplog.records if "accept" in r.getMessage()]
+        assert len(said) == 1 and "Too many open files" in said[0], said
+        server.listener = real                      # descriptors are back
+        deadline = time.monotonic() + 5
+        while not server.conns and time.monotonic() < deadline:
+            server._turn(server._timer_timeout())   # sleeps until the pause ends
+        assert len(server.conns) == 1
+        assert any("accepting again" in r.getMessage() for r in caplog.records)
+    finally:
+        waiting.close()
+        server.listener = real
+        server._close_all()
+
+
+def run_with_descriptor_limit(soft: int, hard: int, *args: str) -> tuple[str, str]:
+    """Start the server with RLIMIT_NOFILE (soft, hard); return its limits line and stderr."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "chat_sync.tcp_server", "--port", "0", *args],
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=limit)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = StreamLines(proc.stdout), StreamLines(proc.stderr)
+        assert out.readline(timeout=10) is not None                 # listening on ...
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        line = next(row for row in limits.splitlines() if row.startswith("Max open files"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        return line, err.rest()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/limits").exists(), reason="needs /proc")
+def test_the_server_raises_its_descriptor_limit_to_hold_max_clients() -> None:
+    line, err = run_with_descriptor_limit(64, 4096, "--max-clients", "1000")
+    assert line.split()[3:5] != ["64", "4096"], line          # the soft limit went up
+    assert int(line.split()[3]) >= 1000
+    assert "open-file limit" not in err
+
+
+@pytest.mark.skipif(not Path("/proc/self/limits").exists(), reason="needs /proc")
+def test_a_descriptor_limit_too_low_for_max_clients_is_a_warning_naming_both() -> None:
+    _line, err = run_with_descriptor_limit(64, 128, "--max-clients", "1000")
+    assert "open-file limit 128" in err and "max_clients 1000" in err, err

@@ -1,13 +1,18 @@
 """The chat log: escaping, one line per entry, the writer thread, rotation."""
 from __future__ import annotations
 
+import logging
 import sys
+import threading
 import unicodedata
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 
-from chat_sync.logs import ChatLog, escape, format_entry
+from chat_sync.config import TcpServerConfig, UdpServerConfig
+from chat_sync.logs import ChatLog, NonBlockingHandler, escape, format_entry
+from chat_sync.serving import configure
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -139,3 +144,103 @@ def test_chat_log_batches_fit_the_size_limit(tmp_path: Path) -> None:
         assert unlimited._chunks(["x"] * 300) == [["x"] * 300]
     finally:
         unlimited.close()
+
+
+@pytest.mark.timeout(10)
+def test_the_operational_log_never_blocks_and_counts_what_it_dropped() -> None:
+    # Issue 9, item 1: a handler whose stream blocks (a full pipe) stalls only its writer.
+    released = threading.Event()
+    written: list[str] = []
+
+    class Blocked(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            released.wait(10)
+            written.append(record.getMessage())
+
+    handler = NonBlockingHandler(Blocked(), capacity=10)
+    logger = logging.getLogger("test.nonblocking")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        done = threading.Event()
+
+        def log_lots() -> None:
+            for n in range(100):
+                logger.warning("record %d", n)
+            done.set()
+        threading.Thread(target=log_lots, daemon=True).start()
+        assert done.wait(5), "logging blocked on the stalled stream"
+        released.set()
+        wait_for(handler.queue.empty, what="the writer catching up")
+        logger.warning("after")
+        handler.close()
+    finally:
+        logger.removeHandler(handler)
+    assert handler.dropped > 0
+    assert len(written) <= 13
+    assert any(f"dropped {handler.dropped} log records" in text for text in written)
+    assert written[-1] == "after"
+
+
+def test_chat_log_rotates_on_bytes_not_characters(tmp_path: Path) -> None:
+    # Issue 9, item 8: "é" is one character and two bytes.
+    path = tmp_path / "chat.log"
+    chat_log = ChatLog(str(path), max_bytes=2000, backups=10)
+    def lines_written() -> int:
+        try:
+            return sum(len(f.read_bytes().splitlines()) for f in tmp_path.iterdir())
+        except FileNotFoundError:       # rotated while we looked
+            return 0
+    for n in range(8):             # one at a time: each entry is its own record
+        chat_log.write(1_700_000_000.0 + n, "lobby", "zoë", "é" * 500)
+        wait_for(lambda: lines_written() > n, what=f"entry {n}")
+    chat_log.close()
+    files = sorted(tmp_path.iterdir())
+    assert len(files) > 1
+    for file in files:
+        assert file.stat().st_size <= 2000, (file.name, file.stat().st_size)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_chat_log_write_error_is_said_once_and_loses_only_the_log(
+        capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    # Issue 9, item 8: on a full disk every record used to print a traceback holding
+    # the chat line; now one warning per episode names the file and the reason.
+    chat_log = ChatLog("/dev/full", max_bytes=0, backups=0)
+    with caplog.at_level(logging.WARNING, logger="chat_sync.logs"):
+        for n in range(200):
+            chat_log.write(1_700_000_000.0 + n, "lobby", "alice", f"secret {n}")
+            if n % 50 == 0:
+                wait_for(chat_log.idle, what="the writer catching up")
+        chat_log.close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "secret" not in err
+    warnings = [r.getMessage() for r in caplog.records if "chat log" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "/dev/full" in warnings[0] and "No space left on device" in warnings[0]
+
+
+@pytest.mark.parametrize("char", ["\U000e0100", "\u17b4", "\u180b", "\u115f", "\u3164",
+                                  "\ufe0f", "\U000e0041"])
+def test_escape_shows_default_ignorable_characters(char: str) -> None:
+    # Issue 9, item 5: "alice\U000e0100: I am the real alice" must not read as alice.
+    shown = escape("alice" + char)
+    assert shown != "alice" + char and shown.startswith("alice\\")
+
+
+@pytest.mark.parametrize("cls", [TcpServerConfig, UdpServerConfig])
+def test_both_server_programs_log_through_the_non_blocking_handler(cls: type) -> None:
+    # Issue 9, item 1, "same for the UDP server": serving.configure is their shared start.
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    try:
+        assert configure(cls, ["--log-level", "warning"], prog="test", description="") is not None
+        added = [h for h in root.handlers if h not in before]
+        assert len(added) == 1 and isinstance(added[0], NonBlockingHandler)
+        assert root.level == logging.WARNING
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in before:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(level)

@@ -336,3 +336,27 @@ def test_mixed_scripts_and_invisible_characters_are_refused(name: str) -> None:
     with pytest.raises(p.ProtocolError) as caught:
         p.check_name(name, "user", p.MAX_USER_CHARS)
     assert caught.value.code is p.ErrorCode.BAD_MESSAGE and caught.value.field == "user"
+
+
+# -- default-ignorable code points and confusables (issue 9, item 5) ----------------------
+
+@pytest.mark.parametrize("name", ["alice\U000e0100", "alice\u17b4", "ali\u17b5ce",
+                                  "bob\u180b", "\u115fbob", "bob\U000e0041"])
+def test_default_ignorable_code_points_are_refused_in_names(name: str) -> None:
+    with pytest.raises(p.ProtocolError) as caught:
+        p.check_name(name, "user", p.MAX_USER_CHARS)
+    assert caught.value.code is p.ErrorCode.BAD_MESSAGE and caught.value.field == "user"
+    assert "invisible" in caught.value.text
+
+
+@pytest.mark.parametrize("one, other", [("joe", "јое"), ("paypal", "раураl"),
+                                        ("alice", "аlісе"), ("Joe", "ЈОЕ"), ("bob", "ЬоЬ"),
+                                        ("MIKE", "rnike")])
+def test_whole_script_confusables_share_a_skeleton(one: str, other: str) -> None:
+    assert p.name_key(one) != p.name_key(other)
+    assert p.skeletons(one) & p.skeletons(other)
+
+
+@pytest.mark.parametrize("one, other", [("joe", "joy"), ("алиса", "alisa"), ("bob", "rob")])
+def test_different_names_have_different_skeletons(one: str, other: str) -> None:
+    assert not p.skeletons(one) & p.skeletons(other)

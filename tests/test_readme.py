@@ -3,8 +3,10 @@
 A ``transcript`` block is a conversation: ``NAME --> JSON`` is sent by the
 client NAME (connected when first named), ``NAME <-- JSON`` is the next
 message NAME must receive. ``ts`` and the server ``version`` vary and are not
-compared, nor the ``epoch`` of the server run; everything else must match
-exactly, in order.
+compared, nor the ``epoch`` of the server run, nor a welcome's ``resume``
+token; everything else must match exactly, in order. A token shown in a
+welcome stands for the real one: where a later line sends it, the real one
+is sent.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def blocks(kind: str) -> list[str]:
 
 
 def comparable(message: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in message.items() if k not in ("ts", "version", "epoch")}
+    return {k: v for k, v in message.items() if k not in ("ts", "version", "epoch", "resume")}
 
 
 class Peer:
@@ -58,6 +60,7 @@ class Peer:
 def replay(transcript: str) -> None:
     with serve(port=0) as server:
         peers: dict[str, Peer] = {}
+        tokens: dict[str, str] = {}          # resume token in the README -> the real one
         try:
             for line in transcript.strip().splitlines():
                 match = STEP.match(line)
@@ -66,9 +69,14 @@ def replay(transcript: str) -> None:
                 peer = peers.get(name) or peers.setdefault(name, Peer(server.port))
                 if arrow == "-->":
                     peer.pending = None        # the welcome, unless the transcript showed it
+                    for shown, real in tokens.items():
+                        payload = payload.replace(shown, real)
                     peer.sock.sendall(payload.encode() + b"\n")
                 else:
-                    assert comparable(peer.receive()) == comparable(json.loads(payload)), line
+                    got, expected = peer.receive(), json.loads(payload)
+                    assert comparable(got) == comparable(expected), line
+                    if "resume" in expected:
+                        tokens[expected["resume"]] = got["resume"]
         finally:
             for peer in peers.values():
                 peer.close()

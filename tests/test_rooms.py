@@ -483,7 +483,7 @@ def test_every_json_trap_is_one_typed_error_and_no_broadcast(line: bytes, code: 
     assert only(chat.send(1, type="ping")[1])["type"] == "pong"     # still usable
 
 
-@pytest.mark.parametrize("name", ["system", "SYSTEM", "ｓｙｓｔｅｍ"])
+@pytest.mark.parametrize("name", ["system", "SYSTEM", "ｓｙｓｔｅｍ", "systern"])
 def test_nobody_may_be_called_system_which_marks_notices_in_the_log(name: str) -> None:
     chat = Chat()
     chat.connect(1)
@@ -516,3 +516,71 @@ def test_a_rejoin_that_history_still_covers_gets_no_gap_notice() -> None:
     chat.connect(3)
     fresh = chat.join(3, "lobby", "carol")[3]                # no since: a first visit
     assert all(m.get("event") != "history_gap" for m in fresh)
+
+
+def test_a_rejoin_into_a_room_evicted_at_max_rooms_says_history_gap() -> None:
+    # Issue 9, item 6: the recreated room must not pretend nothing happened.
+    chat = chat_with("alice", room="old", max_rooms=2)      # seq 1
+    chat.send(1, type="message", text="one")                # seq 2
+    chat.send(1, type="message", text="missed")             # seq 3
+    chat.join(1, "middle", "alice")                         # "old" is empty now
+    chat.connect(2)
+    chat.join(2, "new", "bob")                              # evicts "old"
+    chat.send(2, type="leave")                              # "new" is empty: may make way
+    chat.connect(3)
+    got = chat.join(3, "old", "carol", since=2)[3]          # a new "old"
+    assert got[0]["event"] == "history_gap" and "up to seq 4" in got[0]["text"], got
+    assert got[-1]["event"] == "join"
+
+
+def test_the_memory_of_evicted_rooms_is_bounded() -> None:
+    chat = chat_with("alice", room="r0", max_rooms=2)
+    for n in range(1, 50):
+        chat.join(1, f"r{n}", "alice")                      # each move evicts the last room
+    assert len(chat.core.rooms) <= 2
+    assert len(chat.core._evicted) <= 2
+
+
+# -- resuming a name from a ghost (issue 9, item 3) -----------------------------------------
+
+def test_a_reconnect_with_its_resume_token_reclaims_the_name_from_its_ghost() -> None:
+    chat = Chat(resume=True)
+    token = chat.connect(1)["resume"]
+    assert isinstance(token, str) and len(token) >= 16
+    chat.join(1, "lobby", "alice")
+    chat.connect(3)
+    chat.join(3, "lobby", "carol")
+    chat.connect(2)                                   # alice again; 1 is a half-open ghost
+    got = chat.join(2, "lobby", "alice", resume=token, id=7)
+    assert [(m["event"], m["user"]) for m in got[3]] == [("leave", "alice"), ("join", "alice")]
+    assert got[2][-1]["event"] == "join" and got[2][-1]["id"] == 7
+    assert 1 not in chat.core.members
+    assert chat.core.take_ghosts() == [1] and chat.core.take_ghosts() == []
+    assert chat.core.user_named("alice") == "alice"
+
+
+@pytest.mark.parametrize("which", ["wrong", "someone else's"])
+def test_a_resume_token_that_is_not_the_name_holders_is_name_taken(which: str) -> None:
+    chat = Chat(resume=True)
+    chat.connect(1)
+    chat.join(1, "lobby", "alice")
+    carol_token = chat.connect(3)["resume"]
+    chat.join(3, "lobby", "carol")
+    chat.connect(2)
+    token = "x" * 22 if which == "wrong" else carol_token
+    assert is_error(only(chat.join(2, "lobby", "alice", resume=token)[2]), "name_taken", "user")
+    assert chat.core.take_ghosts() == [] and 1 in chat.core.members
+
+
+def test_without_resume_the_welcome_has_no_token() -> None:
+    assert "resume" not in Chat().connect(1)
+
+
+def test_a_whole_script_look_alike_of_a_connected_name_is_refused() -> None:
+    # Issue 9, item 5: all-Cyrillic "јое" beside Latin "joe".
+    chat = chat_with("joe")
+    chat.connect(2)
+    error = only(chat.join(2, "lobby", "јое")[2])
+    assert is_error(error, "name_taken", "user") and "looks like" in error["text"]
+    chat.disconnect(1)
+    assert chat.join(2, "lobby", "јое")[2][-1]["event"] == "join"    # free once joe is gone

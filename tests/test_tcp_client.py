@@ -554,3 +554,73 @@ def test_config_fields_used_by_the_client_exist() -> None:
     names = {f.name for f in dataclasses.fields(TcpClientConfig)}
     assert {"host", "port", "user", "room", "plain", "reconnect_tries",
             "reconnect_base_delay_s", "reconnect_max_delay_s", "connect_timeout_s"} <= names
+
+
+# -- resume and unconfirmed lines (issue 9, items 3 and 7) -----------------------------------
+
+def _welcome_with(token: str) -> dict[str, Any]:
+    return p.welcome("0.1.0", p.Limits(), 0, "run1", token)
+
+
+@pytest.mark.timeout(20)
+def test_core_rejoins_with_the_resume_token_of_the_connection_that_held_the_name() -> None:
+    core = ClientCore("alice", "lobby")
+    core.connection_made()
+    [first] = [a.request for a in core.receive(_welcome_with("tok1")) if isinstance(a, Send)]
+    assert "resume" not in first                   # nothing to take over yet
+    core.receive({**p.system("lobby", p.SystemEvent.JOIN, "alice", "alice joined", 1, 1.0),
+                  "id": first["id"]})
+    core.connection_lost()
+    core.connection_made()
+    [again] = [a.request for a in core.receive(_welcome_with("tok2")) if isinstance(a, Send)]
+    assert again["resume"] == "tok1"
+
+
+@pytest.mark.timeout(20)
+def test_core_knows_which_lines_were_not_echoed_when_the_connection_is_lost() -> None:
+    core = _joined_core()
+    sent = [core.track(cmd.message_request(text)) for text in ("one", "two", "three")]
+    assert len({request["id"] for request in sent}) == 3
+    echo = {**p.chat_message("lobby", "alice", "one", 5, 1.0), "id": sent[0]["id"]}
+    assert core.receive(echo) == [Show(echo)]
+    refused = p.error(p.ErrorCode.RATE_LIMITED, "slow down", id=sent[1]["id"])
+    core.receive(refused)                          # answered too: it did arrive
+    assert core.connection_lost() == ["three"]
+    assert core.connection_lost() == []            # said once; never resent
+
+
+@pytest.mark.timeout(20)
+def test_a_line_in_flight_when_the_connection_dies_is_reported_not_resent(
+        clients: Clients) -> None:
+    # A server that takes the line and dies before echoing it.
+    listener = socket.create_server(("127.0.0.1", 0))
+    received: list[dict[str, Any]] = []
+
+    def fake_server() -> None:
+        for _ in range(2):                         # the first connection, then the reconnect
+            sock, _ = listener.accept()
+            with sock, sock.makefile("rb") as reader:
+                sock.sendall(p.encode(p.welcome("0.1.0", p.Limits(), 0, "run1", "t")))
+                join = p.decode(reader.readline().rstrip(b"\n"))
+                received.append(join)
+                sock.sendall(p.encode({**p.system("lobby", p.SystemEvent.JOIN, "alice",
+                                                  "alice joined", 1, 1.0), "id": join["id"]}))
+                if len(received) == 1:
+                    received.append(p.decode(reader.readline().rstrip(b"\n")))
+                else:
+                    reader.readline()              # until the client leaves
+
+    thread = threading.Thread(target=fake_server, daemon=True)
+    thread.start()
+    try:
+        alice = clients.connect(listener.getsockname()[1], "alice", reconnect_tries=3,
+                                reconnect_base_delay_s=0.01, reconnect_max_delay_s=0.02)
+        alice.send_line("did this arrive?")
+        until(alice, lambda e: isinstance(e, Notice) and "may not have arrived" in e.text
+              and "did this arrive?" in e.text)
+        until(alice, joined("alice"))
+        assert [m["type"] for m in received] == ["join", "message", "join"]   # not resent
+    finally:
+        alice.close()
+        listener.close()
+        thread.join(TIMEOUT_S)

@@ -379,3 +379,79 @@ def test_requests_before_an_overlong_line_in_the_same_read_are_answered() -> Non
         rest = client.recv_until_closed()
         assert rest[0] == {"type": "pong", "id": 1} and rest[1] == {"type": "pong", "id": 2}
         assert rest[2]["code"] == "line_too_long"
+
+
+def test_a_stderr_nobody_reads_does_not_freeze_the_server() -> None:
+    # Issue 9, item 1: the debug log of every line fills the 64 KiB pipe in a moment;
+    # the loop must go on serving (the log drops what it cannot write, and says so).
+    proc = run_server("--port", "0", "--log-level", "debug", "--rate-limit-per-s", "0")
+    try:
+        assert proc.stdout is not None
+        port = listening_port(StreamLines(proc.stdout))      # stderr: never read
+        with connect("127.0.0.1", port) as alice:
+            alice.join("lobby", "alice")
+            for batch in range(20):
+                alice.send_raw(b"".join(b'{"type":"ping","id":%d,"pad":"%s"}\n'
+                                        % (batch * 20 + i, b"x" * 1000) for i in range(20)))
+                alice.recv_until(lambda m: m.get("id") == batch * 20 + 19, timeout=5)
+            with connect("127.0.0.1", port, timeout=5) as bob:   # its welcome arrives
+                bob.join("lobby", "bob")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# -- a vanished client's name (issue 9, item 3) --------------------------------------------------
+
+def test_a_reconnect_with_the_resume_token_takes_the_name_from_its_ghost() -> None:
+    with serve(port=0) as server:
+        ghost = LineClient(server.host, server.port)       # will go silent, never closed
+        token = ghost.recv_message()["resume"]
+        ghost.join("lobby", "alice")
+        with connect(server.host, server.port) as bob:
+            bob.join("lobby", "bob")
+            with connect(server.host, server.port) as again:
+                again.send(type="join", room="lobby", user="alice")
+                assert again.recv_message()["code"] == "name_taken"    # no token: refused
+                got = again.join("lobby", "alice", resume=token)
+                assert got[-1]["user"] == "alice"
+                left = bob.recv_until(is_event("join", "alice"))
+                assert [m["event"] for m in left] == ["leave", "join"]
+                assert ghost.recv_until_closed()[-1]["event"] == "join"   # then closed
+        ghost.close()
+
+
+def test_accepted_connections_have_tcp_keepalive_with_the_configured_timings() -> None:
+    with serve(port=0, keepalive_idle_s=7, keepalive_interval_s=3, keepalive_probes=4) as server, \
+            connect(server.host, server.port):
+        [conn] = server.server.conns.values()
+        sock = conn.sock
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 4
+
+
+def test_listening_is_said_once_on_stdout_and_once_in_the_log() -> None:
+    # Issue 11, item 9: stdout is for a parent process, stderr is the operational log.
+    proc = run_server("--port", "0")
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = StreamLines(proc.stdout), StreamLines(proc.stderr)
+        port = listening_port(out)
+        err.wait_for_line(lambda line: f"listening on 127.0.0.1:{port}" in line)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert out.rest().count("listening on") == 1
+        assert sum("listening on" in line for line in err.rest().splitlines()) == 1
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_server_full_says_how_many_in_good_grammar() -> None:
+    with serve(port=0, max_clients=1) as server, connect(server.host, server.port):
+        with LineClient(server.host, server.port) as second:
+            [error] = second.recv_until_closed()
+        assert error["code"] == "server_full" and error["text"] == "server full: 1 client"
