@@ -145,6 +145,8 @@ class TcpServerConfig:
     tls_handshake_timeout_s: float = setting(TLS_HANDSHAKE_TIMEOUT_S, "seconds a TLS "
                                              "handshake may take", above=0.0)
     shutdown_grace_s: float = setting(2.0, "seconds to flush output on shutdown", min=0.0)
+    bus_url: str | None = setting(None, "Redis URL of a cluster's bus, e.g. "
+                                  "redis://127.0.0.1:6379/0 (unset = a server on its own)")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

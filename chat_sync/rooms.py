@@ -109,6 +109,18 @@ class ChatCore:
             del self._names[p.name_key(member.user)]
         return outputs
 
+    def is_member(self, conn: ConnId) -> bool:
+        return conn in self.members
+
+    def is_joined(self, conn: ConnId) -> bool:
+        member = self.members.get(conn)
+        return member is not None and member.user is not None
+
+    def restore_names(self) -> None:
+        """Rebuild the name index from ``members`` (after a replica is restored)."""
+        self._names = {p.name_key(m.user): m.conn for m in self.members.values()
+                       if m.user is not None}
+
     def user_named(self, name: str) -> str | None:
         """The connected user whose name compares equal to ``name``, as they spelled it."""
         conn = self._names.get(p.name_key(name))

@@ -53,6 +53,7 @@ import enum
 import heapq
 import itertools
 import logging
+import secrets
 import selectors
 import socket
 import ssl
@@ -67,6 +68,8 @@ from . import tls
 from .framing import LineBuffer, LineTooLong
 from .guard import Breach, Guard, GuardLimits
 from .logs import ChatLog
+from .bus import BusError, RedisBus
+from .cluster import ClusterChat, cluster_conn
 from .rooms import ChatCore, ConnId, Output, Reply
 from .serving import ServerHandle, configure, run_in_foreground
 from .wakeup import Wakeup
@@ -145,7 +148,11 @@ class TcpServer:
         self.config = config
         limits = p.Limits(max_line_bytes=config.max_line_bytes,
                           max_text_chars=config.max_text_chars)
-        self.core = ChatCore(limits, config.history_size, config.max_rooms)
+        self.core: ChatCore | ClusterChat = ChatCore(limits, config.history_size, config.max_rooms)
+        self._wakeup = Wakeup()
+        self.bus: RedisBus | None = None
+        if config.bus_url:
+            self.core, self.bus = self._join_cluster(config.bus_url, self.core)
         self.limits = GuardLimits(
             rate_per_s=config.rate_limit_per_s, burst=config.rate_burst,
             abuse_limit=config.rate_abuse_limit, soft_bytes=config.send_buffer_soft_bytes,
@@ -173,7 +180,6 @@ class TcpServer:
         self.address: tuple[str, int] = self.listener.getsockname()[:2]
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, "listener")
-        self._wakeup = Wakeup()
         self.selector.register(self._wakeup.reader, selectors.EVENT_READ, "wakeup")
         self.conns: dict[ConnId, Connection] = {}
         self._per_ip: dict[str, int] = {}           # connections from each address
@@ -188,6 +194,27 @@ class TcpServer:
         self._timers: list[tuple[float, int, Connection]] = []     # heap by deadline
         self._stop = threading.Event()
         self.stopped = threading.Event()
+
+    def _join_cluster(self, url: str, core: ChatCore) -> tuple[ClusterChat, RedisBus]:
+        """Become one server of a cluster: a replica fed by the bus. Raises BusError."""
+        server_id = secrets.token_hex(4)
+        bus = RedisBus(url, server_id, core.epoch, self._wakeup.wake)
+        core.epoch = bus.epoch                  # one epoch for the cluster: since works anywhere
+        cluster = ClusterChat(core, server_id, bus)
+        if bus.snapshot is not None:
+            try:
+                cluster.restore(bus.snapshot)
+            except ValueError as exc:
+                log.warning("bus: ignoring the stored snapshot: %s", exc)
+        bus.start(cluster.position, {cluster_conn(conn)[0] for conn in core.members})
+        log.info("bus: server %s on %s", server_id, url)
+        return cluster, bus
+
+    def _bus_events(self) -> None:
+        """Apply what the bus brought: the loop's share of the cluster's work."""
+        assert self.bus is not None and isinstance(self.core, ClusterChat)
+        for event in self.bus.take():
+            self._dispatch(self.core.apply(event))
 
     # -- public ------------------------------------------------------------------
     def stop(self) -> None:
@@ -215,6 +242,8 @@ class TcpServer:
                 self._accept()
             elif key.data == "wakeup":
                 self._wakeup.drain()
+                if self.bus is not None:
+                    self._bus_events()
             else:
                 conn: Connection = key.data
                 if mask & selectors.EVENT_READ and not conn.closed:
@@ -321,7 +350,7 @@ class TcpServer:
             return
         # A line ended in this read if fewer bytes are held than were held plus received.
         conn.guard.input(conn.lines.pending, conn.lines.pending < held + size, self._now)
-        if conn.guard.join_by is not None and self.core.members[conn.id].user is not None:
+        if conn.guard.join_by is not None and self.core.is_joined(conn.id):
             conn.guard.joined()
         self._schedule(conn)
 
@@ -614,7 +643,7 @@ class TcpServer:
             self._per_ip[conn.ip] = left
         else:
             del self._per_ip[conn.ip]
-        if conn.id in self.core.members:
+        if self.core.is_member(conn.id):
             self._dispatch(self.core.disconnect(conn.id, time.time()))
         self._compact_timers()
 
@@ -640,7 +669,7 @@ class TcpServer:
         conn.close_by = self._now + CLOSING_S
         self._schedule(conn)
         self._dirty.add(conn)
-        if conn.id in self.core.members:
+        if self.core.is_member(conn.id):
             self._dispatch(self.core.disconnect(conn.id, time.time()))
 
     def _start_linger(self, conn: Connection) -> None:
@@ -707,6 +736,10 @@ class TcpServer:
         if self.listener.fileno() >= 0:
             self.selector.unregister(self.listener)
             self.listener.close()
+        if self.bus is not None:
+            assert isinstance(self.core, ClusterChat)
+            self.core.leave_cluster(time.time())
+            self.bus.stop()
         self.selector.close()
         self._wakeup.close()
         if self.chat_log is not None:
@@ -730,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         server = TcpServer(config)
-    except cfg.ConfigError as exc:
+    except (cfg.ConfigError, BusError) as exc:
         print(f"chat-sync: {exc}", file=sys.stderr)
         return 2
     except ssl.SSLError as exc:             # before OSError: it is one
