@@ -26,18 +26,23 @@ each thread owns one connection. Neither polls: the reader waits in Redis,
 the writer on a ``Condition`` until an entry or its next heartbeat.
 
 When Redis goes away, both threads tell the loop (``BusDown``) and the
-reader reconnects with back-off. If Redis kept its data (``epoch`` is still
-there), it reads on from where it was: nothing is lost or applied twice. If
-Redis lost it (a restart without persistence), the cluster starts a new
-log from a snapshot: each server offers its replica (``offer_snapshot``),
-the first to set it wins, and every server restores the winner's
-(``BusUp(snapshot)``), skipping ``SEQ_GAP_AFTER_RESET`` seq numbers so no
-number is used twice for different messages.
+reader reconnects with back-off. Each log has a ``generation``, a random
+name set when it starts. If Redis kept its data (the generation is the one
+this server reads), it reads on from where it was: nothing is lost or
+applied twice. If Redis lost it (a restart without persistence), the
+cluster starts a new log from a snapshot: each server that finds no
+generation offers its replica (``offer_snapshot``); the first to set the
+snapshot and a new generation, in one transaction, wins; every server, the
+winner too, restores the winner's (``BusUp(snapshot)``), skipping
+``SEQ_GAP_AFTER_RESET`` seq numbers so no number is used twice for
+different messages. A server that comes back after the new generation was
+set just restores its snapshot. The ``epoch`` the clients see stays.
 """
 from __future__ import annotations
 
 import collections
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -56,6 +61,7 @@ log = logging.getLogger("chat_sync.bus")
 PREFIX = "chat_sync:"
 LOG_KEY = PREFIX + "log"
 EPOCH_KEY = PREFIX + "epoch"
+GENERATION_KEY = PREFIX + "generation"
 SNAPSHOT_KEY = PREFIX + "snapshot"
 ALIVE_KEY = PREFIX + "alive:"
 HEARTBEAT_S = 1.0           # how often a server renews its heartbeat
@@ -97,6 +103,8 @@ class RedisBus:
             self._writer_redis.set(EPOCH_KEY, epoch, nx=True)
             stored = self._writer_redis.get(EPOCH_KEY)
             self.epoch = _text(stored) or epoch
+            self._writer_redis.set(GENERATION_KEY, secrets.token_hex(8), nx=True)
+            self.generation = _text(self._writer_redis.get(GENERATION_KEY))
             self._writer_redis.set(ALIVE_KEY + server, 1, px=HEARTBEAT_TTL_MS)
             snapshot = self._writer_redis.get(SNAPSHOT_KEY)
             self.snapshot = snapshot if isinstance(snapshot, bytes) else None
@@ -230,7 +238,9 @@ class RedisBus:
                 reply: Any = self._reader_redis.xread({LOG_KEY: self.position}, count=READ_COUNT,
                                                       block=0)
                 delay = 0.1
-            except (redis.RedisError, OSError, ValueError) as exc:
+            # Not only RedisError: closing the connection under a blocked read (``stop``)
+            # surfaces as whatever redis-py's parser meets, e.g. AttributeError.
+            except Exception as exc:  # noqa: BLE001
                 with self._cond:
                     if self._stop:
                         return
@@ -270,14 +280,22 @@ class RedisBus:
     def _reconnect(self) -> None:
         """After a loss: back on, reading on (same log) or from a new one (a reset)."""
         try:
-            stored = self._reader_redis.get(EPOCH_KEY)
+            generation = _text(self._reader_redis.get(GENERATION_KEY))
+            snapshot: bytes | None = None
+            if generation is None:                   # Redis lost the log: start a new one
+                snapshot = self._reset()
+                if snapshot is None:
+                    return
+            elif generation != self.generation:      # another server started it already
+                stored = self._reader_redis.get(SNAPSHOT_KEY)
+                snapshot = stored if isinstance(stored, bytes) else None
+                if snapshot is None:
+                    return
+            self.generation = _text(self._reader_redis.get(GENERATION_KEY))
         except (redis.RedisError, OSError):
             return                                   # still down: the read loop tries again
-        snapshot: bytes | None = None
-        if _text(stored) != self.epoch:
-            snapshot = self._reset()
-            if snapshot is None:
-                return
+        if snapshot is not None:
+            self.position = "0-0"
         with self._cond:
             self.up = True
             self._inbox.append(BusUp(snapshot))
@@ -285,7 +303,7 @@ class RedisBus:
         self._wake()
 
     def _reset(self) -> bytes | None:
-        """Redis lost the log: start a new one from the first snapshot offered."""
+        """Offer this replica for the new log; returns the snapshot that won, or None."""
         with self._cond:
             self._snapshot_offer = None
             self._inbox.append(ResetWanted())
@@ -296,21 +314,15 @@ class RedisBus:
             offer = self._snapshot_offer
         if offer is None:
             return None
-        try:
-            pipe = self._reader_redis.pipeline(transaction=True)
-            pipe.set(SNAPSHOT_KEY, offer, nx=True)
-            pipe.set(EPOCH_KEY, self.epoch, nx=True)
-            pipe.get(SNAPSHOT_KEY)
-            won, _, snapshot = pipe.execute()
-        except (redis.RedisError, OSError):
-            return None
-        log.warning("bus: Redis had lost the log; %s", "starting it from this server's state"
-                    if won else "starting from another server's state")
-        self.position = "0-0"
-        result: bytes = snapshot
-        return result
-
-
+        pipe = self._reader_redis.pipeline(transaction=True)
+        pipe.set(SNAPSHOT_KEY, offer, nx=True)
+        pipe.set(GENERATION_KEY, secrets.token_hex(8), nx=True)
+        pipe.set(EPOCH_KEY, self.epoch, nx=True)
+        pipe.get(SNAPSHOT_KEY)
+        won, _, _, snapshot = pipe.execute()
+        log.warning("bus: Redis had lost the log; a new one starts from %s state",
+                    "this server's" if won else "another server's")
+        return snapshot if isinstance(snapshot, bytes) else None
 
 def _text(value: object) -> str | None:
     """A Redis reply as text (redis-py gives bytes), or None."""
