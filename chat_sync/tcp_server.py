@@ -65,6 +65,7 @@ from typing import Any
 from . import config as cfg
 from . import protocol as p
 from . import tls
+from . import workers
 from .framing import LineBuffer, LineTooLong
 from .guard import Breach, Guard, GuardLimits
 from .logs import ChatLog
@@ -164,6 +165,9 @@ class TcpServer:
         self._check_from = min(config.send_buffer_soft_bytes, config.max_send_buffer_bytes)
         if config.tls_key is not None and config.tls_cert is None:
             raise cfg.ConfigError("tls_key is set but tls_cert is not: TLS needs a certificate")
+        if config.workers > 1 and not config.bus_url:
+            raise cfg.ConfigError(f"workers is {config.workers} but bus_url is not set: "
+                                  "separate processes are one chat only through a bus")
         # The files first: if one cannot be opened, no socket is left bound.
         self.tls = tls.server_context(config.tls_cert, config.tls_key) if config.tls_cert else None
         self.chat_log = (ChatLog(config.log_file, config.log_max_bytes, config.log_backups)
@@ -171,7 +175,7 @@ class TcpServer:
         try:
             family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
             self.listener = socket.create_server((config.host, config.port), family=family,
-                                                 backlog=1024)
+                                                 backlog=1024, reuse_port=config.workers > 1)
         except OSError:
             if self.chat_log is not None:
                 self.chat_log.close()
@@ -781,7 +785,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"chat-sync: cannot listen on {config.host}:{config.port}: {exc.strerror}",
                   file=sys.stderr)
         return 1
-    return run_in_foreground(server)
+    if config.workers == 1 or workers.is_worker():
+        return run_in_foreground(server)
+    try:
+        others = workers.start(config.workers - 1, server.address[1],
+                               sys.argv[1:] if argv is None else argv)
+    except RuntimeError as exc:
+        print(f"chat-sync: {exc}", file=sys.stderr)
+        return 1
+    status = run_in_foreground(server)
+    return workers.stop(others) or status
 
 
 if __name__ == "__main__":

@@ -202,3 +202,46 @@ def test_a_server_started_later_catches_up(redis_server: Redis) -> None:
                     replay = bob.join("lobby", "bob")
                     assert [m["text"] for m in replay if m.get("history")] == [
                         "alice joined", "early"]
+
+
+def test_workers_share_one_port_and_are_one_chat(redis_server: Redis) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-m", "chat_sync.tcp_server", "--port", "0",
+                              "--workers", "3", "--bus-url", redis_server.url,
+                              "--log-level", "info"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert first.stdout is not None and first.stderr is not None
+        port = int(StreamLines(first.stdout).wait_for_line(
+            lambda l: l.startswith("listening on"), timeout=15).rsplit(":", 1)[1])
+        log = StreamLines(first.stderr)
+        clients = [connect(HOST, port) for _ in range(12)]
+        for number, client in enumerate(clients):
+            client.join("lobby", f"user{number}")
+        clients[0].send(type="message", text="to every worker")
+        for client in clients:
+            client.recv_until(lambda m: m.get("text") == "to every worker")
+        clients[-1].send(type="who", id="w")
+        who = clients[-1].recv_until(lambda m: m.get("id") == "w")[-1]
+        assert len(who["users"]) == 12
+        for client in clients:
+            client.close()
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(20) == 0
+        text = log.rest()
+        servers = {line.split("bus: server ")[1].split()[0]
+                   for line in text.splitlines() if "bus: server " in line}
+        assert len(servers) == 3                    # three processes, each a server
+        with pytest.raises(OSError):
+            socket.create_connection((HOST, port), timeout=2).close()
+    finally:
+        first.kill()
+        first.wait(10)
+
+
+def test_workers_without_a_bus_is_a_config_error() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "chat_sync.tcp_server", "--port", "0",
+                           "--workers", "2"], capture_output=True, text=True, env=env, timeout=30)
+    assert done.returncode == 2
+    assert "workers is 2 but bus_url is not set" in done.stderr
