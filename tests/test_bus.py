@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -245,3 +246,35 @@ def test_workers_without_a_bus_is_a_config_error() -> None:
                            "--workers", "2"], capture_output=True, text=True, env=env, timeout=30)
     assert done.returncode == 2
     assert "workers is 2 but bus_url is not set" in done.stderr
+
+
+def test_the_readme_cluster_commands_run(redis_server: Redis, tmp_path: Path) -> None:
+    """The README's three commands, on this test's ports: two servers and one chat."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Several servers, one chat", 1)[1].split("\n## ", 1)[0]
+    commands = [body.strip() for body in
+                re.findall(r"```sh\n(.*?)```", section, re.S)]
+    assert commands[0].startswith("redis-server --port 6379")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    servers, ports = [], []
+    try:
+        for command in commands[1:]:
+            words = command.replace("redis://127.0.0.1:6379/0", redis_server.url).split()
+            assert words[:2] == ["chat-sync", "tcp-server"]
+            words[words.index("--port") + 1] = "0"
+            process = subprocess.Popen([sys.executable, "-m", "chat_sync", *words[1:]],
+                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                       text=True, env=env)
+            servers.append(process)
+            assert process.stdout is not None
+            ports.append(int(StreamLines(process.stdout).wait_for_line(
+                lambda l: l.startswith("listening on"), timeout=15).rsplit(":", 1)[1]))
+        with connect(HOST, ports[0]) as alice, connect(HOST, ports[1]) as bob:
+            alice.join("lobby", "alice")
+            bob.join("lobby", "bob")
+            bob.send(type="message", text="hi")
+            assert alice.recv_until(lambda m: m.get("type") == "message")[-1]["user"] == "bob"
+    finally:
+        for process in servers:
+            process.terminate()
+            process.wait(10)
