@@ -39,11 +39,15 @@ setup(
             "types-PyYAML",  # yaml's type stubs, for that check
             "trustme",       # tests/test_tls.py: a throwaway CA and certificates, made per run
             "hypothesis",    # tests/test_properties.py: properties of the cores on made-up input
+            "redis",         # tests/test_bus.py: servers of a cluster on a real redis-server
         ],
         "course": [
             "notebook",      # `jupyter notebook`: open notebooks/ in a browser
             *NOTEBOOKS,
         ],
+        # Several servers as one chat (bus_url): redis-py, the client everyone
+        # uses, speaks Redis for the bus's two threads. Not needed on its own.
+        "bus": ["redis"],
     },
     entry_points={"console_scripts": ["chat-sync=chat_sync.cli:main"]},
 )

@@ -195,6 +195,10 @@ class TcpServerConfig:
                                              "handshake may take", above=0.0, max=HOUR_S)
     shutdown_grace_s: float = setting(2.0, "seconds to flush output on shutdown",
                                       min=0.0, max=HOUR_S)
+    bus_url: str | None = setting(None, "Redis URL of a cluster's bus, e.g. "
+                                  "redis://127.0.0.1:6379/0 (unset = a server on its own)")
+    workers: int = setting(1, "server processes on this port, one chat through bus_url "
+                           "(SO_REUSEPORT; more than 1 needs bus_url)", min=1, max=64)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -92,6 +92,8 @@ class SystemEvent(enum.StrEnum):
     LEAVE = "leave"
     SHUTDOWN = "shutdown"
     HISTORY_GAP = "history_gap"      # a rejoin's ``since`` is older than the room remembers
+    BUS_DOWN = "bus_down"            # a cluster's bus is unreachable: requests are refused
+    BUS_UP = "bus_up"                # ... and back
 
 
 class ErrorCode(enum.StrEnum):
@@ -112,6 +114,7 @@ class ErrorCode(enum.StrEnum):
     TIMEOUT = "timeout"              # no join, or a line left unfinished; closed after this one
     TOO_MANY_CONNECTIONS = "too_many_connections"  # from one address; closed after this one
     TLS_REQUIRED = "tls_required"    # plain text on a TLS port; closed after this one
+    UNAVAILABLE = "unavailable"      # a cluster's bus is down: the request was not applied
 
 
 class ProtocolError(Exception):

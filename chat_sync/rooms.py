@@ -45,12 +45,17 @@ from __future__ import annotations
 import collections
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Union
+from typing import Any, Callable, Hashable, Union
 
 from . import __version__
 from . import protocol as p
 
 ConnId = Hashable
+
+
+def new_resume_token() -> str:
+    """A connection's resume token: unguessable, so only its holder can show it."""
+    return secrets.token_urlsafe(16)
 _SYSTEM_LOOKS = p.skeletons(p.SYSTEM_USER)   # nor may a user look like the log's "system"
 
 
@@ -111,11 +116,18 @@ class ChatCore:
         self._ghosts: list[ConnId] = []           # taken over by a resume: for the shell
 
     # -- connection life -----------------------------------------------------
-    def connect(self, conn: ConnId) -> list[Output]:
-        """Register a new connection; returns its welcome."""
+    def connect(self, conn: ConnId, token: str | None = None) -> list[Output]:
+        """Register a new connection; returns its welcome.
+
+        ``token`` is its resume token when ``resume`` is on (a cluster's
+        replicas must all hold the one its server chose); None: a new one.
+        """
         if conn in self.members:
             raise ValueError(f"connection {conn!r} is already connected")
-        token = secrets.token_urlsafe(16) if self.resume else None
+        if not self.resume:
+            token = None
+        elif token is None:
+            token = new_resume_token()
         self.members[conn] = Member(conn, resume=token)
         return [Reply(conn, p.welcome(__version__, self.limits, self.seq, self.epoch, token))]
 
@@ -136,6 +148,57 @@ class ChatCore:
         """
         ghosts, self._ghosts = self._ghosts, []
         return ghosts
+
+    def is_member(self, conn: ConnId) -> bool:
+        return conn in self.members
+
+    def is_joined(self, conn: ConnId) -> bool:
+        member = self.members.get(conn)
+        return member is not None and member.user is not None
+
+    # -- the whole state, for a cluster's replicas (see ``cluster``) ------------
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the core knows, as JSON values: ``restore`` of it is this core.
+
+        Connection ids must be JSON values themselves (a cluster's are
+        ``[server, number]`` lists once encoded); ``restore`` takes a function
+        to turn them back. Ghosts not yet taken by the shell are not kept.
+        """
+        rooms = [{"name": room.name, "history": list(room.history),
+                  "members": [[conn, user] for conn, user in room.members.items()],
+                  "forgotten": room.forgotten} for room in self.rooms.values()]
+        members = [[m.conn, m.user, None if m.room is None else p.name_key(m.room.name),
+                    m.resume] for m in self.members.values()]
+        return {"seq": self.seq, "epoch": self.epoch, "rooms": rooms, "members": members,
+                "evicted": list(self._evicted.items()), "evicted_floor": self._evicted_floor}
+
+    def restore(self, state: dict[str, Any], conn_id: Callable[[Any], ConnId]) -> None:
+        """Become the core ``state`` describes. Raises ValueError if it is not a snapshot."""
+        try:
+            rooms: dict[str, Room] = {}
+            for r in state["rooms"]:
+                room = Room(str(r["name"]), collections.deque(r["history"],
+                                                              maxlen=self.history_size),
+                            {conn_id(c): str(user) for c, user in r["members"]},
+                            int(r["forgotten"]))
+                rooms[p.name_key(room.name)] = room
+            members: dict[ConnId, Member] = {}
+            for conn, user, room_key, resume in state["members"]:
+                key = conn_id(conn)
+                members[key] = Member(key, user, None if room_key is None else rooms[room_key],
+                                      resume)
+            evicted = collections.OrderedDict((str(k), int(v)) for k, v in state["evicted"])
+            seq, epoch, floor = int(state["seq"]), str(state["epoch"]), int(state["evicted_floor"])
+        except (KeyError, TypeError, ValueError, IndexError, AssertionError) as exc:
+            raise ValueError(f"not a snapshot of a ChatCore: {exc!r}") from None
+        self.rooms, self.members, self._evicted = rooms, members, evicted
+        self.seq, self.epoch, self._evicted_floor = seq, epoch, floor
+        self._names, self._skeletons, self._ghosts = {}, {}, []
+        for member in members.values():
+            if member.user is not None:
+                self._names[p.name_key(member.user)] = member.conn
+                for look in p.skeletons(member.user):
+                    self._skeletons[look] = member.conn
 
     def user_named(self, name: str) -> str | None:
         """The connected user whose name compares equal to ``name``, as they spelled it."""

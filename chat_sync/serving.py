@@ -163,7 +163,8 @@ def startup_failure(exc: cfg.ConfigError | OSError, config: ServerConfig) -> tup
 
 
 def run_program(cls: type[ServerConfig], build: Callable[[ServerConfig], Server],
-                argv: list[str] | None, *, prog: str, description: str) -> int:
+                argv: list[str] | None, *, prog: str, description: str,
+                serve: Callable[[Server], int] = run_in_foreground) -> int:
     """A server program's ``main``: settings, log, ``build(config)``, serve until a signal.
 
     Returns the exit code: 0 after a graceful stop, 2 for a bad setting, 1
@@ -178,4 +179,4 @@ def run_program(cls: type[ServerConfig], build: Callable[[ServerConfig], Server]
         text, code = startup_failure(exc, config)
         print(f"chat-sync: {text}", file=sys.stderr)
         return code
-    return run_in_foreground(server)
+    return serve(server)

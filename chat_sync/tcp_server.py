@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import secrets
 import selectors
 import socket
 import ssl
@@ -48,11 +49,15 @@ from typing import Any
 from . import config as cfg
 from . import protocol as p
 from . import tls
+from . import workers
+from .bus import BusError, RedisBus
+from .cluster import ClusterChat, cluster_conn
 from .framing import LineTooLong
 from .guard import Breach, Guard
 from .logs import ChatLog
 from .rooms import ChatCore, Output, Reply
-from .serving import ServerHandle, fit_descriptor_limit, run_program
+from .serving import (Server, ServerHandle, fit_descriptor_limit, run_in_foreground,
+                      run_program)
 from .tcp_server_core import (CLOSING_S, LINGER_BYTES, LINGER_S, AcceptGate, Connection,
                               Connections, ErrorReply, Phase, TimerHeap, guard_limits,
                               socket_options)
@@ -76,13 +81,21 @@ class TcpServer:
         self.config = config
         limits = p.Limits(max_line_bytes=config.max_line_bytes,
                           max_text_chars=config.max_text_chars)
-        self.core = ChatCore(limits, config.history_size, config.max_rooms, resume=True)
+        self.core: ChatCore | ClusterChat = ChatCore(limits, config.history_size,
+                                                     config.max_rooms, resume=True)
+        self._wakeup = Wakeup()
+        self.bus: RedisBus | None = None
+        if config.bus_url:
+            self.core, self.bus = self._join_cluster(config.bus_url, self.core)
         self.limits = guard_limits(config)
         # Below both output limits no rule can trip: the guard is not even asked.
         self._check_from = min(config.send_buffer_soft_bytes, config.max_send_buffer_bytes)
         fit_descriptor_limit(config.max_clients)
         if config.tls_key is not None and config.tls_cert is None:
             raise cfg.ConfigError("tls_key is set but tls_cert is not: TLS needs a certificate")
+        if config.workers > 1 and not config.bus_url:
+            raise cfg.ConfigError(f"workers is {config.workers} but bus_url is not set: "
+                                  "separate processes are one chat only through a bus")
         # The files first: if one cannot be opened, no socket is left bound.
         self.tls = tls.server_context(config.tls_cert, config.tls_key) if config.tls_cert else None
         self.chat_log = (ChatLog(config.log_file, config.log_max_bytes, config.log_backups)
@@ -90,7 +103,7 @@ class TcpServer:
         try:
             family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
             self.listener = socket.create_server((config.host, config.port), family=family,
-                                                 backlog=1024)
+                                                 backlog=1024, reuse_port=config.workers > 1)
         except OSError:
             if self.chat_log is not None:
                 self.chat_log.close()
@@ -99,7 +112,6 @@ class TcpServer:
         self.address: tuple[str, int] = self.listener.getsockname()[:2]
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, "listener")
-        self._wakeup = Wakeup()
         self.selector.register(self._wakeup.reader, selectors.EVENT_READ, "wakeup")
         self._table = Connections(config)
         self.conns = self._table.by_id              # every connection, by id
@@ -115,6 +127,27 @@ class TcpServer:
         self._socket_options = socket_options(config)
         self._stop = threading.Event()
         self.stopped = threading.Event()
+
+    def _join_cluster(self, url: str, core: ChatCore) -> tuple[ClusterChat, RedisBus]:
+        """Become one server of a cluster: a replica fed by the bus. Raises BusError."""
+        server_id = secrets.token_hex(4)
+        bus = RedisBus(url, server_id, core.epoch, self._wakeup.wake)
+        core.epoch = bus.epoch                  # one epoch for the cluster: since works anywhere
+        cluster = ClusterChat(core, server_id, bus)
+        if bus.snapshot is not None:
+            try:
+                cluster.restore(bus.snapshot)
+            except ValueError as exc:
+                log.warning("bus: ignoring the stored snapshot: %s", exc)
+        bus.start(cluster.position, {cluster_conn(conn)[0] for conn in core.members})
+        log.info("bus: server %s on %s", server_id, url)
+        return cluster, bus
+
+    def _bus_events(self) -> None:
+        """Apply what the bus brought: the loop's share of the cluster's work."""
+        assert self.bus is not None and isinstance(self.core, ClusterChat)
+        for event in self.bus.take():
+            self._dispatch(self.core.apply(event))
 
     # -- public ------------------------------------------------------------------
     def stop(self) -> None:
@@ -146,6 +179,8 @@ class TcpServer:
                 self._accept()
             elif key.data == "wakeup":
                 self._wakeup.drain()
+                if self.bus is not None:
+                    self._bus_events()
             else:
                 conn: Connection = key.data
                 if mask & selectors.EVENT_READ and not conn.closed:
@@ -248,7 +283,7 @@ class TcpServer:
             return
         # A line ended in this read if fewer bytes are held than were held plus received.
         conn.guard.input(conn.lines.pending, conn.lines.pending < held + size, self._now)
-        if conn.guard.join_by is not None and self.core.members[conn.id].user is not None:
+        if conn.guard.join_by is not None and self.core.is_joined(conn.id):
             conn.guard.joined()
         self._schedule(conn)
 
@@ -486,7 +521,7 @@ class TcpServer:
         log.info("[%s] disconnected: %s", conn.peer, reason)
         self._dirty.discard(conn)
         self._table.remove(conn)
-        if conn.id in self.core.members:
+        if self.core.is_member(conn.id):
             self._dispatch(self.core.disconnect(conn.id, time.time()))
         self._timers.compact(len(self.conns))
 
@@ -504,7 +539,7 @@ class TcpServer:
         conn.start_closing(reason, self._now + CLOSING_S)
         self._schedule(conn)
         self._dirty.add(conn)
-        if conn.id in self.core.members:
+        if self.core.is_member(conn.id):
             self._dispatch(self.core.disconnect(conn.id, time.time()))
 
     def _start_linger(self, conn: Connection) -> None:
@@ -573,6 +608,10 @@ class TcpServer:
             conn.sock.close()
         self.conns.clear()
         self._stop_listening()
+        if self.bus is not None:
+            assert isinstance(self.core, ClusterChat)
+            self.core.leave_cluster(time.time())
+            self.bus.stop()
         self.selector.close()
         self._wakeup.close()
         if self.chat_log is not None:
@@ -591,7 +630,23 @@ def serve(config: cfg.TcpServerConfig = cfg.TcpServerConfig(), **overrides: Any
 
 def main(argv: list[str] | None = None) -> int:
     return run_program(cfg.TcpServerConfig, TcpServer, argv, prog="chat-sync tcp-server",
-                       description="Run the chat_sync TCP chat server.")
+                       description="Run the chat_sync TCP chat server.",
+                       serve=lambda server: _serve(server, argv))
+
+
+def _serve(server: Server, argv: list[str] | None) -> int:
+    """Serve in the foreground; with ``workers`` > 1, with that many processes in all."""
+    assert isinstance(server, TcpServer)
+    if server.config.workers == 1 or workers.is_worker():
+        return run_in_foreground(server)
+    try:
+        others = workers.start(server.config.workers - 1, server.address[1],
+                               sys.argv[1:] if argv is None else argv)
+    except RuntimeError as exc:
+        print(f"chat-sync: {exc}", file=sys.stderr)
+        return 1
+    status = run_in_foreground(server)
+    return workers.stop(others) or status
 
 
 if __name__ == "__main__":
