@@ -105,6 +105,7 @@ MAX_ROUNDS = 3             # extra rounds of retries for a request while the ser
 MAX_AWAITING = 1024        # requests remembered while their reply is awaited
 MAX_RESEND = 64            # requests kept to send again after a rejoin
 MAX_QUEUED = 256           # requests waiting for their turn to go out
+STREAM_WINDOW = 1024       # how far ahead of the next expected n a datagram may be
 _BIG_ID = 2**53 - 1        # stands in for an id when checking a request's size
 _KEEPALIVE = "_keepalive"  # marks a queued ping as ours; never sent
 _REJOIN = "_rejoin"        # marks a queued join as a rejoin; never sent
@@ -222,6 +223,8 @@ class UdpClientCore:
         self.keepalives = 0                 # pings sent because we were idle
         self.rounds = 0                     # requests sent again after a give-up
         self.stale = 0                      # broadcasts of an older session, ignored
+        self.forged = 0                     # datagrams without our session id, or far ahead
+        self.sid: str | None = None         # our session id, from the welcome
         self._next_id = 1                   # ids are given when a request goes out
         self._queue: collections.deque[dict[str, Any]] = collections.deque()   # its turn next
         self._unacked: dict[int, dict[str, Any]] = {}    # rid -> request: out, not acked
@@ -263,7 +266,8 @@ class UdpClientCore:
                 "sessions": self.sessions,
                 "keepalives": self.keepalives,
                 "rounds": self.rounds,
-                "stale": self.stale}
+                "stale": self.stale,
+                "forged": self.forged}
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` next has work: a gap times out, or a keepalive is due."""
@@ -332,6 +336,12 @@ class UdpClientCore:
         except p.ProtocolError as exc:
             self.bad_datagrams += 1
             return [Note(f"ignored a bad datagram from the server: {exc}")]
+        if self._refused_entry(obj):
+            self.state = ClientState.FAILED
+            return [JoinRefused(str(obj.get("code")), str(obj.get("text")))]
+        if self.sid is not None and obj.get("sid") != self.sid and not self._opens(obj):
+            self.forged += 1                # forged, or a new session's before its welcome:
+            return []                       # not acked, so a real one is sent again
         self.heard_from_server = True
         self._last_heard = now
         if obj.get("type") == p.MessageType.ACK:
@@ -346,12 +356,38 @@ class UdpClientCore:
         if not _is_count(n):
             self.bad_datagrams += 1
             return [Note("ignored a datagram from the server without a valid n")]
+        expected = self._reorder.expected
+        if expected is not None and n > expected + STREAM_WINDOW:
+            self.forged += 1                # would skip the stream far ahead
+            return []
+        sid = obj.get("sid")
+        if obj.get("type") == p.MessageType.WELCOME and isinstance(sid, str):
+            known, self.sid = self.sid, sid
+            if known is not None and sid != known:   # it answers our old session id
+                return [self._ack(n, now)] + self._new_session(n, obj, now) + self._pump(now)
         if self._from_older_session(obj):
             self.stale += 1                 # not acked: its n would ack the new stream's
             return []
         actions: list[Action] = [self._ack(n, now)]
         actions += self._stream(n, obj, now)
         return actions + self._pump(now)    # a rejoin queued while handling it goes now
+
+    def _opens(self, obj: dict[str, Any]) -> bool:
+        """Whether a datagram with another session id opens our new session.
+
+        Only a welcome that names the session id we had (``forgot``): proof
+        that the server saw our datagram, which no blind sender can give. While
+        the first join is out, any welcome (we may not have had the first one).
+        """
+        if obj.get("type") != p.MessageType.WELCOME or not isinstance(obj.get("sid"), str):
+            return False
+        return obj.get("forgot") == self.sid or self.state is ClientState.JOINING
+
+    def _refused_entry(self, obj: dict[str, Any]) -> bool:
+        """``server_full`` (it has no ``n``: no session was made) for our first join."""
+        return (self.state is ClientState.JOINING and obj.get("type") == p.MessageType.ERROR
+                and obj.get("code") == p.ErrorCode.SERVER_FULL
+                and self._pending_join is not None and obj.get("id") == self._pending_join[0])
 
     def given_up(self, rid: int, now: float) -> list[Action]:
         """The retransmit timer gave up on request ``rid``: the server never acked it.
@@ -373,7 +409,7 @@ class UdpClientCore:
             self._round_began[rid] = now
             self.rounds += 1
             self._last_sent = now
-            return [Transmit(rid, p.encode_datagram(request))]
+            return [Transmit(rid, self._encode(request))]
         self._forget(rid)
         self._awaiting.pop(rid, None)
         self._keepalive_ids.discard(rid)
@@ -468,7 +504,13 @@ class UdpClientCore:
             while len(self._awaiting) > MAX_AWAITING:
                 self._awaiting.popitem(last=False)
         self._last_sent = now
-        return [Transmit(rid, p.encode_datagram(request))]
+        return [Transmit(rid, self._encode(request))]
+
+    def _encode(self, request: dict[str, Any]) -> bytes:
+        """A request as it goes out: with our session id, once the welcome gave it."""
+        if self.sid is None:
+            return p.encode_datagram(request)
+        return p.encode_datagram({**request, "sid": self.sid})
 
     def _queue_join(self, room: str, now: float, *, pump: bool = True) -> list[Action]:
         """Join ``room`` before anything else waiting (a first join, or a rejoin)."""
@@ -497,7 +539,10 @@ class UdpClientCore:
     def _ack(self, n: int, now: float) -> SendAck:
         self.acks_sent += 1
         self._last_sent = now
-        return SendAck(n, p.encode_datagram({"type": p.MessageType.ACK.value, "n": n}))
+        ack: dict[str, Any] = {"type": p.MessageType.ACK.value, "n": n}
+        if self.sid is not None:
+            ack["sid"] = self.sid
+        return SendAck(n, p.encode_datagram(ack))
 
     def _stream(self, n: int, message: dict[str, Any], now: float) -> list[Action]:
         expected = self._reorder.expected

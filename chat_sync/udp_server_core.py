@@ -117,6 +117,7 @@ from __future__ import annotations
 import collections
 import copy
 import logging
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Union, cast
 
@@ -137,15 +138,16 @@ DEFAULT_RATE_LIMIT_PER_S = 50.0
 DEFAULT_RATE_BURST = 100
 DEFAULT_UNVERIFIED_TIMEOUT_S = 5.0
 _BIG_N = 2**31                   # stands in for n when measuring a datagram's size
+_ANY_SID = "0" * 2 * p.SESSION_ID_BYTES   # ... and for a session id
 _BIG_SEQ = 2**53
-_AT_ONCE = (p.MessageType.PING, p.MessageType.LEAVE)    # applied before verification
 
 # Every reason ``dropped`` counts, present from the start (zero), so another
 # thread may read the counts while the loop thread adds to them.
 DROP_REASONS = tuple(code.value for code in (
     p.ErrorCode.BAD_UTF8, p.ErrorCode.BAD_JSON, p.ErrorCode.BAD_MESSAGE,
     p.ErrorCode.DATAGRAM_TOO_LARGE, p.ErrorCode.SERVER_FULL, p.ErrorCode.RATE_LIMITED)) + (
-    "bad_ack", "unknown_ack", "duplicate_ack", "deferred_full",
+    "bad_ack", "unknown_ack", "duplicate_ack", "deferred_full", "id_out_of_window",
+    "bad_sid",
     "not_acking", "unverified_timeout", "unverified_evicted")   # the last three: peers
 
 
@@ -190,11 +192,13 @@ class Tombstone:
 
     dedup: DedupWindow
     last_heard: float            # monotonic; kept ``client_timeout_s`` after it
+    left: bool = False           # the session ended with a leave
 
 
 @dataclass(eq=False)
 class Peer:
     addr: Address
+    sid: str                     # the session id: unguessable, in every datagram both ways
     first_heard: float
     last_heard: float
     dedup: DedupWindow
@@ -206,6 +210,7 @@ class Peer:
     highest_acked: int = 0       # the newest n it acked: it is reachable up to there
     rounds: collections.Counter[int] = field(default_factory=collections.Counter)
     inherited: Tombstone | None = None   # until verified: the old session's, untouched
+    forgot: str | None = None    # the session id its first datagram carried, if unknown
     # Until verified (see "Anti-amplification"):
     bytes_in: int = 0
     bytes_out: int = 0
@@ -244,6 +249,7 @@ class UdpChat:
         self.unverified_timeout_s = unverified_timeout_s
         self.stats = stats if stats is not None else RetransmitStats()
         self.peers: collections.OrderedDict[Address, Peer] = collections.OrderedDict()
+        self.sessions: dict[str, Peer] = {}   # the same peers by session id (ChatCore's key)
         self.unverified: collections.OrderedDict[Address, Peer] = collections.OrderedDict()
         self.dropped = collections.Counter({reason: 0 for reason in DROP_REASONS})
         # What the amplification limit did, all unverified addresses together: bytes
@@ -348,6 +354,9 @@ class UdpChat:
                                       f"datagram of {len(data)} bytes is over the "
                                       f"{self.max_datagram_bytes}-byte limit")
             obj = p.decode(data)
+            moved = self._session_of(addr, obj)
+            if moved is not None:
+                return self._rebind(moved, addr) + self._receive(addr, data, now, wall)
             if obj.get("type") == p.MessageType.ACK:
                 return self._ack(peer, obj, now, wall)
             rid = _datagram_id(obj)
@@ -360,6 +369,11 @@ class UdpChat:
             self._heard(peer, now)
             return self._reply(peer, exc.to_message())
         actions: list[Action] = []
+        tombstone = self.tombstones.get(addr) if peer is None else None
+        if tombstone is not None and tombstone.left and rid != 1 and tombstone.dedup.has(rid):
+            # A late copy of a request the session applied before its leave:
+            # acked (never longer than the request), with no new session for it.
+            return [Send(addr, p.encode_datagram({"type": p.MessageType.ACK.value, "id": rid}))]
         if peer is None:
             if len(self.peers) >= self.max_clients:
                 if not self.unverified:
@@ -367,10 +381,15 @@ class UdpChat:
                 oldest = next(iter(self.unverified.values()))
                 actions += self._forget_unverified(oldest, "unverified_evicted", wall)
             peer = self._connect(addr, len(data), now, rid)
-            actions += self._perform(self.core.connect(addr))     # the welcome
+            peer.forgot = _session_id(obj)
+            actions += self._perform(self.core.connect(peer.sid))     # the welcome
         elif not self._take_token(peer, now):
             return self._over_limit(peer, now)
+        if peer.verified and _session_id(obj) not in (peer.sid, peer.forgot):
+            return self._without_session(peer, rid)
         self._heard(peer, now)
+        if not peer.dedup.in_window(rid):
+            return actions + self._out_of_window(peer, rid)
         if not peer.verified:
             return actions + self._unverified_request(peer, rid, obj, now, wall)
         actions.insert(0, self._send_ack(peer, rid))
@@ -386,14 +405,18 @@ class UdpChat:
         tombstone = self.tombstones.pop(addr, None)
         if rid == 1:
             tombstone = None
+        # A fresh window starts at the first id: a client forgotten by a restart
+        # goes on counting where it was.
         dedup = (_copy_window(tombstone.dedup) if tombstone is not None
-                 else DedupWindow(stats=self.stats))
-        peer = Peer(addr, now, now, dedup, bucket, verified=not self.anti_amplification)
+                 else DedupWindow(stats=self.stats, first=rid))
+        sid = secrets.token_hex(p.SESSION_ID_BYTES)
+        peer = Peer(addr, sid, now, now, dedup, bucket, verified=not self.anti_amplification)
         if not peer.verified:
             peer.inherited = tombstone
         if bucket is not None:
             bucket.take(now)                      # the datagram that introduced it
         self.peers[addr] = peer
+        self.sessions[sid] = peer
         if not peer.verified:
             peer.bytes_in = size
             self.amplification["bytes_in"] += size
@@ -424,6 +447,51 @@ class UdpChat:
                 f"(burst {self.rate_burst}): some were dropped unanswered"))
         return actions
 
+    def _session_of(self, addr: Address, obj: dict[str, Any]) -> Peer | None:
+        """The verified session ``obj`` names, if it now speaks from a new ``addr``."""
+        peer = self.sessions.get(_session_id(obj) or "")
+        if peer is None or peer.addr == addr or not peer.verified or addr in self.peers:
+            return None
+        return peer
+
+    def _rebind(self, peer: Peer, addr: Address) -> list[Action]:
+        """The session's address changed (a NAT rebinding, a new socket): it moves along.
+
+        Its datagrams in flight are resent to the new address under new keys.
+        Only the session id proves it is the same client: see the README on
+        what that does not protect against.
+        """
+        old = peer.addr
+        self.peers.pop(old, None)
+        peer.addr = addr
+        self.peers[addr] = peer
+        actions: list[Action] = [Report(addr, logging.INFO, f"session moved from "
+                                                            f"{old[0]}:{old[1]}")]
+        unsent = peer.first_unsent()
+        for n in sorted(peer.unacked):
+            if n < unsent and n in peer.sent:
+                actions += [Cancel((old, n)), Send(addr, peer.sent[n], (addr, n))]
+        return actions
+
+    def _without_session(self, peer: Peer, rid: int) -> list[Action]:
+        """A request from a verified peer's address without its session id.
+
+        An id it already used is acked again (an ack tells nothing and changes
+        nothing); anything else may be forged and is dropped, counted.
+        """
+        if peer.dedup.has(rid):
+            return [self._send_ack(peer, rid)]
+        self.dropped["bad_sid"] += 1
+        return []
+
+    def _out_of_window(self, peer: Peer, rid: int) -> list[Action]:
+        """An id too far ahead (forged, or a broken client): acked, refused, not applied."""
+        self.dropped["id_out_of_window"] += 1
+        return [self._send_ack(peer, rid)] + self._reply(peer, p.error(
+            p.ErrorCode.ID_OUT_OF_WINDOW, f"id: {rid} is more than {peer.dedup.size} above "
+            f"{peer.dedup.floor}, the highest id with none missing below it", field="id",
+            id=rid))
+
     def _server_full(self, addr: Address, data: bytes, rid: int) -> list[Action]:
         """Refuse a new address, once, unreliably, and never with more bytes than 3x its own."""
         self.dropped[p.ErrorCode.SERVER_FULL.value] += 1
@@ -436,9 +504,8 @@ class UdpChat:
     def _unverified_request(self, peer: Peer, rid: int, obj: dict[str, Any], now: float,
                             wall: float) -> list[Action]:
         """A request from an address not verified yet: see "Anti-amplification"."""
-        at_once = obj.get("type") in _AT_ONCE
         waiting = any(deferred_id == rid for deferred_id, _ in peer.deferred)
-        if not at_once and not waiting and len(peer.deferred) >= MAX_DEFERRED:
+        if not waiting and len(peer.deferred) >= MAX_DEFERRED:
             self.dropped["deferred_full"] += 1    # not marked seen: it may come again
             return self._report(peer, "deferred_full", now, logging.INFO,
                                 f"{MAX_DEFERRED} requests already wait for verification; "
@@ -446,9 +513,9 @@ class UdpChat:
         if peer.dedup.seen(rid):
             if waiting:                           # a retransmission: the welcome again
                 return self._rewelcome(peer)
-            return [self._send_ack(peer, rid)]    # a ping or leave, acked again
-        if at_once:
-            return [self._send_ack(peer, rid)] + self._request(peer, obj, wall)
+            return [self._send_ack(peer, rid)]    # the old session's: acked, not applied
+        # Every request waits, ping and leave too, so that all apply in id order
+        # once verified: a leave applied first would end the session under them.
         peer.deferred.append((rid, obj))          # unacked: the client will send it again
         return []
 
@@ -465,7 +532,11 @@ class UdpChat:
         if peer is None or isinstance(n, bool) or not isinstance(n, int):
             self.dropped["bad_ack"] += 1
             return []
-        if n in peer.unacked and n < peer.first_unsent():
+        sent = 0 < n < peer.first_unsent()
+        if sent and _session_id(obj) != peer.sid:
+            self.dropped["bad_sid"] += 1          # blind, forged or stale: proves nothing
+            return []
+        if n in peer.unacked and sent:
             # Retires a datagram: free of the rate limit (a busy room means many).
             self._heard(peer, now)
             peer.unacked.discard(n)
@@ -478,7 +549,7 @@ class UdpChat:
             return actions
         if not self._take_token(peer, now):
             return self._over_limit(peer, now)
-        if 0 < n < peer.first_unsent():
+        if sent:
             self.dropped["duplicate_ack"] += 1    # its first ack came; a sign of life
             self._heard(peer, now)
             peer.highest_acked = max(peer.highest_acked, n)
@@ -497,7 +568,7 @@ class UdpChat:
         self._touched.discard(peer)
         actions: list[Action] = list(peer.held)   # now unlimited, still in n order
         peer.held.clear()
-        deferred, peer.deferred = peer.deferred, []
+        deferred, peer.deferred = sorted(peer.deferred, key=lambda item: item[0]), []
         for rid, obj in deferred:
             if peer.addr not in self.peers:
                 break
@@ -507,7 +578,8 @@ class UdpChat:
 
     def _send_ack(self, peer: Peer, rid: int) -> Send:
         """The ack of request ``rid``. Never longer than the request, so it always fits."""
-        ack = Send(peer.addr, p.encode_datagram({"type": p.MessageType.ACK.value, "id": rid}))
+        ack = Send(peer.addr, p.encode_datagram({"type": p.MessageType.ACK.value, "id": rid,
+                                                 "sid": peer.sid}))
         if not peer.verified:
             peer.bytes_out += len(ack.payload)
             self.amplification["bytes_out"] += len(ack.payload)
@@ -521,20 +593,22 @@ class UdpChat:
                 # (and retransmitted) to an address that said goodbye. A leave ends
                 # the session even outside a room (say, after a refused first join):
                 # otherwise the address would linger until client_timeout_s.
-                in_room = self.core.members[peer.addr].room is not None
-                outputs = self.core.handle(peer.addr, request, wall) if in_room else []
-                return self._perform(outputs, drop=peer) + self._drop(peer, wall,
-                                                                       tombstone=False)
+                in_room = self.core.members[peer.sid].room is not None
+                outputs = self.core.handle(peer.sid, request, wall) if in_room else []
+                # Its window outlives it (a tombstone): a late retransmission of
+                # a request sent before the leave is acked, not applied again.
+                return self._perform(outputs, drop=peer) + self._drop(
+                    peer, wall, tombstone=True, left=True)
             self._check_fits(peer, request, wall)
-            return self._perform(self.core.handle(peer.addr, request, wall))
+            return self._perform(self.core.handle(peer.sid, request, wall))
         except p.ProtocolError as exc:
             return self._reply(peer, exc.to_message())
 
     def _check_fits(self, peer: Peer, request: p.Request, wall: float) -> None:
         """Refuse a message or whisper whose delivery would not fit in one datagram."""
-        user = self.core.members[peer.addr].user or ""
+        user = self.core.members[peer.sid].user or ""
         if isinstance(request, p.Message):
-            room = self.core.members[peer.addr].room
+            room = self.core.members[peer.sid].room
             biggest = p.chat_message(room.name if room else "", user, request.text,
                                      _BIG_SEQ, wall)
         elif isinstance(request, p.Whisper):
@@ -545,7 +619,7 @@ class UdpChat:
         else:
             return
         size = len(p.encode_datagram({**biggest, "history": True, "id": request.id,
-                                      "n": _BIG_N}))
+                                      "sid": _ANY_SID, "n": _BIG_N}))
         if size > self.max_datagram_bytes:
             raise p.ProtocolError(p.ErrorCode.DATAGRAM_TOO_LARGE,
                                   f"text: its delivery would take {size} bytes, over the "
@@ -559,18 +633,20 @@ class UdpChat:
                         f"sent {peer.bytes_out}, {len(peer.held)} datagrams never sent")
         return [report] + self._drop(peer, wall, tombstone=True)
 
-    def _drop(self, peer: Peer, wall: float, *, tombstone: bool) -> list[Action]:
+    def _drop(self, peer: Peer, wall: float, *, tombstone: bool,
+              left: bool = False) -> list[Action]:
         """Forget ``peer``. With ``tombstone``, the ids a verified peer's requests
         used outlive it, and an unverified one puts back the tombstone it inherited
         (its own window also marks requests deferred, never applied)."""
         self.peers.pop(peer.addr, None)
+        self.sessions.pop(peer.sid, None)
         self.unverified.pop(peer.addr, None)
         self._touched.discard(peer)
         kept = peer.dedup if peer.verified else (
             peer.inherited.dedup if peer.inherited is not None else None)
         if tombstone and kept is not None:
             self.tombstones.pop(peer.addr, None)
-            self.tombstones[peer.addr] = Tombstone(kept, peer.last_heard)
+            self.tombstones[peer.addr] = Tombstone(kept, peer.last_heard, left)
             while len(self.tombstones) > self.max_clients:
                 self.tombstones.popitem(last=False)
         # Stop retransmitting to a forgotten peer. Should the address come back,
@@ -585,7 +661,7 @@ class UdpChat:
         peer.sent.clear()
         peer.held.clear()
         peer.deferred.clear()
-        return cancelled + self._perform(self.core.disconnect(peer.addr, wall))
+        return cancelled + self._perform(self.core.disconnect(peer.sid, wall))
 
     def _report(self, peer: Peer, what: str, now: float, level: int,
                 text: str) -> list[Action]:
@@ -636,16 +712,17 @@ class UdpChat:
     def _perform(self, outputs: list[Output], drop: Peer | None = None) -> list[Action]:
         if drop is not None:
             self.peers.pop(drop.addr, None)
+            self.sessions.pop(drop.sid, None)
         actions: list[Action] = []
         for output in outputs:
             if isinstance(output, Reply):
-                peer = self.peers.get(cast(Address, output.to))
+                peer = self.sessions.get(cast(str, output.to))
                 if peer is not None:
                     actions += self._reply(peer, output.message)
                 continue
             body = p.encode_datagram(output.message)       # once, for every member
-            for addr in output.to:
-                peer = self.peers.get(cast(Address, addr))
+            for sid in output.to:
+                peer = self.sessions.get(cast(str, sid))
                 if peer is not None:
                     actions += self._stamp(peer, body)
             if output.room is not None:
@@ -659,6 +736,8 @@ class UdpChat:
             # Over UDP the limits that matter are the datagram's, and a refusal
             # names them; without ``limits`` the welcome fits 3x the smallest join.
             message = {key: value for key, value in message.items() if key != "limits"}
+            if peer.forgot is not None:
+                message["forgot"] = peer.forgot   # proof we saw the session it had
         return self._stamp(peer, p.encode_datagram(_fit(message, self.max_datagram_bytes)))
 
     def _stamp(self, peer: Peer, body: bytes) -> list[Action]:
@@ -670,7 +749,8 @@ class UdpChat:
         n = peer.next_n
         peer.next_n += 1
         peer.unacked.add(n)
-        send = Send(peer.addr, body[:-1] + b',"n":%d}' % n, (peer.addr, n))
+        send = Send(peer.addr, body[:-1] + b',"sid":"%s","n":%d}' % (peer.sid.encode(), n),
+                    (peer.addr, n))
         peer.sent[n] = send.payload               # the timer's bytes, not a copy
         if peer.verified:
             return [send]
@@ -694,6 +774,14 @@ def _datagram_id(obj: dict[str, Any]) -> int:
     return rid
 
 
+def _session_id(obj: dict[str, Any]) -> str | None:
+    """The ``sid`` a client datagram carries, if it is one we could have made."""
+    sid = obj.get("sid")
+    if isinstance(sid, str) and len(sid) == 2 * p.SESSION_ID_BYTES:
+        return sid
+    return None
+
+
 def _fit(message: dict[str, Any], limit: int) -> dict[str, Any]:
     """Cut a ``rooms`` or ``who`` list until the reply fits one datagram."""
     key = {"rooms": "rooms", "who": "users"}.get(message.get("type", ""))
@@ -702,7 +790,7 @@ def _fit(message: dict[str, Any], limit: int) -> dict[str, Any]:
     items = list(message[key])
     left_out = 0
     while items and len(p.encode_datagram({**message, key: items, "more": left_out,
-                                           "n": _BIG_N})) > limit:
+                                           "sid": _ANY_SID, "n": _BIG_N})) > limit:
         items.pop()
         left_out += 1
     if not left_out:

@@ -105,6 +105,7 @@ class Flooder:
         self.types: dict[str, int] = {}
         self.errors: list[str] = []
         self.error_texts: list[str] = []
+        self.sid: str | None = None
         self.seen: set[int] = set()         # stream numbers received
         self.joined = threading.Event()
         self._stop = threading.Event()
@@ -118,6 +119,8 @@ class Flooder:
         return host, port
 
     def send(self, **fields: Any) -> None:
+        if self.sid is not None:
+            fields["sid"] = self.sid
         self.sock.send(json.dumps({**fields, "id": self.next_id}).encode())
         self.next_id += 1
 
@@ -144,7 +147,9 @@ class Flooder:
                 if message.get("type") == "ack":
                     self.acks += 1
                     continue
-                self.sock.send(b'{"type":"ack","n":%d}' % message["n"])
+                self.sid = message["sid"]          # from the welcome on
+                self.sock.send(json.dumps({"type": "ack", "n": message["n"],
+                                           "sid": self.sid}).encode())
                 if message["n"] in self.seen:
                     continue
                 self.seen.add(message["n"])

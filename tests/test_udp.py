@@ -613,8 +613,9 @@ class RawPeer:
                                    "id": 1}).encode())
         while True:
             message = p.decode(self.sock.recv(65535))
-            if "n" in message:
-                self.sock.send(b'{"type":"ack","n":%d}' % message["n"])
+            if "n" in message:      # acked with the session id the welcome gave
+                self.sock.send(json.dumps({"type": "ack", "n": message["n"],
+                                           "sid": message["sid"]}).encode())
             if message.get("event") == "join" and message.get("user") == user:
                 return
 
@@ -743,8 +744,12 @@ def test_garbage_from_many_sockets_does_not_disturb_a_chatting_pair(servers: Ser
     try:
         known = vandals[0]          # joins first, so its garbage earns typed errors
         known.settimeout(WAIT)
-        known.sendto(b'{"type":"ping","id":1}', address(server))
-        assert p.decode(known.recv(65535)) == {"type": "ack", "id": 1}
+        for _ in range(2):          # 2 x 3 x 22 bytes: enough for the welcome
+            known.sendto(b'{"type":"ping","id":1}', address(server))
+        welcome = p.decode(known.recv(65535))
+        known.sendto(json.dumps({"type": "ack", "n": 1, "sid": welcome["sid"]}).encode(),
+                     address(server))  # verified: the ping applies now
+        assert p.decode(known.recv(65535)) == {"type": "ack", "id": 1, "sid": welcome["sid"]}
 
         def vandalise() -> None:
             rng = random.Random(7)
