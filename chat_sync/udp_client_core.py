@@ -93,11 +93,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import random
+from collections.abc import Callable
 from typing import Any, TypeGuard, Union
 
 from . import commands as cmd
 from . import protocol as p
 from .retransmit import Gap, ReorderBuffer, RetransmitStats
+from .tcp_client_core import Backoff
 from .terminal import escape
 
 STASH_MAX_N = 64           # low stream numbers kept aside in case a new session starts
@@ -106,6 +109,8 @@ MAX_AWAITING = 1024        # requests remembered while their reply is awaited
 MAX_RESEND = 64            # requests kept to send again after a rejoin
 MAX_QUEUED = 256           # requests waiting for their turn to go out
 STREAM_WINDOW = 1024       # how far ahead of the next expected n a datagram may be
+TRYING_NOTE_S = 2.0        # silence after the first join before we say we are still trying
+REJOIN_BACKOFF = Backoff(base_delay_s=1.0, max_delay_s=30.0, tries=0)   # between rejoin tries
 _BIG_ID = 2**53 - 1        # stands in for an id when checking a request's size
 _KEEPALIVE = "_keepalive"  # marks a queued ping as ours; never sent
 _REJOIN = "_rejoin"        # marks a queued join as a rejoin; never sent
@@ -203,7 +208,8 @@ class UdpClientCore:
     def __init__(self, user: str, room: str, *, keepalive_s: float = 15.0,
                  gap_timeout_s: float = 15.0,
                  max_datagram_bytes: int = p.MAX_DATAGRAM_BYTES,
-                 stats: RetransmitStats | None = None) -> None:
+                 stats: RetransmitStats | None = None,
+                 random_fraction: Callable[[], float] = random.random) -> None:
         self.user = user
         self.room = room                    # the room we are in, or are joining
         self.keepalive_s = keepalive_s
@@ -241,6 +247,10 @@ class UdpClientCore:
         self._last_heard: float | None = None        # when the server's last datagram came
         self._rounds: collections.Counter[int] = collections.Counter()   # rid -> extra rounds
         self._round_began: dict[int, float] = {}     # rid -> when its retries last began
+        self._random_fraction = random_fraction      # the back-off's jitter
+        self._trying_at: float | None = None  # when to say the first join is unanswered
+        self._probe_at: float | None = None   # when to try rejoining a server that is away
+        self._probes = 0                      # rejoin tries without an answer so far
 
     # -- questions ---------------------------------------------------------------------
     @property
@@ -278,11 +288,13 @@ class UdpClientCore:
         keepalive = self._keepalive_deadline()
         if keepalive is not None:
             deadlines.append(keepalive)
+        deadlines += [t for t in (self._trying_at, self._probe_at) if t is not None]
         return min(deadlines) if deadlines else None
 
     # -- requests out ----------------------------------------------------------------------
     def start(self, now: float) -> list[Action]:
         """The first join, which opens the session on the server."""
+        self._trying_at = now + TRYING_NOTE_S
         return self._queue_join(self.room, now)
 
     def request(self, request: dict[str, Any], now: float) -> list[Action]:
@@ -312,6 +324,10 @@ class UdpClientCore:
             return []
         self.state = ClientState.LEFT
         actions: list[Action] = []
+        for rid, request in self._unacked.items():
+            if rid not in self._keepalive_ids:
+                actions.append(Note(self._undelivered(rid, request, "may not have been",
+                                                      "no ack before leaving")))
         if self._queue:
             plural = "s" if len(self._queue) != 1 else ""
             actions.append(Note(f"{len(self._queue)} request{plural} not sent: leaving"))
@@ -344,6 +360,7 @@ class UdpClientCore:
             return []                       # not acked, so a real one is sent again
         self.heard_from_server = True
         self._last_heard = now
+        self._trying_at = None
         if obj.get("type") == p.MessageType.ACK:
             rid = obj.get("id")
             if not _is_count(rid):
@@ -420,19 +437,44 @@ class UdpClientCore:
             if self.state is ClientState.JOINING:
                 self.state = ClientState.FAILED
                 return [Failed("no answer from the server to our join")]
+        if self.state is ClientState.REJOINING and request.get("type") == p.MessageType.JOIN:
+            return self._probe_later(now)
         if keepalive:
-            actions: list[Action] = [] if heard else [
-                Note(f"the server is not answering (ping {rid} was not acked)")]
-        else:
-            text = f"{request.get('type')} {rid} was not delivered"
-            if isinstance(request.get("text"), str):
-                text += f": {text_start(request['text'])!r}"
-            actions = [Note(text + " (the server did not ack it)")]
+            if heard:
+                return self._pump(now)
+            self.state = ClientState.REJOINING          # it may be back, under a new run
+            return [Note(f"the server is not answering (ping {rid} was not acked); "
+                         f"rejoining {self.room}")] + self._queue_join(self.room, now)
+        actions: list[Action] = [Note(self._undelivered(rid, request, "was not",
+                                                        "the server did not ack it"))]
         return actions + self._pump(now)
+
+    @staticmethod
+    def _undelivered(rid: int, request: dict[str, Any], was: str, why: str) -> str:
+        """``message 5 was not delivered: 'its start…' (why)``."""
+        text = f"{request.get('type')} {rid} {was} delivered"
+        if isinstance(request.get("text"), str):
+            text += f": {text_start(request['text'])!r}"
+        return f"{text} ({why})"
+
+    def _probe_later(self, now: float) -> list[Action]:
+        """A rejoin went unanswered: try again after a back-off (the TCP client's)."""
+        delay = REJOIN_BACKOFF.delay(self._probes, self._random_fraction())
+        self._probes += 1
+        self._probe_at = now + delay
+        return [Note(f"the server is not answering; trying again in {delay:.1f} s")]
 
     def handle_timer(self, now: float) -> list[Action]:
         """Skip gaps that timed out; when idle for ``keepalive_s``, ping (or rejoin)."""
         actions = self._release(self._reorder.poll(now), now)
+        if self._trying_at is not None and now >= self._trying_at:
+            self._trying_at = None
+            if self.state is ClientState.JOINING and not self.heard_from_server:
+                actions.append(Note("no answer from the server yet; still trying"))
+        if self._probe_at is not None and now >= self._probe_at:
+            self._probe_at = None
+            if self.state is ClientState.REJOINING and not self._joining():
+                actions += self._queue_join(self.room, now)
         keepalive = self._keepalive_deadline()
         if keepalive is not None and now >= keepalive:
             self.keepalives += 1
@@ -531,7 +573,7 @@ class UdpClientCore:
     def _keepalive_deadline(self) -> float | None:
         """``keepalive_s`` after the last datagram we sent, while no request is out."""
         if (self.state not in (ClientState.JOINED, ClientState.REJOINING)
-                or self._unacked or self._last_sent is None):
+                or self._unacked or self._last_sent is None or self._probe_at is not None):
             return None
         return self._last_sent + self.keepalive_s
 
@@ -677,7 +719,18 @@ class UdpClientCore:
         if not self._is_new(message):
             return []
         self.delivered += 1
+        if (kind == p.MessageType.SYSTEM and message.get("event") == p.SystemEvent.SHUTDOWN
+                and self.state is ClientState.JOINED):
+            return [Deliver(message)] + self._server_away(now)
         return [Deliver(message)]
+
+    def _server_away(self, now: float) -> list[Action]:
+        """The server said it is stopping: rejoin by ourselves once it may be back."""
+        self.state = ClientState.REJOINING
+        self._probes = 0
+        actions = self._probe_later(now)
+        return [Note(f"the server is stopping; rejoining {self.room} when it is back "
+                     f"(first try in {actions[0].text.rsplit(' in ', 1)[1]})")]
 
     def _welcome(self, message: dict[str, Any], now: float) -> list[Action]:
         self.delivered += 1
@@ -744,6 +797,7 @@ class UdpClientCore:
         self.room = room_name if isinstance(room_name, str) else room
         rejoined = self.state is ClientState.REJOINING
         self.state = ClientState.JOINED
+        self._probes, self._probe_at = 0, None
         self._is_new(message)               # record its seq
         self.delivered += 1
         actions: list[Action] = [Joined(self.room), Deliver(message)]

@@ -792,3 +792,33 @@ def test_pipelined_requests_from_a_new_address_apply_in_id_order_ping_and_leave_
     again = net.send(ALICE, type="message", text="hi", id=2)   # a late retransmission
     assert to(ALICE, again) == [{"type": "ack", "id": 2}] and to(BOB, again) == []
     assert ALICE not in net.chat.peers                          # acked without a session
+
+
+@pytest.mark.timeout(10)
+def test_a_blind_ack_without_the_session_id_verifies_nothing() -> None:
+    net = chatty_pair(20)
+    sent: list[Action] = []
+    for _ in range(3):                        # a forged join, and blind acks of n=1
+        sent += net.send_raw(FORGED, b'{"type":"join","room":"lobby","user":"mallory","id":1}')
+        sent += net.send_raw(FORGED, b'{"type":"ack","n":1}')
+    assert not net.chat.peers[FORGED].verified
+    assert of_type("message", to(FORGED, sent)) == []           # no history for the victim
+    assert to(ALICE, sent) == [] and "mallory" not in net.chat.core._names
+    assert net.chat.dropped["bad_sid"] >= 1
+
+
+@pytest.mark.timeout(10)
+def test_a_session_follows_its_id_to_a_new_address() -> None:
+    net = joined_pair()
+    net.send(BOB, type="message", text="for alice, unacked")
+    moved: Address = ("127.0.0.1", 41001)                  # alice's NAT mapping changed
+    actions = net.send_raw(moved, json.dumps({"type": "message", "text": "still me",
+                                              "id": 2, "sid": net.sid(ALICE)}).encode())
+    assert [m["text"] for m in of_type("message", to(BOB, actions))] == ["still me"]
+    assert moved in net.chat.peers and ALICE not in net.chat.peers
+    resent = [m.get("text") for m in to(moved, actions) if "n" in m]
+    assert resent[-2:] == ["for alice, unacked", "still me"]    # in flight: sent again there
+    cancelled = {a.key for a in actions if isinstance(a, Cancel)}
+    assert (ALICE, 3) in cancelled and all(key[0] == ALICE for key in cancelled)
+    forged = net.send_raw(ALICE, b'{"type":"message","text":"forged","id":3}')
+    assert to(BOB, forged) == []                             # the old address is nobody now
