@@ -42,7 +42,7 @@ class Net:
     def sid(self, addr: Address) -> str | None:
         """The session id of the peer at ``addr``, as its welcome told it."""
         peer = self.chat.peers.get(addr)
-        return None if peer is None else peer.sid
+        return getattr(peer, "sid", None)        # None also before sessions had ids
 
     def send(self, addr: Address, **fields: Any) -> list[Action]:
         """A request from ``addr`` with the next id, unless ``fields`` has one, and the
