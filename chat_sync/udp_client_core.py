@@ -438,7 +438,8 @@ class UdpClientCore:
                 self.state = ClientState.FAILED
                 return [Failed("no answer from the server to our join")]
         if self.state is ClientState.REJOINING and request.get("type") == p.MessageType.JOIN:
-            return self._probe_later(now)
+            return [Note(f"the server is not answering; trying again in "
+                         f"{self._probe_later(now):.1f} s")]
         if keepalive:
             if heard:
                 return self._pump(now)
@@ -457,12 +458,12 @@ class UdpClientCore:
             text += f": {text_start(request['text'])!r}"
         return f"{text} ({why})"
 
-    def _probe_later(self, now: float) -> list[Action]:
-        """A rejoin went unanswered: try again after a back-off (the TCP client's)."""
+    def _probe_later(self, now: float) -> float:
+        """Try rejoining after a back-off (the TCP client's); returns the delay."""
         delay = REJOIN_BACKOFF.delay(self._probes, self._random_fraction())
         self._probes += 1
         self._probe_at = now + delay
-        return [Note(f"the server is not answering; trying again in {delay:.1f} s")]
+        return delay
 
     def handle_timer(self, now: float) -> list[Action]:
         """Skip gaps that timed out; when idle for ``keepalive_s``, ping (or rejoin)."""
@@ -728,9 +729,9 @@ class UdpClientCore:
         """The server said it is stopping: rejoin by ourselves once it may be back."""
         self.state = ClientState.REJOINING
         self._probes = 0
-        actions = self._probe_later(now)
+        delay = self._probe_later(now)
         return [Note(f"the server is stopping; rejoining {self.room} when it is back "
-                     f"(first try in {actions[0].text.rsplit(' in ', 1)[1]})")]
+                     f"(first try in {delay:.1f} s)")]
 
     def _welcome(self, message: dict[str, Any], now: float) -> list[Action]:
         self.delivered += 1

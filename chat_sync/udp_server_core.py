@@ -556,9 +556,9 @@ class UdpChat:
             return []
         self.dropped["unknown_ack"] += 1          # never sent: proves nothing, changes nothing
         unsent = peer.first_unsent()
-        sent = f"n=1..{unsent - 1} were" if unsent > 1 else "none was"
+        which = f"n=1..{unsent - 1} were" if unsent > 1 else "none was"
         return self._report(peer, "unknown_ack", now, logging.INFO,
-                            f"ignored an ack for n={n}: never sent to it ({sent})")
+                            f"ignored an ack for n={n}: never sent to it ({which})")
 
     def _verify(self, peer: Peer, wall: float) -> list[Action]:
         """``peer`` acked a datagram it was sent: release what waited, apply its requests."""
