@@ -2,10 +2,11 @@
 
 Theory of operation
 -------------------
-UDP has no connections, so ``UdpChat`` keeps one ``Peer`` per source
-address ``(host, port)`` and hands the chat itself to the same ``ChatCore``
-the TCP server uses, with the address as the connection id. Its methods take
-a datagram (or the time) and return actions for the shell:
+UDP has no connections, so ``UdpChat`` keeps one ``Peer`` (a session) per
+client, found by its source address ``(host, port)`` or by its session id,
+and hands the chat itself to the same ``ChatCore`` the TCP server uses, with
+the session id as the connection id. Its methods take a datagram (or the
+time) and return actions for the shell:
 
 - ``Send(addr, payload, key)``: send ``payload`` to ``addr``. With a ``key``
   it is reliable: register it with the retransmit timer first.
@@ -20,8 +21,10 @@ has a byte budget (below) and retransmissions spend it too.
 
 Rules (the README's UDP section is the spec):
 
+- Every server datagram carries ``sid``, the session id; every client
+  datagram carries it too once the welcome has given it (``udp_sessions``).
 - Every client datagram but an ``ack`` carries ``id``, increasing per client.
-  Each one is acked (``{"type":"ack","id":N}``), a duplicate too, but a
+  Each one is acked (``{"type":"ack","id":N,"sid":S}``), a duplicate too, but a
   duplicate is never applied again (``DedupWindow``): a retransmission whose
   ack was lost must not produce a second broadcast.
 - Every server datagram but an ``ack`` carries ``n``: this peer's stream
@@ -41,105 +44,38 @@ Rules (the README's UDP section is the spec):
 - Bounded: at most ``max_clients`` peers; a peer with more than
   ``MAX_UNACKED`` datagrams unacked, one that stays silent for
   ``client_timeout_s``, or one the retransmit timer gave up on and that
-  acks nothing newer (below) is dropped, and its room hears that it left.
+  acks nothing newer (``udp_sessions``: give-ups) is dropped, and its room
+  hears that it left.
   A ``leave`` ends a UDP session: with no connection to close, it is how a
   client says goodbye.
 
-Give-ups, drops and what survives them
---------------------------------------
-A give-up is evidence about one datagram, not always about the peer. At 20%
-loss each way a round trip fails with p = 0.36, so all seven tries of the
-default ``max_retries`` (6) fail about once per 1,300 datagrams, while the
-peer goes on acking the others. Dropping it then would cost a rejoin whose
-``since`` needs the room's history to cover the absence: 20 broadcasts,
-which a busy room says in a second or two, and which never covers a
-datagram the client missed twelve seconds (the whole retry span) before.
-So:
-
-- ``give_up`` drops the peer only if it is unreachable: it has acked no
-  datagram sent after the one given up. If it has (``Peer.highest_acked``),
-  it is alive and that datagram was unlucky: it goes out again with the
-  same ``n``, a new round of retries, at most ``MAX_ROUNDS`` rounds, then
-  the peer is dropped after all. The same ``n`` means no rejoin and no
-  history are needed, and the client's ``ReorderBuffer`` delivers it once.
-- A verified peer dropped by the timer, or for not acking, leaves a
-  *tombstone*: its ``DedupWindow``, for ``client_timeout_s`` after it was
-  last heard (at most ``max_clients`` of them). The address's next session
-  starts from a copy of it, so a request the old session applied, whose ack
-  was lost and which the client sends again into the new one, is acked, not
-  applied a second time (it would be refused ``not_joined``, and the client
-  would send it again under a new id: a duplicate). A new session that is
-  dropped before it is verified (its welcome given up, or expired) puts the
-  tombstone back as it found it: its own window also marks the requests it
-  deferred and never applied. A new client process on a reused port starts
-  with ``id`` 1, and a session opened by id 1 starts a fresh window (a
-  client still waiting for its first join must have it applied). ``leave``
-  and silence leave no tombstone: the first ends the session on purpose,
-  and the second lasted ``client_timeout_s`` already.
-
-Defences against forged addresses and floods
---------------------------------------------
-- **Anti-amplification** (RFC 9000 section 8). A source address can be
-  forged, so an address is *unverified* until it acks a datagram we did
-  send it. Until then it is sent at most ``AMPLIFICATION_FACTOR`` (3) times
-  the bytes received from it, retransmissions included; a datagram that
-  does not fit waits in ``Peer.held``, in ``n`` order, until the budget
-  grows or the address is verified. Its requests wait too, in
-  ``Peer.deferred`` and unacked, so the client keeps retransmitting them
-  and every copy raises the budget; ``ping`` and ``leave``, which touch no
-  room, are applied and acked at once (an ack is never longer than the
-  request it answers). So the first answer to a join is the welcome alone,
-  which fits three times the smallest join (the UDP welcome leaves out
-  ``limits`` for that); the client acks it, and then the join is applied
-  and acked, and the history and the join notice follow, in ``n`` order. A
-  forged address gets at most the welcome, pongs and errors, within 3x,
-  and no room ever hears of it.
-- **Rate limit**: a token bucket per peer (``guard.TokenBucket``, the TCP
-  server's, with ``rate_limit_per_s`` and ``rate_burst``). A datagram over
-  the limit is dropped, unacked and unanswered: answering a flood would
-  feed it. A verified peer is told ``rate_limited`` at most once per
-  ``TELL_EVERY_S``. An ack that retires a datagram is free: a busy room
-  makes a client send one per datagram.
-- **Bounded before verification**: unverified peers count toward
-  ``max_clients``; each is forgotten ``unverified_timeout_s`` after its
-  first datagram; and when the table is full, a new address takes the place
-  of the oldest unverified one, so forged addresses cannot lock real
-  clients out. Strangers (no peer) leave no state at all.
-
-Trade-offs, honestly: ``n`` counts from 1, so whoever can forge an address
-can also guess ``n=1`` and "verify" it blind; QUIC closes that hole with
-unguessable connection ids, which this protocol does not have. And a
-forgotten client's keepalive ping is acked at once, so it does not learn
-from it that the server forgot it: it finds out with its next request.
+Sessions, session ids and the defences against forged addresses and floods
+are ``udp_sessions``'s: its module comment is the essay.
 """
 from __future__ import annotations
 
 import collections
-import copy
 import logging
-import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union, cast
 
 from . import protocol as p
 from .guard import TokenBucket
 from .retransmit import DedupWindow, RetransmitStats
 from .rooms import ChatCore, Output, Reply
+from .udp_sessions import AMPLIFICATION_FACTOR as AMPLIFICATION_FACTOR
+from .udp_sessions import MAX_DEFERRED as MAX_DEFERRED
+from .udp_sessions import MAX_UNACKED as MAX_UNACKED
+from .udp_sessions import Address as Address
+from .udp_sessions import Key as Key
+from .udp_sessions import (Peer, Tombstone, check_fits, copy_window,
+                           datagram_id, fit, new_session_id, session_id)
 
-Address = tuple[str, int]
-Key = tuple[Address, int]        # (peer address, n): one reliable server datagram
-
-MAX_UNACKED = 256                # unacked datagrams one peer may hold before it is dropped
-AMPLIFICATION_FACTOR = 3         # bytes out per byte in, to an unverified address (RFC 9000)
-MAX_DEFERRED = 8                 # requests an unverified address may have waiting
 MAX_ROUNDS = 3                   # extra rounds of retries for a datagram to a live peer
 TELL_EVERY_S = 1.0               # say rate_limited (and log a defence) at most this often
 DEFAULT_RATE_LIMIT_PER_S = 50.0
 DEFAULT_RATE_BURST = 100
 DEFAULT_UNVERIFIED_TIMEOUT_S = 5.0
-_BIG_N = 2**31                   # stands in for n when measuring a datagram's size
-_ANY_SID = "0" * 2 * p.SESSION_ID_BYTES   # ... and for a session id
-_BIG_SEQ = 2**53
 
 # Every reason ``dropped`` counts, present from the start (zero), so another
 # thread may read the counts while the loop thread adds to them.
@@ -184,47 +120,6 @@ class Report:
 
 
 Action = Union[Send, Acked, Cancel, Log, Report]
-
-
-@dataclass(frozen=True)
-class Tombstone:
-    """What outlives a dropped session: the ids its requests used (see the module comment)."""
-
-    dedup: DedupWindow
-    last_heard: float            # monotonic; kept ``client_timeout_s`` after it
-    left: bool = False           # the session ended with a leave
-
-
-@dataclass(eq=False)
-class Peer:
-    addr: Address
-    sid: str                     # the session id: unguessable, in every datagram both ways
-    first_heard: float
-    last_heard: float
-    dedup: DedupWindow
-    bucket: TokenBucket | None
-    verified: bool
-    next_n: int = 1
-    unacked: set[int] = field(default_factory=set)
-    sent: dict[int, bytes] = field(default_factory=dict)   # n -> payload, while unacked
-    highest_acked: int = 0       # the newest n it acked: it is reachable up to there
-    rounds: collections.Counter[int] = field(default_factory=collections.Counter)
-    inherited: Tombstone | None = None   # until verified: the old session's, untouched
-    forgot: str | None = None    # the session id its first datagram carried, if unknown
-    # Until verified (see "Anti-amplification"):
-    bytes_in: int = 0
-    bytes_out: int = 0
-    held: collections.deque[Send] = field(default_factory=collections.deque)
-    deferred: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-    welcome: bytes = b""         # n=1 as sent: the answer to a retransmitted request
-    counted: int = 0             # how many of ``held`` are already counted as waiting
-    # Reporting:
-    over_limit: int = 0          # datagrams the bucket dropped since the last report
-    told: dict[str, float] = field(default_factory=dict)   # what -> when last reported
-
-    def first_unsent(self) -> int:
-        """The lowest ``n`` not sent yet: every ``n`` below it has gone out."""
-        return self.held[0].key[1] if self.held and self.held[0].key else self.next_n
 
 
 class UdpChat:
@@ -359,7 +254,7 @@ class UdpChat:
                 return self._rebind(moved, addr) + self._receive(addr, data, now, wall)
             if obj.get("type") == p.MessageType.ACK:
                 return self._ack(peer, obj, now, wall)
-            rid = _datagram_id(obj)
+            rid = datagram_id(obj)
         except p.ProtocolError as exc:
             if peer is None:
                 self.dropped[exc.code.value] += 1
@@ -381,11 +276,11 @@ class UdpChat:
                 oldest = next(iter(self.unverified.values()))
                 actions += self._forget_unverified(oldest, "unverified_evicted", wall)
             peer = self._connect(addr, len(data), now, rid)
-            peer.forgot = _session_id(obj)
+            peer.forgot = session_id(obj)
             actions += self._perform(self.core.connect(peer.sid))     # the welcome
         elif not self._take_token(peer, now):
             return self._over_limit(peer, now)
-        if peer.verified and _session_id(obj) not in (peer.sid, peer.forgot):
+        if peer.verified and session_id(obj) not in (peer.sid, peer.forgot):
             return self._without_session(peer, rid)
         self._heard(peer, now)
         if not peer.dedup.in_window(rid):
@@ -407,9 +302,9 @@ class UdpChat:
             tombstone = None
         # A fresh window starts at the first id: a client forgotten by a restart
         # goes on counting where it was.
-        dedup = (_copy_window(tombstone.dedup) if tombstone is not None
+        dedup = (copy_window(tombstone.dedup) if tombstone is not None
                  else DedupWindow(stats=self.stats, first=rid))
-        sid = secrets.token_hex(p.SESSION_ID_BYTES)
+        sid = new_session_id()
         peer = Peer(addr, sid, now, now, dedup, bucket, verified=not self.anti_amplification)
         if not peer.verified:
             peer.inherited = tombstone
@@ -449,7 +344,7 @@ class UdpChat:
 
     def _session_of(self, addr: Address, obj: dict[str, Any]) -> Peer | None:
         """The verified session ``obj`` names, if it now speaks from a new ``addr``."""
-        peer = self.sessions.get(_session_id(obj) or "")
+        peer = self.sessions.get(session_id(obj) or "")
         if peer is None or peer.addr == addr or not peer.verified or addr in self.peers:
             return None
         return peer
@@ -533,7 +428,7 @@ class UdpChat:
             self.dropped["bad_ack"] += 1
             return []
         sent = 0 < n < peer.first_unsent()
-        if sent and _session_id(obj) != peer.sid:
+        if sent and session_id(obj) != peer.sid:
             self.dropped["bad_sid"] += 1          # blind, forged or stale: proves nothing
             return []
         if n in peer.unacked and sent:
@@ -580,9 +475,7 @@ class UdpChat:
         """The ack of request ``rid``. Never longer than the request, so it always fits."""
         ack = Send(peer.addr, p.encode_datagram({"type": p.MessageType.ACK.value, "id": rid,
                                                  "sid": peer.sid}))
-        if not peer.verified:
-            peer.bytes_out += len(ack.payload)
-            self.amplification["bytes_out"] += len(ack.payload)
+        peer.spend(len(ack.payload), self.amplification)
         return ack
 
     def _request(self, peer: Peer, obj: dict[str, Any], wall: float) -> list[Action]:
@@ -599,32 +492,10 @@ class UdpChat:
                 # a request sent before the leave is acked, not applied again.
                 return self._perform(outputs, drop=peer) + self._drop(
                     peer, wall, tombstone=True, left=True)
-            self._check_fits(peer, request, wall)
+            check_fits(self.core, peer.sid, request, wall, self.max_datagram_bytes)
             return self._perform(self.core.handle(peer.sid, request, wall))
         except p.ProtocolError as exc:
             return self._reply(peer, exc.to_message())
-
-    def _check_fits(self, peer: Peer, request: p.Request, wall: float) -> None:
-        """Refuse a message or whisper whose delivery would not fit in one datagram."""
-        user = self.core.members[peer.sid].user or ""
-        if isinstance(request, p.Message):
-            room = self.core.members[peer.sid].room
-            biggest = p.chat_message(room.name if room else "", user, request.text,
-                                     _BIG_SEQ, wall)
-        elif isinstance(request, p.Whisper):
-            # The delivery carries the target's own spelling, which may be longer
-            # in bytes than the one typed ('ẞ' and 'ß' are the same name).
-            target = self.core.user_named(request.to) or request.to
-            biggest = p.whisper(user, target, request.text, wall)
-        else:
-            return
-        size = len(p.encode_datagram({**biggest, "history": True, "id": request.id,
-                                      "sid": _ANY_SID, "n": _BIG_N}))
-        if size > self.max_datagram_bytes:
-            raise p.ProtocolError(p.ErrorCode.DATAGRAM_TOO_LARGE,
-                                  f"text: its delivery would take {size} bytes, over the "
-                                  f"{self.max_datagram_bytes}-byte datagram limit",
-                                  field="text", id=request.id)
 
     def _forget_unverified(self, peer: Peer, reason: str, wall: float) -> list[Action]:
         self.dropped[reason] += 1
@@ -686,28 +557,15 @@ class UdpChat:
 
     # -- datagrams out ---------------------------------------------------------------
     def _fits(self, peer: Peer, send: Send) -> bool:
-        return (peer.verified
-                or peer.bytes_out + len(send.payload) <= AMPLIFICATION_FACTOR * peer.bytes_in)
+        return peer.fits(len(send.payload))
 
     def _spend(self, peer: Peer, send: Send) -> list[Action]:
         """Send ``send`` now, counting it against an unverified peer's budget."""
-        if not peer.verified:
-            peer.bytes_out += len(send.payload)
-            self.amplification["bytes_out"] += len(send.payload)
+        peer.spend(len(send.payload), self.amplification)
         return [send]
 
     def _release(self, peer: Peer) -> list[Action]:
-        """Send the held datagrams of an unverified peer that now fit, in ``n`` order."""
-        actions: list[Action] = []
-        while peer.held and self._fits(peer, peer.held[0]):
-            send = peer.held.popleft()
-            peer.counted = max(0, peer.counted - 1)
-            if send.key is not None and send.key[1] == 1:
-                peer.welcome = send.payload
-            actions += self._spend(peer, send)
-        self.amplification["held"] += len(peer.held) - peer.counted   # newly waiting
-        peer.counted = len(peer.held)
-        return actions
+        return list(peer.release(self.amplification))
 
     def _perform(self, outputs: list[Output], drop: Peer | None = None) -> list[Action]:
         if drop is not None:
@@ -738,7 +596,7 @@ class UdpChat:
             message = {key: value for key, value in message.items() if key != "limits"}
             if peer.forgot is not None:
                 message["forgot"] = peer.forgot   # proof we saw the session it had
-        return self._stamp(peer, p.encode_datagram(_fit(message, self.max_datagram_bytes)))
+        return self._stamp(peer, p.encode_datagram(fit(message, self.max_datagram_bytes)))
 
     def _stamp(self, peer: Peer, body: bytes) -> list[Action]:
         """Append this peer's next ``n`` to an encoded object: a reliable Send, or one
@@ -757,42 +615,3 @@ class UdpChat:
         peer.held.append(send)                    # _release sends it when it fits
         self._touched.add(peer)
         return []
-
-
-def _copy_window(window: DedupWindow) -> DedupWindow:
-    """A copy of ``window`` that still counts into the same stats."""
-    return copy.deepcopy(window, {id(window.stats): window.stats})
-
-
-def _datagram_id(obj: dict[str, Any]) -> int:
-    """The ``id`` every client datagram but an ack must carry: a positive integer."""
-    rid = obj.get("id")
-    if isinstance(rid, bool) or not isinstance(rid, int) or not 0 < rid < 2**53:
-        raise p.ProtocolError(p.ErrorCode.BAD_MESSAGE,
-                              "id: every datagram needs an integer id from 1 up",
-                              field="id")
-    return rid
-
-
-def _session_id(obj: dict[str, Any]) -> str | None:
-    """The ``sid`` a client datagram carries, if it is one we could have made."""
-    sid = obj.get("sid")
-    if isinstance(sid, str) and len(sid) == 2 * p.SESSION_ID_BYTES:
-        return sid
-    return None
-
-
-def _fit(message: dict[str, Any], limit: int) -> dict[str, Any]:
-    """Cut a ``rooms`` or ``who`` list until the reply fits one datagram."""
-    key = {"rooms": "rooms", "who": "users"}.get(message.get("type", ""))
-    if key is None:
-        return message
-    items = list(message[key])
-    left_out = 0
-    while items and len(p.encode_datagram({**message, key: items, "more": left_out,
-                                           "sid": _ANY_SID, "n": _BIG_N})) > limit:
-        items.pop()
-        left_out += 1
-    if not left_out:
-        return message
-    return {**message, key: items, "more": left_out}
