@@ -13,7 +13,7 @@ datagrams.
 The rules of the wire (the README's UDP section is the spec):
 
 - Every request carries ``id`` = 1, 2, 3 ..., given as it goes out; it is
-  retransmitted until the server's ``{"type":"ack","id":N}`` comes. When
+  retransmitted until the server's ``{"type":"ack","id":N,"sid":S}`` comes. When
   the retransmit timer gives up, the question is whether the server is
   there. If any datagram came from it during those retries, it is, and the
   request (or its ack) was unlucky: the same request, same id, goes out
@@ -40,67 +40,58 @@ The rules of the wire (the README's UDP section is the spec):
 - A ``ping`` goes out after ``keepalive_s`` with nothing sent, so the server
   does not time us out. Its ``pong`` is not shown.
 
-A new session. The server forgets an address after a restart, a timeout or
-a give-up on a peer it could not reach. Our next datagram then opens a new
-session there: a ``welcome`` with ``n`` = 1 and the reply to that datagram
-(``not_joined`` for a message) with ``n`` = 2. Those numbers are behind our
-stream, so they look like duplicates. Two things tell them apart. A welcome
-with another ``epoch`` comes from a new run of the server. And a reply
-carries the ``id`` of our request: a duplicate of a datagram we delivered
-cannot answer a request whose reply we have not delivered yet (this catches
-a server that merely forgot us, whose epoch is unchanged). Such a datagram
-starts a fresh ``ReorderBuffer``, and the new welcome makes the core join
-its room again with ``since`` (without it after a restart: the old ``seq``
-means nothing there, as in the TCP client). The rules that make this exact:
+Session ids (``udp_sessions`` on the server says why). The welcome gives
+``sid``; every datagram we send carries it from then on, and a datagram
+from the server without it is dropped unacked (counted ``forged``): forged,
+or a new session's sent before its welcome, which the server sends again.
+So is an ``n`` more than ``STREAM_WINDOW`` ahead of the one expected.
 
-- The welcome comes first, so it is kept aside (the *stash*) until the
-  reply shows it is new, with what follows it. Only a welcome of this run
-  whose ``seq`` (the server's count when it welcomed us) is above our
-  session's opens the stash, and it starts empty: an old duplicate kept
-  aside would stand in for the new stream's datagram with its ``n``, which
-  would then be dropped as a duplicate (a ``not_joined`` lost that way
-  left a message unsent, to be sent again much later, out of order).
+A new session. The server forgets us after a restart, a timeout or a
+give-up; our next datagram opens a new session whose welcome names the id
+we had (``forgot``). That welcome, and nothing else, starts a fresh
+``ReorderBuffer`` and makes the core join its room again with ``since``
+(without it after a restart: another ``epoch``, and the old ``seq`` means
+nothing there). The rules that make this exact:
+
 - ``since`` is the last ``seq`` delivered in order. What the old stream
   holds after a hole is not delivered when the new one starts: a room
-  broadcast comes back with the history, and the hole's with it; delivering
-  those would move ``since`` past the hole, and lose it. (Whispers and
-  replies in it are delivered; a whisper in the hole is lost. If the
-  history no longer covers the absence the server says ``history_gap``.)
-- A live room broadcast whose ``seq`` is not above the welcome's cannot
-  belong to this session: a late copy from the one the server forgot. It is
-  ignored and not acked, since an ack names only ``n`` and would retire the
-  new stream's datagram with that number.
-- The requests refused with ``not_joined`` meanwhile are sent again, in
-  their order, once we are back in, before anything queued. The request in
-  flight when the server forgot us is sent again with its id; the server
-  keeps the old session's ``DedupWindow`` for the address (``udp_server_core``:
-  tombstones), so if the old session applied it, it is acked and not
-  applied again, and ``not_joined`` means it never was.
-- A join still out may be answered by the new session: any answer to one of
-  our joins completes the rejoin, and the rejoin queued behind it is then
-  dropped unsent (a second join would be refused: already in the room).
+  broadcast comes back with the history, and the hole's with it. (Whispers
+  and replies in it are delivered; if the history no longer covers the
+  absence the server says ``history_gap``.)
+- The request in flight when the server forgot us is sent again with its
+  id; the server keeps the old session's ``DedupWindow`` (tombstones), so
+  if it was applied it is acked and not applied again, and ``not_joined``
+  means it never was. Requests refused with ``not_joined`` are sent again,
+  in order, once we are back in, before anything queued.
+- Any answer to one of our joins completes the rejoin; the rejoin queued
+  behind it is then dropped unsent.
+- A server without session ids (a student's) is still followed by the
+  older rules: a welcome of another ``epoch``, or a reply to a request
+  whose reply we await, behind our stream, starts the new one; a welcome
+  is kept aside (the *stash*) until then; a live broadcast whose ``seq`` is
+  not above the welcome's is a late copy of the old session's, not acked.
 
-Trade-offs: n names no session, so a datagram of the old session that comes
-very late, after the new one has reached its ``n``, is taken for the new
-one's (room broadcasts are caught by their ``seq``; replies and whispers are
-not). After a restart a request that the old run applied and did not ack is
-applied again by the new run (its ``DedupWindow`` died with it). And a server
-that gives up on the newest datagram it sent us, with nothing after it to
-ack, drops us while we wait: we find out with our next request or keepalive.
+Told the server is shutting down, or with a keepalive unanswered, the core
+rejoins by itself, with the TCP client's back-off between tries, and holds
+what the user says until it is back in. Trade-off: after a restart a
+request the old run applied and did not ack is applied again by the new
+run (its ``DedupWindow`` died with it).
 """
 from __future__ import annotations
 
 import collections
-import dataclasses
-import enum
 import random
 from collections.abc import Callable
-from typing import Any, TypeGuard, Union
+from typing import Any
 
 from . import commands as cmd
 from . import protocol as p
 from .retransmit import Gap, ReorderBuffer, RetransmitStats
 from .tcp_client_core import Backoff
+from .udp_client_actions import TEXT_START_CHARS as TEXT_START_CHARS
+from .udp_client_actions import text_start as text_start
+from .udp_client_actions import (Acked, Action, ClientState, Deliver, Failed, Joined,
+                                 JoinRefused, Note, SendAck, Transmit, is_count, is_int)
 from .terminal import escape
 
 STASH_MAX_N = 64           # low stream numbers kept aside in case a new session starts
@@ -114,94 +105,6 @@ REJOIN_BACKOFF = Backoff(base_delay_s=1.0, max_delay_s=30.0, tries=0)   # betwee
 _BIG_ID = 2**53 - 1        # stands in for an id when checking a request's size
 _KEEPALIVE = "_keepalive"  # marks a queued ping as ours; never sent
 _REJOIN = "_rejoin"        # marks a queued join as a rejoin; never sent
-TEXT_START_CHARS = 30      # how much of an undelivered message the user is shown
-
-def _is_int(value: object) -> TypeGuard[int]:
-    """True for an integer that is not a bool: a ``seq``."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_count(value: object) -> TypeGuard[int]:
-    """True for a positive integer (and not a bool): a valid ``id`` or ``n``."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**53
-
-
-def text_start(text: str) -> str:
-    """The first ``TEXT_START_CHARS`` characters of ``text``, with an ellipsis if cut."""
-    if len(text) <= TEXT_START_CHARS:
-        return text
-    return text[:TEXT_START_CHARS] + "…"
-
-
-# -- The core (no I/O) ----------------------------------------------------------------
-class ClientState(enum.Enum):
-    JOINING = "joining"        # the first join is out, no answer yet
-    JOINED = "joined"          # in a room
-    REJOINING = "rejoining"    # the server forgot us; joining our room again
-    LEFT = "left"              # leave sent: the session is over
-    FAILED = "failed"          # the first join was refused or never answered, or a rejoin refused
-
-
-@dataclasses.dataclass(frozen=True)
-class Transmit:
-    """A reliable request: register ``rid`` with the retransmit timer, then send."""
-
-    rid: int
-    payload: bytes
-
-
-@dataclasses.dataclass(frozen=True)
-class SendAck:
-    """Ack the server's datagram ``n`` (unreliable: a lost one is answered again)."""
-
-    n: int
-    payload: bytes
-
-
-@dataclasses.dataclass(frozen=True)
-class Acked:
-    """The server acked request ``rid``: stop retransmitting it."""
-
-    rid: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Deliver:
-    """A server message, in stream order, exactly once: show it."""
-
-    message: dict[str, Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class Note:
-    """Something the user should know that no server message says."""
-
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Joined:
-    room: str
-
-
-@dataclasses.dataclass(frozen=True)
-class JoinRefused:
-    """The first join was refused: the client cannot chat."""
-
-    code: str
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Failed:
-    """The client cannot go on: no answer to the first join, or a rejoin refused."""
-
-    reason: str
-
-
-Action = Union[Transmit, SendAck, Acked, Deliver, Note, Joined, JoinRefused, Failed]
-
-
 class UdpClientCore:
     """The UDP client's state machine: datagrams and time in, actions out. Not thread-safe."""
 
@@ -363,14 +266,14 @@ class UdpClientCore:
         self._trying_at = None
         if obj.get("type") == p.MessageType.ACK:
             rid = obj.get("id")
-            if not _is_count(rid):
+            if not is_count(rid):
                 self.bad_datagrams += 1
                 return []
             if self._forget(rid) is None:
                 return []                   # a duplicate ack, or one for a request given up
             return [Acked(rid)] + self._pump(now)
         n = obj.get("n")
-        if not _is_count(n):
+        if not is_count(n):
             self.bad_datagrams += 1
             return [Note("ignored a datagram from the server without a valid n")]
         expected = self._reorder.expected
@@ -607,7 +510,7 @@ class UdpClientCore:
         """
         if message.get("type") == p.MessageType.WELCOME:
             seq = message.get("seq")
-            if (message.get("epoch") != self.epoch or not _is_int(seq)
+            if (message.get("epoch") != self.epoch or not is_int(seq)
                     or self._session_seq is None):
                 return
             if seq > self._session_seq:
@@ -628,7 +531,7 @@ class UdpClientCore:
         """
         seq = message.get("seq")
         return (self._session_seq is not None and isinstance(message.get("room"), str)
-                and _is_int(seq) and seq <= self._session_seq
+                and is_int(seq) and seq <= self._session_seq
                 and message.get("history") is not True)
 
     def _starts_new_session(self, message: dict[str, Any]) -> bool:
@@ -636,7 +539,7 @@ class UdpClientCore:
         if message.get("type") == p.MessageType.WELCOME:
             return self.epoch is not None and message.get("epoch") != self.epoch
         rid = message.get("id")
-        return _is_count(rid) and rid in self._awaiting
+        return is_count(rid) and rid in self._awaiting
 
     def _new_session(self, n: int, message: dict[str, Any], now: float) -> list[Action]:
         """The server has forgotten us and numbers a new stream; see the module comment."""
@@ -677,9 +580,9 @@ class UdpClientCore:
         for item in items:
             if isinstance(item, Gap):
                 missing += item.count
-            elif _is_int(item.get("seq")) and isinstance(item.get("room"), str):
+            elif is_int(item.get("seq")) and isinstance(item.get("room"), str):
                 rid = item.get("id")
-                if _is_count(rid):
+                if is_count(rid):
                     self._awaiting.pop(rid, None)   # answered: the request was applied
             else:
                 actions += self._handle(item, now)
@@ -704,7 +607,7 @@ class UdpClientCore:
     def _handle(self, message: dict[str, Any], now: float) -> list[Action]:
         kind = message.get("type")
         rid = message.get("id")
-        request = self._awaiting.pop(rid, None) if _is_count(rid) else None
+        request = self._awaiting.pop(rid, None) if is_count(rid) else None
         if kind == p.MessageType.WELCOME:
             return self._welcome(message, now)
         if request is not None and rid in self._keepalive_ids:
@@ -743,7 +646,7 @@ class UdpClientCore:
         restarted = self.epoch is not None and epoch != self.epoch
         self.epoch = epoch
         seq = message.get("seq")
-        self._session_seq = seq if _is_int(seq) else None
+        self._session_seq = seq if is_int(seq) else None
         if self.state not in (ClientState.JOINED, ClientState.REJOINING):
             return actions                  # the first session: our join is already out
         if restarted:

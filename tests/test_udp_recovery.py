@@ -50,8 +50,9 @@ from chat_sync.rooms import ChatCore
 from chat_sync.serving import ServerHandle
 from chat_sync.udp_client import ClientEvent, Notice, Received, UdpChatClient
 from chat_sync.udp_server import serve
-from chat_sync.udp_client_core import (MAX_ROUNDS, Acked, ClientState, Deliver, Note, SendAck,
-                                   Transmit, UdpClientCore)
+from chat_sync.udp_client_actions import (Acked, ClientState, Deliver, Note, SendAck,
+                                          Transmit)
+from chat_sync.udp_client_core import MAX_ROUNDS, UdpClientCore
 
 EPOCH = "0000aaaa"
 WALL = 1_700_000_000.0
