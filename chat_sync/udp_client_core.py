@@ -88,13 +88,13 @@ from . import commands as cmd
 from . import protocol as p
 from .retransmit import Gap, ReorderBuffer, RetransmitStats
 from .tcp_client_core import Backoff
+from .udp_client_stream import ServerStream
 from .udp_client_actions import TEXT_START_CHARS as TEXT_START_CHARS
 from .udp_client_actions import text_start as text_start
 from .udp_client_actions import (Acked, Action, ClientState, Deliver, Failed, Joined,
                                  JoinRefused, Note, SendAck, Transmit, is_count, is_int)
 from .terminal import escape
 
-STASH_MAX_N = 64           # low stream numbers kept aside in case a new session starts
 MAX_ROUNDS = 3             # extra rounds of retries for a request while the server answers
 MAX_AWAITING = 1024        # requests remembered while their reply is awaited
 MAX_RESEND = 64            # requests kept to send again after a rejoin
@@ -142,10 +142,7 @@ class UdpClientCore:
         self._pending_join: tuple[int, str] | None = None     # (request id, room): out
         self._join_queued = False           # a join waits at the head of the queue
         self._resend: list[dict[str, Any]] = []               # refused while forgotten
-        self._reorder = self._new_reorder()
-        self._retired = collections.Counter[str]()   # counters of replaced reorder buffers
-        self._stash: dict[int, dict[str, Any]] = {}  # a new session's first datagrams
-        self._session_seq: int | None = None  # seq in the welcome that opened this stream
+        self.stream = ServerStream(gap_timeout_s, self.stats)
         self._last_sent: float | None = None
         self._last_heard: float | None = None        # when the server's last datagram came
         self._rounds: collections.Counter[int] = collections.Counter()   # rid -> extra rounds
@@ -164,15 +161,11 @@ class UdpClientCore:
     @property
     def reorder(self) -> ReorderBuffer[dict[str, Any]]:
         """The buffer of the current session's stream."""
-        return self._reorder
+        return self.stream.reorder
 
     def counters(self) -> dict[str, int]:
         """Receive-side counters, summed over every session's stream."""
-        return {"delivered": self.delivered,
-                "duplicates": self._retired["duplicates"] + self._reorder.duplicates,
-                "gaps": self._retired["gaps"] + self._reorder.gaps,
-                "lost": self._retired["skipped"] + self._reorder.skipped,
-                "buffered": self._reorder.buffered,
+        return {"delivered": self.delivered, **self.stream.counters(),
                 "queued": len(self._queue),
                 "acks_sent": self.acks_sent,
                 "bad_datagrams": self.bad_datagrams,
@@ -185,7 +178,7 @@ class UdpClientCore:
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` next has work: a gap times out, or a keepalive is due."""
         deadlines = []
-        gap = self._reorder.next_deadline()
+        gap = self.stream.reorder.next_deadline()
         if gap is not None:
             deadlines.append(gap)
         keepalive = self._keepalive_deadline()
@@ -276,7 +269,7 @@ class UdpClientCore:
         if not is_count(n):
             self.bad_datagrams += 1
             return [Note("ignored a datagram from the server without a valid n")]
-        expected = self._reorder.expected
+        expected = self.stream.reorder.expected
         if expected is not None and n > expected + STREAM_WINDOW:
             self.forged += 1                # would skip the stream far ahead
             return []
@@ -285,7 +278,7 @@ class UdpClientCore:
             known, self.sid = self.sid, sid
             if known is not None and sid != known:   # it answers our old session id
                 return [self._ack(n, now)] + self._new_session(n, obj, now) + self._pump(now)
-        if self._from_older_session(obj):
+        if self.stream.from_older_session(obj):
             self.stale += 1                 # not acked: its n would ack the new stream's
             return []
         actions: list[Action] = [self._ack(n, now)]
@@ -370,7 +363,7 @@ class UdpClientCore:
 
     def handle_timer(self, now: float) -> list[Action]:
         """Skip gaps that timed out; when idle for ``keepalive_s``, ping (or rejoin)."""
-        actions = self._release(self._reorder.poll(now), now)
+        actions = self._release(self.stream.reorder.poll(now), now)
         if self._trying_at is not None and now >= self._trying_at:
             self._trying_at = None
             if self.state is ClientState.JOINING and not self.heard_from_server:
@@ -491,48 +484,14 @@ class UdpClientCore:
         return SendAck(n, p.encode_datagram(ack))
 
     def _stream(self, n: int, message: dict[str, Any], now: float) -> list[Action]:
-        expected = self._reorder.expected
+        expected = self.stream.reorder.expected
         if expected is not None and n < expected:
             if self._starts_new_session(message):
                 return self._new_session(n, message, now)
-            self._keep_aside(n, message)
-            self._reorder.push(n, message, now)     # counted as a duplicate
+            self.stream.keep_aside(n, message, self.epoch)
+            self.stream.reorder.push(n, message, now)     # counted as a duplicate
             return []
-        return self._release(self._reorder.push(n, message, now), now)
-
-    def _keep_aside(self, n: int, message: dict[str, Any]) -> None:
-        """Stash a datagram behind our stream that may belong to a new session.
-
-        A welcome from this run with a higher ``seq`` than ours opens one: the
-        stash starts again with it. What comes after it, low-numbered, is kept
-        too (the latest copy of each ``n``). Anything else is a duplicate: not
-        kept, so that an old copy cannot stand in for a new session's datagram.
-        """
-        if message.get("type") == p.MessageType.WELCOME:
-            seq = message.get("seq")
-            if (message.get("epoch") != self.epoch or not is_int(seq)
-                    or self._session_seq is None):
-                return
-            if seq > self._session_seq:
-                self._stash = {n: message}
-            elif seq == self._session_seq and not self._stash:
-                self._stash = {n: message}  # ours again, or a new one just like it
-            return
-        if self._stash and n <= STASH_MAX_N:
-            self._stash[n] = message
-
-    def _from_older_session(self, message: dict[str, Any]) -> bool:
-        """A live room broadcast stamped before this stream's welcome: an older session's.
-
-        Every broadcast a session carries is newer than its welcome's ``seq``,
-        except the history a join replays (marked ``history``). A late copy
-        from the session the server forgot would otherwise take the place of
-        the new stream's datagram with the same ``n``.
-        """
-        seq = message.get("seq")
-        return (self._session_seq is not None and isinstance(message.get("room"), str)
-                and is_int(seq) and seq <= self._session_seq
-                and message.get("history") is not True)
+        return self._release(self.stream.reorder.push(n, message, now), now)
 
     def _starts_new_session(self, message: dict[str, Any]) -> bool:
         """Whether a datagram behind our stream opens a new one; see the module comment."""
@@ -544,19 +503,13 @@ class UdpClientCore:
     def _new_session(self, n: int, message: dict[str, Any], now: float) -> list[Action]:
         """The server has forgotten us and numbers a new stream; see the module comment."""
         self.sessions += 1
-        welcome = message if message.get("type") == p.MessageType.WELCOME else self._stash.get(1)
+        stash = self.stream.stash
+        welcome = message if message.get("type") == p.MessageType.WELCOME else stash.get(1)
         restarted = welcome is not None and welcome.get("epoch") != self.epoch
-        actions = self._retire(self._reorder, restarted, now)
-        self._reorder = self._new_reorder()
-        released: list[dict[str, Any] | Gap] = []
-        for m in sorted(self._stash):
-            if m < n:
-                released += self._reorder.push(m, self._stash[m], now)
-        self._stash.clear()
-        released += self._reorder.push(n, message, now)
-        return actions + self._release(released, now)
+        actions = self._retire(self.stream.retire(restarted), restarted, now)
+        return actions + self._release(self.stream.renew(n, message, now), now)
 
-    def _retire(self, old: ReorderBuffer[dict[str, Any]], restarted: bool,
+    def _retire(self, items: list[dict[str, Any] | Gap], restarted: bool,
                 now: float) -> list[Action]:
         """What the old stream still holds: everything after a hole that never filled.
 
@@ -568,13 +521,8 @@ class UdpClientCore:
         restart there is no history to ask: everything is delivered, and the
         holes are reported as lost.
         """
-        lost_before = old.skipped
-        items = old.poll(float("inf"))
         if restarted:
-            self._retired.update(duplicates=old.duplicates, gaps=old.gaps, skipped=old.skipped)
             return self._release(items, now)
-        self._retired.update(duplicates=old.duplicates, gaps=old.gaps - len(
-            [item for item in items if isinstance(item, Gap)]), skipped=lost_before)
         actions: list[Action] = []
         missing = 0
         for item in items:
@@ -646,7 +594,7 @@ class UdpClientCore:
         restarted = self.epoch is not None and epoch != self.epoch
         self.epoch = epoch
         seq = message.get("seq")
-        self._session_seq = seq if is_int(seq) else None
+        self.stream.session_seq = seq if is_int(seq) else None
         if self.state not in (ClientState.JOINED, ClientState.REJOINING):
             return actions                  # the first session: our join is already out
         if restarted:
@@ -725,8 +673,3 @@ class UdpClientCore:
             return False
         self.last_seq[key] = seq
         return True
-
-    def _new_reorder(self) -> ReorderBuffer[dict[str, Any]]:
-        return ReorderBuffer(gap_timeout=self.gap_timeout_s, stats=self.stats)
-
-
