@@ -49,6 +49,7 @@ MAX_DATAGRAM_BYTES = 1200           # one UDP datagram, both ways
 MIN_DATAGRAM_BYTES = 576            # the least a limit may be: every IPv4 host takes 576,
                                     # and the longest join notice fits in it
 HISTORY_SIZE = 20                   # broadcasts replayed per room on join
+SESSION_ID_BYTES = 8                # UDP: a session's random id, sent as 16 hex digits
 MAX_SEND_BUFFER_BYTES = 1024 * 1024 # unsent bytes held for one TCP client
 MAX_CLIENTS = 1000
 MAX_ROOMS = 1000
@@ -115,6 +116,7 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_CONNECTIONS = "too_many_connections"  # from one address; closed after this one
     TLS_REQUIRED = "tls_required"    # plain text on a TLS port; closed after this one
     UNAVAILABLE = "unavailable"      # a cluster's bus is down: the request was not applied
+    ID_OUT_OF_WINDOW = "id_out_of_window"  # UDP: an id far beyond the session's; not applied
 
 
 class ProtocolError(Exception):

@@ -478,16 +478,28 @@ class DedupWindow:
     """
 
     def __init__(self, size: int = DEFAULT_DEDUP_WINDOW,
-                 stats: RetransmitStats | None = None) -> None:
-        if size < 1:
-            raise ValueError("size must be >= 1")
+                 stats: RetransmitStats | None = None, *, first: int = 1) -> None:
+        if size < 1 or first < 1:
+            raise ValueError("need size >= 1 and first >= 1")
         self.size = size
-        self.floor = 0                      # every id <= floor counts as seen
+        self.floor = first - 1              # every id <= floor counts as seen
         self.stats = stats
         self._above: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._above)
+
+    def in_window(self, request_id: int) -> bool:
+        """Whether ``request_id`` may be taken: not more than ``size`` above the floor.
+
+        One that is further would move the floor (below), and every real id
+        after it would pass for a duplicate: refuse it instead.
+        """
+        return request_id <= self.floor + self.size
+
+    def has(self, request_id: int) -> bool:
+        """Whether ``request_id`` was seen, without marking it."""
+        return request_id <= self.floor or request_id in self._above
 
     def seen(self, request_id: int) -> bool:
         """Mark ``request_id`` seen; return True if it already was (a duplicate)."""

@@ -41,8 +41,9 @@ from .client_program import Script, configure, run, show_event
 from .retransmit import RetransmitQueue, TimerThread
 from .retransmit import TooManyPending
 from .terminal import Terminal, main_streams
-from .udp_client_core import (Acked, Action, ClientState, Deliver, Failed, JoinRefused, Note,
-                          SendAck, Transmit, UdpClientCore)
+from .udp_client_actions import (Acked, Action, ClientState, Deliver, Failed, JoinRefused,
+                                 Note, SendAck, Transmit)
+from .udp_client_core import UdpClientCore
 from .wakeup import Wakeup
 
 log = logging.getLogger("chat_sync.udp_client")

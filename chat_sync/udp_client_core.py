@@ -13,7 +13,7 @@ datagrams.
 The rules of the wire (the README's UDP section is the spec):
 
 - Every request carries ``id`` = 1, 2, 3 ..., given as it goes out; it is
-  retransmitted until the server's ``{"type":"ack","id":N}`` comes. When
+  retransmitted until the server's ``{"type":"ack","id":N,"sid":S}`` comes. When
   the retransmit timer gives up, the question is whether the server is
   there. If any datagram came from it during those retries, it is, and the
   request (or its ack) was unlucky: the same request, same id, goes out
@@ -40,169 +40,79 @@ The rules of the wire (the README's UDP section is the spec):
 - A ``ping`` goes out after ``keepalive_s`` with nothing sent, so the server
   does not time us out. Its ``pong`` is not shown.
 
-A new session. The server forgets an address after a restart, a timeout or
-a give-up on a peer it could not reach. Our next datagram then opens a new
-session there: a ``welcome`` with ``n`` = 1 and the reply to that datagram
-(``not_joined`` for a message) with ``n`` = 2. Those numbers are behind our
-stream, so they look like duplicates. Two things tell them apart. A welcome
-with another ``epoch`` comes from a new run of the server. And a reply
-carries the ``id`` of our request: a duplicate of a datagram we delivered
-cannot answer a request whose reply we have not delivered yet (this catches
-a server that merely forgot us, whose epoch is unchanged). Such a datagram
-starts a fresh ``ReorderBuffer``, and the new welcome makes the core join
-its room again with ``since`` (without it after a restart: the old ``seq``
-means nothing there, as in the TCP client). The rules that make this exact:
+Session ids (``udp_sessions`` on the server says why). The welcome gives
+``sid``; every datagram we send carries it from then on, and a datagram
+from the server without it is dropped unacked (counted ``forged``): forged,
+or a new session's sent before its welcome, which the server sends again.
+So is an ``n`` more than ``STREAM_WINDOW`` ahead of the one expected.
 
-- The welcome comes first, so it is kept aside (the *stash*) until the
-  reply shows it is new, with what follows it. Only a welcome of this run
-  whose ``seq`` (the server's count when it welcomed us) is above our
-  session's opens the stash, and it starts empty: an old duplicate kept
-  aside would stand in for the new stream's datagram with its ``n``, which
-  would then be dropped as a duplicate (a ``not_joined`` lost that way
-  left a message unsent, to be sent again much later, out of order).
+A new session. The server forgets us after a restart, a timeout or a
+give-up; our next datagram opens a new session whose welcome names the id
+we had (``forgot``). That welcome, and nothing else, starts a fresh
+``ReorderBuffer`` and makes the core join its room again with ``since``
+(without it after a restart: another ``epoch``, and the old ``seq`` means
+nothing there). The rules that make this exact:
+
 - ``since`` is the last ``seq`` delivered in order. What the old stream
   holds after a hole is not delivered when the new one starts: a room
-  broadcast comes back with the history, and the hole's with it; delivering
-  those would move ``since`` past the hole, and lose it. (Whispers and
-  replies in it are delivered; a whisper in the hole is lost. If the
-  history no longer covers the absence the server says ``history_gap``.)
-- A live room broadcast whose ``seq`` is not above the welcome's cannot
-  belong to this session: a late copy from the one the server forgot. It is
-  ignored and not acked, since an ack names only ``n`` and would retire the
-  new stream's datagram with that number.
-- The requests refused with ``not_joined`` meanwhile are sent again, in
-  their order, once we are back in, before anything queued. The request in
-  flight when the server forgot us is sent again with its id; the server
-  keeps the old session's ``DedupWindow`` for the address (``udp_server_core``:
-  tombstones), so if the old session applied it, it is acked and not
-  applied again, and ``not_joined`` means it never was.
-- A join still out may be answered by the new session: any answer to one of
-  our joins completes the rejoin, and the rejoin queued behind it is then
-  dropped unsent (a second join would be refused: already in the room).
+  broadcast comes back with the history, and the hole's with it. (Whispers
+  and replies in it are delivered; if the history no longer covers the
+  absence the server says ``history_gap``.)
+- The request in flight when the server forgot us is sent again with its
+  id; the server keeps the old session's ``DedupWindow`` (tombstones), so
+  if it was applied it is acked and not applied again, and ``not_joined``
+  means it never was. Requests refused with ``not_joined`` are sent again,
+  in order, once we are back in, before anything queued.
+- Any answer to one of our joins completes the rejoin; the rejoin queued
+  behind it is then dropped unsent.
+- A server without session ids (a student's) is still followed by the
+  older rules: a welcome of another ``epoch``, or a reply to a request
+  whose reply we await, behind our stream, starts the new one; a welcome
+  is kept aside (the *stash*) until then; a live broadcast whose ``seq`` is
+  not above the welcome's is a late copy of the old session's, not acked.
 
-Trade-offs: n names no session, so a datagram of the old session that comes
-very late, after the new one has reached its ``n``, is taken for the new
-one's (room broadcasts are caught by their ``seq``; replies and whispers are
-not). After a restart a request that the old run applied and did not ack is
-applied again by the new run (its ``DedupWindow`` died with it). And a server
-that gives up on the newest datagram it sent us, with nothing after it to
-ack, drops us while we wait: we find out with our next request or keepalive.
+Told the server is shutting down, or with a keepalive unanswered, the core
+rejoins by itself, with the TCP client's back-off between tries, and holds
+what the user says until it is back in. Trade-off: after a restart a
+request the old run applied and did not ack is applied again by the new
+run (its ``DedupWindow`` died with it).
 """
 from __future__ import annotations
 
 import collections
-import dataclasses
-import enum
-from typing import Any, TypeGuard, Union
+import random
+from collections.abc import Callable
+from typing import Any
 
 from . import commands as cmd
 from . import protocol as p
 from .retransmit import Gap, ReorderBuffer, RetransmitStats
+from .tcp_client_core import Backoff
+from .udp_client_stream import ServerStream
+from .udp_client_actions import TEXT_START_CHARS as TEXT_START_CHARS
+from .udp_client_actions import text_start as text_start
+from .udp_client_actions import (Acked, Action, ClientState, Deliver, Failed, Joined,
+                                 JoinRefused, Note, SendAck, Transmit, is_count, is_int)
 from .terminal import escape
 
-STASH_MAX_N = 64           # low stream numbers kept aside in case a new session starts
 MAX_ROUNDS = 3             # extra rounds of retries for a request while the server answers
 MAX_AWAITING = 1024        # requests remembered while their reply is awaited
 MAX_RESEND = 64            # requests kept to send again after a rejoin
 MAX_QUEUED = 256           # requests waiting for their turn to go out
+STREAM_WINDOW = 1024       # how far ahead of the next expected n a datagram may be
+TRYING_NOTE_S = 2.0        # silence after the first join before we say we are still trying
+REJOIN_BACKOFF = Backoff(base_delay_s=1.0, max_delay_s=30.0, tries=0)   # between rejoin tries
 _BIG_ID = 2**53 - 1        # stands in for an id when checking a request's size
 _KEEPALIVE = "_keepalive"  # marks a queued ping as ours; never sent
 _REJOIN = "_rejoin"        # marks a queued join as a rejoin; never sent
-TEXT_START_CHARS = 30      # how much of an undelivered message the user is shown
-
-def _is_int(value: object) -> TypeGuard[int]:
-    """True for an integer that is not a bool: a ``seq``."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_count(value: object) -> TypeGuard[int]:
-    """True for a positive integer (and not a bool): a valid ``id`` or ``n``."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**53
-
-
-def text_start(text: str) -> str:
-    """The first ``TEXT_START_CHARS`` characters of ``text``, with an ellipsis if cut."""
-    if len(text) <= TEXT_START_CHARS:
-        return text
-    return text[:TEXT_START_CHARS] + "…"
-
-
-# -- The core (no I/O) ----------------------------------------------------------------
-class ClientState(enum.Enum):
-    JOINING = "joining"        # the first join is out, no answer yet
-    JOINED = "joined"          # in a room
-    REJOINING = "rejoining"    # the server forgot us; joining our room again
-    LEFT = "left"              # leave sent: the session is over
-    FAILED = "failed"          # the first join was refused or never answered, or a rejoin refused
-
-
-@dataclasses.dataclass(frozen=True)
-class Transmit:
-    """A reliable request: register ``rid`` with the retransmit timer, then send."""
-
-    rid: int
-    payload: bytes
-
-
-@dataclasses.dataclass(frozen=True)
-class SendAck:
-    """Ack the server's datagram ``n`` (unreliable: a lost one is answered again)."""
-
-    n: int
-    payload: bytes
-
-
-@dataclasses.dataclass(frozen=True)
-class Acked:
-    """The server acked request ``rid``: stop retransmitting it."""
-
-    rid: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Deliver:
-    """A server message, in stream order, exactly once: show it."""
-
-    message: dict[str, Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class Note:
-    """Something the user should know that no server message says."""
-
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Joined:
-    room: str
-
-
-@dataclasses.dataclass(frozen=True)
-class JoinRefused:
-    """The first join was refused: the client cannot chat."""
-
-    code: str
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Failed:
-    """The client cannot go on: no answer to the first join, or a rejoin refused."""
-
-    reason: str
-
-
-Action = Union[Transmit, SendAck, Acked, Deliver, Note, Joined, JoinRefused, Failed]
-
-
 class UdpClientCore:
     """The UDP client's state machine: datagrams and time in, actions out. Not thread-safe."""
 
     def __init__(self, user: str, room: str, *, keepalive_s: float = 15.0,
                  gap_timeout_s: float = 15.0,
                  max_datagram_bytes: int = p.MAX_DATAGRAM_BYTES,
-                 stats: RetransmitStats | None = None) -> None:
+                 stats: RetransmitStats | None = None,
+                 random_fraction: Callable[[], float] = random.random) -> None:
         self.user = user
         self.room = room                    # the room we are in, or are joining
         self.keepalive_s = keepalive_s
@@ -222,6 +132,8 @@ class UdpClientCore:
         self.keepalives = 0                 # pings sent because we were idle
         self.rounds = 0                     # requests sent again after a give-up
         self.stale = 0                      # broadcasts of an older session, ignored
+        self.forged = 0                     # datagrams without our session id, or far ahead
+        self.sid: str | None = None         # our session id, from the welcome
         self._next_id = 1                   # ids are given when a request goes out
         self._queue: collections.deque[dict[str, Any]] = collections.deque()   # its turn next
         self._unacked: dict[int, dict[str, Any]] = {}    # rid -> request: out, not acked
@@ -230,14 +142,15 @@ class UdpClientCore:
         self._pending_join: tuple[int, str] | None = None     # (request id, room): out
         self._join_queued = False           # a join waits at the head of the queue
         self._resend: list[dict[str, Any]] = []               # refused while forgotten
-        self._reorder = self._new_reorder()
-        self._retired = collections.Counter[str]()   # counters of replaced reorder buffers
-        self._stash: dict[int, dict[str, Any]] = {}  # a new session's first datagrams
-        self._session_seq: int | None = None  # seq in the welcome that opened this stream
+        self.stream = ServerStream(gap_timeout_s, self.stats)
         self._last_sent: float | None = None
         self._last_heard: float | None = None        # when the server's last datagram came
         self._rounds: collections.Counter[int] = collections.Counter()   # rid -> extra rounds
         self._round_began: dict[int, float] = {}     # rid -> when its retries last began
+        self._random_fraction = random_fraction      # the back-off's jitter
+        self._trying_at: float | None = None  # when to say the first join is unanswered
+        self._probe_at: float | None = None   # when to try rejoining a server that is away
+        self._probes = 0                      # rejoin tries without an answer so far
 
     # -- questions ---------------------------------------------------------------------
     @property
@@ -248,37 +161,36 @@ class UdpClientCore:
     @property
     def reorder(self) -> ReorderBuffer[dict[str, Any]]:
         """The buffer of the current session's stream."""
-        return self._reorder
+        return self.stream.reorder
 
     def counters(self) -> dict[str, int]:
         """Receive-side counters, summed over every session's stream."""
-        return {"delivered": self.delivered,
-                "duplicates": self._retired["duplicates"] + self._reorder.duplicates,
-                "gaps": self._retired["gaps"] + self._reorder.gaps,
-                "lost": self._retired["skipped"] + self._reorder.skipped,
-                "buffered": self._reorder.buffered,
+        return {"delivered": self.delivered, **self.stream.counters(),
                 "queued": len(self._queue),
                 "acks_sent": self.acks_sent,
                 "bad_datagrams": self.bad_datagrams,
                 "sessions": self.sessions,
                 "keepalives": self.keepalives,
                 "rounds": self.rounds,
-                "stale": self.stale}
+                "stale": self.stale,
+                "forged": self.forged}
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` next has work: a gap times out, or a keepalive is due."""
         deadlines = []
-        gap = self._reorder.next_deadline()
+        gap = self.stream.reorder.next_deadline()
         if gap is not None:
             deadlines.append(gap)
         keepalive = self._keepalive_deadline()
         if keepalive is not None:
             deadlines.append(keepalive)
+        deadlines += [t for t in (self._trying_at, self._probe_at) if t is not None]
         return min(deadlines) if deadlines else None
 
     # -- requests out ----------------------------------------------------------------------
     def start(self, now: float) -> list[Action]:
         """The first join, which opens the session on the server."""
+        self._trying_at = now + TRYING_NOTE_S
         return self._queue_join(self.room, now)
 
     def request(self, request: dict[str, Any], now: float) -> list[Action]:
@@ -308,6 +220,10 @@ class UdpClientCore:
             return []
         self.state = ClientState.LEFT
         actions: list[Action] = []
+        for rid, request in self._unacked.items():
+            if rid not in self._keepalive_ids:
+                actions.append(Note(self._undelivered(rid, request, "may not have been",
+                                                      "no ack before leaving")))
         if self._queue:
             plural = "s" if len(self._queue) != 1 else ""
             actions.append(Note(f"{len(self._queue)} request{plural} not sent: leaving"))
@@ -332,26 +248,59 @@ class UdpClientCore:
         except p.ProtocolError as exc:
             self.bad_datagrams += 1
             return [Note(f"ignored a bad datagram from the server: {exc}")]
+        if self._refused_entry(obj):
+            self.state = ClientState.FAILED
+            return [JoinRefused(str(obj.get("code")), str(obj.get("text")))]
+        if self.sid is not None and obj.get("sid") != self.sid and not self._opens(obj):
+            self.forged += 1                # forged, or a new session's before its welcome:
+            return []                       # not acked, so a real one is sent again
         self.heard_from_server = True
         self._last_heard = now
+        self._trying_at = None
         if obj.get("type") == p.MessageType.ACK:
             rid = obj.get("id")
-            if not _is_count(rid):
+            if not is_count(rid):
                 self.bad_datagrams += 1
                 return []
             if self._forget(rid) is None:
                 return []                   # a duplicate ack, or one for a request given up
             return [Acked(rid)] + self._pump(now)
         n = obj.get("n")
-        if not _is_count(n):
+        if not is_count(n):
             self.bad_datagrams += 1
             return [Note("ignored a datagram from the server without a valid n")]
-        if self._from_older_session(obj):
+        expected = self.stream.reorder.expected
+        if expected is not None and n > expected + STREAM_WINDOW:
+            self.forged += 1                # would skip the stream far ahead
+            return []
+        sid = obj.get("sid")
+        if obj.get("type") == p.MessageType.WELCOME and isinstance(sid, str):
+            known, self.sid = self.sid, sid
+            if known is not None and sid != known:   # it answers our old session id
+                return [self._ack(n, now)] + self._new_session(n, obj, now) + self._pump(now)
+        if self.stream.from_older_session(obj):
             self.stale += 1                 # not acked: its n would ack the new stream's
             return []
         actions: list[Action] = [self._ack(n, now)]
         actions += self._stream(n, obj, now)
         return actions + self._pump(now)    # a rejoin queued while handling it goes now
+
+    def _opens(self, obj: dict[str, Any]) -> bool:
+        """Whether a datagram with another session id opens our new session.
+
+        Only a welcome that names the session id we had (``forgot``): proof
+        that the server saw our datagram, which no blind sender can give. While
+        the first join is out, any welcome (we may not have had the first one).
+        """
+        if obj.get("type") != p.MessageType.WELCOME or not isinstance(obj.get("sid"), str):
+            return False
+        return obj.get("forgot") == self.sid or self.state is ClientState.JOINING
+
+    def _refused_entry(self, obj: dict[str, Any]) -> bool:
+        """``server_full`` (it has no ``n``: no session was made) for our first join."""
+        return (self.state is ClientState.JOINING and obj.get("type") == p.MessageType.ERROR
+                and obj.get("code") == p.ErrorCode.SERVER_FULL
+                and self._pending_join is not None and obj.get("id") == self._pending_join[0])
 
     def given_up(self, rid: int, now: float) -> list[Action]:
         """The retransmit timer gave up on request ``rid``: the server never acked it.
@@ -373,7 +322,7 @@ class UdpClientCore:
             self._round_began[rid] = now
             self.rounds += 1
             self._last_sent = now
-            return [Transmit(rid, p.encode_datagram(request))]
+            return [Transmit(rid, self._encode(request))]
         self._forget(rid)
         self._awaiting.pop(rid, None)
         self._keepalive_ids.discard(rid)
@@ -384,19 +333,45 @@ class UdpClientCore:
             if self.state is ClientState.JOINING:
                 self.state = ClientState.FAILED
                 return [Failed("no answer from the server to our join")]
+        if self.state is ClientState.REJOINING and request.get("type") == p.MessageType.JOIN:
+            return [Note(f"the server is not answering; trying again in "
+                         f"{self._probe_later(now):.1f} s")]
         if keepalive:
-            actions: list[Action] = [] if heard else [
-                Note(f"the server is not answering (ping {rid} was not acked)")]
-        else:
-            text = f"{request.get('type')} {rid} was not delivered"
-            if isinstance(request.get("text"), str):
-                text += f": {text_start(request['text'])!r}"
-            actions = [Note(text + " (the server did not ack it)")]
+            if heard:
+                return self._pump(now)
+            self.state = ClientState.REJOINING          # it may be back, under a new run
+            return [Note(f"the server is not answering (ping {rid} was not acked); "
+                         f"rejoining {self.room}")] + self._queue_join(self.room, now)
+        actions: list[Action] = [Note(self._undelivered(rid, request, "was not",
+                                                        "the server did not ack it"))]
         return actions + self._pump(now)
+
+    @staticmethod
+    def _undelivered(rid: int, request: dict[str, Any], was: str, why: str) -> str:
+        """``message 5 was not delivered: 'its start…' (why)``."""
+        text = f"{request.get('type')} {rid} {was} delivered"
+        if isinstance(request.get("text"), str):
+            text += f": {text_start(request['text'])!r}"
+        return f"{text} ({why})"
+
+    def _probe_later(self, now: float) -> float:
+        """Try rejoining after a back-off (the TCP client's); returns the delay."""
+        delay = REJOIN_BACKOFF.delay(self._probes, self._random_fraction())
+        self._probes += 1
+        self._probe_at = now + delay
+        return delay
 
     def handle_timer(self, now: float) -> list[Action]:
         """Skip gaps that timed out; when idle for ``keepalive_s``, ping (or rejoin)."""
-        actions = self._release(self._reorder.poll(now), now)
+        actions = self._release(self.stream.reorder.poll(now), now)
+        if self._trying_at is not None and now >= self._trying_at:
+            self._trying_at = None
+            if self.state is ClientState.JOINING and not self.heard_from_server:
+                actions.append(Note("no answer from the server yet; still trying"))
+        if self._probe_at is not None and now >= self._probe_at:
+            self._probe_at = None
+            if self.state is ClientState.REJOINING and not self._joining():
+                actions += self._queue_join(self.room, now)
         keepalive = self._keepalive_deadline()
         if keepalive is not None and now >= keepalive:
             self.keepalives += 1
@@ -468,7 +443,13 @@ class UdpClientCore:
             while len(self._awaiting) > MAX_AWAITING:
                 self._awaiting.popitem(last=False)
         self._last_sent = now
-        return [Transmit(rid, p.encode_datagram(request))]
+        return [Transmit(rid, self._encode(request))]
+
+    def _encode(self, request: dict[str, Any]) -> bytes:
+        """A request as it goes out: with our session id, once the welcome gave it."""
+        if self.sid is None:
+            return p.encode_datagram(request)
+        return p.encode_datagram({**request, "sid": self.sid})
 
     def _queue_join(self, room: str, now: float, *, pump: bool = True) -> list[Action]:
         """Join ``room`` before anything else waiting (a first join, or a rejoin)."""
@@ -489,7 +470,7 @@ class UdpClientCore:
     def _keepalive_deadline(self) -> float | None:
         """``keepalive_s`` after the last datagram we sent, while no request is out."""
         if (self.state not in (ClientState.JOINED, ClientState.REJOINING)
-                or self._unacked or self._last_sent is None):
+                or self._unacked or self._last_sent is None or self._probe_at is not None):
             return None
         return self._last_sent + self.keepalive_s
 
@@ -497,75 +478,38 @@ class UdpClientCore:
     def _ack(self, n: int, now: float) -> SendAck:
         self.acks_sent += 1
         self._last_sent = now
-        return SendAck(n, p.encode_datagram({"type": p.MessageType.ACK.value, "n": n}))
+        ack: dict[str, Any] = {"type": p.MessageType.ACK.value, "n": n}
+        if self.sid is not None:
+            ack["sid"] = self.sid
+        return SendAck(n, p.encode_datagram(ack))
 
     def _stream(self, n: int, message: dict[str, Any], now: float) -> list[Action]:
-        expected = self._reorder.expected
+        expected = self.stream.reorder.expected
         if expected is not None and n < expected:
             if self._starts_new_session(message):
                 return self._new_session(n, message, now)
-            self._keep_aside(n, message)
-            self._reorder.push(n, message, now)     # counted as a duplicate
+            self.stream.keep_aside(n, message, self.epoch)
+            self.stream.reorder.push(n, message, now)     # counted as a duplicate
             return []
-        return self._release(self._reorder.push(n, message, now), now)
-
-    def _keep_aside(self, n: int, message: dict[str, Any]) -> None:
-        """Stash a datagram behind our stream that may belong to a new session.
-
-        A welcome from this run with a higher ``seq`` than ours opens one: the
-        stash starts again with it. What comes after it, low-numbered, is kept
-        too (the latest copy of each ``n``). Anything else is a duplicate: not
-        kept, so that an old copy cannot stand in for a new session's datagram.
-        """
-        if message.get("type") == p.MessageType.WELCOME:
-            seq = message.get("seq")
-            if (message.get("epoch") != self.epoch or not _is_int(seq)
-                    or self._session_seq is None):
-                return
-            if seq > self._session_seq:
-                self._stash = {n: message}
-            elif seq == self._session_seq and not self._stash:
-                self._stash = {n: message}  # ours again, or a new one just like it
-            return
-        if self._stash and n <= STASH_MAX_N:
-            self._stash[n] = message
-
-    def _from_older_session(self, message: dict[str, Any]) -> bool:
-        """A live room broadcast stamped before this stream's welcome: an older session's.
-
-        Every broadcast a session carries is newer than its welcome's ``seq``,
-        except the history a join replays (marked ``history``). A late copy
-        from the session the server forgot would otherwise take the place of
-        the new stream's datagram with the same ``n``.
-        """
-        seq = message.get("seq")
-        return (self._session_seq is not None and isinstance(message.get("room"), str)
-                and _is_int(seq) and seq <= self._session_seq
-                and message.get("history") is not True)
+        return self._release(self.stream.reorder.push(n, message, now), now)
 
     def _starts_new_session(self, message: dict[str, Any]) -> bool:
         """Whether a datagram behind our stream opens a new one; see the module comment."""
         if message.get("type") == p.MessageType.WELCOME:
             return self.epoch is not None and message.get("epoch") != self.epoch
         rid = message.get("id")
-        return _is_count(rid) and rid in self._awaiting
+        return is_count(rid) and rid in self._awaiting
 
     def _new_session(self, n: int, message: dict[str, Any], now: float) -> list[Action]:
         """The server has forgotten us and numbers a new stream; see the module comment."""
         self.sessions += 1
-        welcome = message if message.get("type") == p.MessageType.WELCOME else self._stash.get(1)
+        stash = self.stream.stash
+        welcome = message if message.get("type") == p.MessageType.WELCOME else stash.get(1)
         restarted = welcome is not None and welcome.get("epoch") != self.epoch
-        actions = self._retire(self._reorder, restarted, now)
-        self._reorder = self._new_reorder()
-        released: list[dict[str, Any] | Gap] = []
-        for m in sorted(self._stash):
-            if m < n:
-                released += self._reorder.push(m, self._stash[m], now)
-        self._stash.clear()
-        released += self._reorder.push(n, message, now)
-        return actions + self._release(released, now)
+        actions = self._retire(self.stream.retire(restarted), restarted, now)
+        return actions + self._release(self.stream.renew(n, message, now), now)
 
-    def _retire(self, old: ReorderBuffer[dict[str, Any]], restarted: bool,
+    def _retire(self, items: list[dict[str, Any] | Gap], restarted: bool,
                 now: float) -> list[Action]:
         """What the old stream still holds: everything after a hole that never filled.
 
@@ -577,21 +521,16 @@ class UdpClientCore:
         restart there is no history to ask: everything is delivered, and the
         holes are reported as lost.
         """
-        lost_before = old.skipped
-        items = old.poll(float("inf"))
         if restarted:
-            self._retired.update(duplicates=old.duplicates, gaps=old.gaps, skipped=old.skipped)
             return self._release(items, now)
-        self._retired.update(duplicates=old.duplicates, gaps=old.gaps - len(
-            [item for item in items if isinstance(item, Gap)]), skipped=lost_before)
         actions: list[Action] = []
         missing = 0
         for item in items:
             if isinstance(item, Gap):
                 missing += item.count
-            elif _is_int(item.get("seq")) and isinstance(item.get("room"), str):
+            elif is_int(item.get("seq")) and isinstance(item.get("room"), str):
                 rid = item.get("id")
-                if _is_count(rid):
+                if is_count(rid):
                     self._awaiting.pop(rid, None)   # answered: the request was applied
             else:
                 actions += self._handle(item, now)
@@ -616,7 +555,7 @@ class UdpClientCore:
     def _handle(self, message: dict[str, Any], now: float) -> list[Action]:
         kind = message.get("type")
         rid = message.get("id")
-        request = self._awaiting.pop(rid, None) if _is_count(rid) else None
+        request = self._awaiting.pop(rid, None) if is_count(rid) else None
         if kind == p.MessageType.WELCOME:
             return self._welcome(message, now)
         if request is not None and rid in self._keepalive_ids:
@@ -632,7 +571,18 @@ class UdpClientCore:
         if not self._is_new(message):
             return []
         self.delivered += 1
+        if (kind == p.MessageType.SYSTEM and message.get("event") == p.SystemEvent.SHUTDOWN
+                and self.state is ClientState.JOINED):
+            return [Deliver(message)] + self._server_away(now)
         return [Deliver(message)]
+
+    def _server_away(self, now: float) -> list[Action]:
+        """The server said it is stopping: rejoin by ourselves once it may be back."""
+        self.state = ClientState.REJOINING
+        self._probes = 0
+        delay = self._probe_later(now)
+        return [Note(f"the server is stopping; rejoining {self.room} when it is back "
+                     f"(first try in {delay:.1f} s)")]
 
     def _welcome(self, message: dict[str, Any], now: float) -> list[Action]:
         self.delivered += 1
@@ -644,7 +594,7 @@ class UdpClientCore:
         restarted = self.epoch is not None and epoch != self.epoch
         self.epoch = epoch
         seq = message.get("seq")
-        self._session_seq = seq if _is_int(seq) else None
+        self.stream.session_seq = seq if is_int(seq) else None
         if self.state not in (ClientState.JOINED, ClientState.REJOINING):
             return actions                  # the first session: our join is already out
         if restarted:
@@ -699,6 +649,7 @@ class UdpClientCore:
         self.room = room_name if isinstance(room_name, str) else room
         rejoined = self.state is ClientState.REJOINING
         self.state = ClientState.JOINED
+        self._probes, self._probe_at = 0, None
         self._is_new(message)               # record its seq
         self.delivered += 1
         actions: list[Action] = [Joined(self.room), Deliver(message)]
@@ -722,8 +673,3 @@ class UdpClientCore:
             return False
         self.last_seq[key] = seq
         return True
-
-    def _new_reorder(self) -> ReorderBuffer[dict[str, Any]]:
-        return ReorderBuffer(gap_timeout=self.gap_timeout_s, stats=self.stats)
-
-

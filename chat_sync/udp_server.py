@@ -36,9 +36,10 @@ from typing import Any
 
 from . import config as cfg
 from . import protocol as p
-from .udp_server_core import Acked, Action, Cancel, Key, Log, Report, Send, UdpChat
+from .udp_server_core import (MAX_UNACKED, Acked, Action, Cancel, Key, Log, Report, Send,
+                              UdpChat)
 from .logs import ChatLog
-from .retransmit import RetransmitQueue, TimerThread
+from .retransmit import RetransmitError, RetransmitQueue, TimerThread
 from .rooms import ChatCore
 from .serving import ServerHandle, configure, run_in_foreground
 from .wakeup import Wakeup
@@ -46,7 +47,8 @@ from .wakeup import Wakeup
 log = logging.getLogger("chat_sync.udp_server")
 
 DATAGRAMS_PER_TURN = 256     # bound one turn's work, so a flood cannot starve timeouts
-UNACKED_TOTAL = 64 * 1024    # the timer's bound on pending datagrams, all peers together
+RECEIVE_BYTES = 65_535       # the largest UDP payload: a datagram is read whole, so its
+                             # real size is known (and reported) even when it is refused
 
 
 class UdpServer:
@@ -59,7 +61,9 @@ class UdpServer:
         retransmit = RetransmitQueue(base_delay=config.base_delay, max_delay=config.max_delay,
                                      max_retries=config.max_retries,
                                      adaptive_rto=config.adaptive_rto, min_rto=config.min_rto,
-                                     max_pending=UNACKED_TOTAL)
+                                     # every peer at its own bound fits: the core
+                                     # drops a peer before it passes MAX_UNACKED
+                                     max_pending=config.max_clients * MAX_UNACKED)
         self.chat = UdpChat(core, max_datagram_bytes=config.max_datagram_bytes,
                             max_clients=config.max_clients,
                             client_timeout_s=config.client_timeout_s,
@@ -84,6 +88,7 @@ class UdpServer:
                          if config.log_file else None)
         self._stop = threading.Event()
         self.send_errors = 0
+        self.shed = 0                # reliable datagrams the timer had no room for (a bug)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -137,7 +142,7 @@ class UdpServer:
     def _read(self) -> None:
         for _ in range(DATAGRAMS_PER_TURN):
             try:
-                data, addr = self.sock.recvfrom(self.config.max_datagram_bytes + 1)
+                data, addr = self.sock.recvfrom(RECEIVE_BYTES)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:      # e.g. an ICMP error queued for an earlier send
@@ -150,8 +155,8 @@ class UdpServer:
     def _perform(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
-                if action.key is not None:
-                    self.timer.send(action.key, action.payload)
+                if action.key is not None and not self._register(action.key, action.payload):
+                    continue
                 self._sendto(action.payload, action.addr)
             elif isinstance(action, Acked):
                 self.timer.ack(action.key)
@@ -161,6 +166,20 @@ class UdpServer:
                 log.log(action.level, "[%s:%d] %s", action.addr[0], action.addr[1], action.text)
             elif isinstance(action, Log) and self.chat_log is not None:
                 self.chat_log.write(action.ts, action.room, action.user, action.text)
+
+    def _register(self, key: Key, payload: bytes) -> bool:
+        """Hand a reliable datagram to the timer; False (shed, logged) if it will not take it.
+
+        The bounds agree (``max_clients`` x ``MAX_UNACKED``), so this should never
+        refuse; if it does, the newest datagram is shed and the loop carries on.
+        """
+        try:
+            self.timer.send(key, payload)
+        except RetransmitError as exc:
+            self.shed += 1
+            log.error("[%s:%d] shed n=%d: %s", key[0][0], key[0][1], key[1], exc)
+            return False
+        return True
 
     def _sendto(self, payload: bytes, addr: tuple[str, int]) -> None:
         if log.isEnabledFor(logging.DEBUG):

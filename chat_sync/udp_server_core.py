@@ -2,10 +2,11 @@
 
 Theory of operation
 -------------------
-UDP has no connections, so ``UdpChat`` keeps one ``Peer`` per source
-address ``(host, port)`` and hands the chat itself to the same ``ChatCore``
-the TCP server uses, with the address as the connection id. Its methods take
-a datagram (or the time) and return actions for the shell:
+UDP has no connections, so ``UdpChat`` keeps one ``Peer`` (a session) per
+client, found by its source address ``(host, port)`` or by its session id,
+and hands the chat itself to the same ``ChatCore`` the TCP server uses, with
+the session id as the connection id. Its methods take a datagram (or the
+time) and return actions for the shell:
 
 - ``Send(addr, payload, key)``: send ``payload`` to ``addr``. With a ``key``
   it is reliable: register it with the retransmit timer first.
@@ -20,8 +21,10 @@ has a byte budget (below) and retransmissions spend it too.
 
 Rules (the README's UDP section is the spec):
 
+- Every server datagram carries ``sid``, the session id; every client
+  datagram carries it too once the welcome has given it (``udp_sessions``).
 - Every client datagram but an ``ack`` carries ``id``, increasing per client.
-  Each one is acked (``{"type":"ack","id":N}``), a duplicate too, but a
+  Each one is acked (``{"type":"ack","id":N,"sid":S}``), a duplicate too, but a
   duplicate is never applied again (``DedupWindow``): a retransmission whose
   ack was lost must not produce a second broadcast.
 - Every server datagram but an ``ack`` carries ``n``: this peer's stream
@@ -41,111 +44,46 @@ Rules (the README's UDP section is the spec):
 - Bounded: at most ``max_clients`` peers; a peer with more than
   ``MAX_UNACKED`` datagrams unacked, one that stays silent for
   ``client_timeout_s``, or one the retransmit timer gave up on and that
-  acks nothing newer (below) is dropped, and its room hears that it left.
+  acks nothing newer (``udp_sessions``: give-ups) is dropped, and its room
+  hears that it left.
   A ``leave`` ends a UDP session: with no connection to close, it is how a
   client says goodbye.
 
-Give-ups, drops and what survives them
---------------------------------------
-A give-up is evidence about one datagram, not always about the peer. At 20%
-loss each way a round trip fails with p = 0.36, so all seven tries of the
-default ``max_retries`` (6) fail about once per 1,300 datagrams, while the
-peer goes on acking the others. Dropping it then would cost a rejoin whose
-``since`` needs the room's history to cover the absence: 20 broadcasts,
-which a busy room says in a second or two, and which never covers a
-datagram the client missed twelve seconds (the whole retry span) before.
-So:
-
-- ``give_up`` drops the peer only if it is unreachable: it has acked no
-  datagram sent after the one given up. If it has (``Peer.highest_acked``),
-  it is alive and that datagram was unlucky: it goes out again with the
-  same ``n``, a new round of retries, at most ``MAX_ROUNDS`` rounds, then
-  the peer is dropped after all. The same ``n`` means no rejoin and no
-  history are needed, and the client's ``ReorderBuffer`` delivers it once.
-- A verified peer dropped by the timer, or for not acking, leaves a
-  *tombstone*: its ``DedupWindow``, for ``client_timeout_s`` after it was
-  last heard (at most ``max_clients`` of them). The address's next session
-  starts from a copy of it, so a request the old session applied, whose ack
-  was lost and which the client sends again into the new one, is acked, not
-  applied a second time (it would be refused ``not_joined``, and the client
-  would send it again under a new id: a duplicate). A new session that is
-  dropped before it is verified (its welcome given up, or expired) puts the
-  tombstone back as it found it: its own window also marks the requests it
-  deferred and never applied. A new client process on a reused port starts
-  with ``id`` 1, and a session opened by id 1 starts a fresh window (a
-  client still waiting for its first join must have it applied). ``leave``
-  and silence leave no tombstone: the first ends the session on purpose,
-  and the second lasted ``client_timeout_s`` already.
-
-Defences against forged addresses and floods
---------------------------------------------
-- **Anti-amplification** (RFC 9000 section 8). A source address can be
-  forged, so an address is *unverified* until it acks a datagram we did
-  send it. Until then it is sent at most ``AMPLIFICATION_FACTOR`` (3) times
-  the bytes received from it, retransmissions included; a datagram that
-  does not fit waits in ``Peer.held``, in ``n`` order, until the budget
-  grows or the address is verified. Its requests wait too, in
-  ``Peer.deferred`` and unacked, so the client keeps retransmitting them
-  and every copy raises the budget; ``ping`` and ``leave``, which touch no
-  room, are applied and acked at once (an ack is never longer than the
-  request it answers). So the first answer to a join is the welcome alone,
-  which fits three times the smallest join (the UDP welcome leaves out
-  ``limits`` for that); the client acks it, and then the join is applied
-  and acked, and the history and the join notice follow, in ``n`` order. A
-  forged address gets at most the welcome, pongs and errors, within 3x,
-  and no room ever hears of it.
-- **Rate limit**: a token bucket per peer (``guard.TokenBucket``, the TCP
-  server's, with ``rate_limit_per_s`` and ``rate_burst``). A datagram over
-  the limit is dropped, unacked and unanswered: answering a flood would
-  feed it. A verified peer is told ``rate_limited`` at most once per
-  ``TELL_EVERY_S``. An ack that retires a datagram is free: a busy room
-  makes a client send one per datagram.
-- **Bounded before verification**: unverified peers count toward
-  ``max_clients``; each is forgotten ``unverified_timeout_s`` after its
-  first datagram; and when the table is full, a new address takes the place
-  of the oldest unverified one, so forged addresses cannot lock real
-  clients out. Strangers (no peer) leave no state at all.
-
-Trade-offs, honestly: ``n`` counts from 1, so whoever can forge an address
-can also guess ``n=1`` and "verify" it blind; QUIC closes that hole with
-unguessable connection ids, which this protocol does not have. And a
-forgotten client's keepalive ping is acked at once, so it does not learn
-from it that the server forgot it: it finds out with its next request.
+Sessions, session ids and the defences against forged addresses and floods
+are ``udp_sessions``'s: its module comment is the essay.
 """
 from __future__ import annotations
 
 import collections
-import copy
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union, cast
 
 from . import protocol as p
 from .guard import TokenBucket
 from .retransmit import DedupWindow, RetransmitStats
 from .rooms import ChatCore, Output, Reply
+from .udp_sessions import AMPLIFICATION_FACTOR as AMPLIFICATION_FACTOR
+from .udp_sessions import MAX_DEFERRED as MAX_DEFERRED
+from .udp_sessions import MAX_UNACKED as MAX_UNACKED
+from .udp_sessions import Address as Address
+from .udp_sessions import Key as Key
+from .udp_sessions import (Peer, Tombstone, check_fits, copy_window,
+                           datagram_id, fit, new_session_id, session_id)
 
-Address = tuple[str, int]
-Key = tuple[Address, int]        # (peer address, n): one reliable server datagram
-
-MAX_UNACKED = 256                # unacked datagrams one peer may hold before it is dropped
-AMPLIFICATION_FACTOR = 3         # bytes out per byte in, to an unverified address (RFC 9000)
-MAX_DEFERRED = 8                 # requests an unverified address may have waiting
 MAX_ROUNDS = 3                   # extra rounds of retries for a datagram to a live peer
 TELL_EVERY_S = 1.0               # say rate_limited (and log a defence) at most this often
 DEFAULT_RATE_LIMIT_PER_S = 50.0
 DEFAULT_RATE_BURST = 100
 DEFAULT_UNVERIFIED_TIMEOUT_S = 5.0
-_BIG_N = 2**31                   # stands in for n when measuring a datagram's size
-_BIG_SEQ = 2**53
-_AT_ONCE = (p.MessageType.PING, p.MessageType.LEAVE)    # applied before verification
 
 # Every reason ``dropped`` counts, present from the start (zero), so another
 # thread may read the counts while the loop thread adds to them.
 DROP_REASONS = tuple(code.value for code in (
     p.ErrorCode.BAD_UTF8, p.ErrorCode.BAD_JSON, p.ErrorCode.BAD_MESSAGE,
     p.ErrorCode.DATAGRAM_TOO_LARGE, p.ErrorCode.SERVER_FULL, p.ErrorCode.RATE_LIMITED)) + (
-    "bad_ack", "unknown_ack", "duplicate_ack", "deferred_full",
+    "bad_ack", "unknown_ack", "duplicate_ack", "deferred_full", "id_out_of_window",
+    "bad_sid",
     "not_acking", "unverified_timeout", "unverified_evicted")   # the last three: peers
 
 
@@ -184,44 +122,6 @@ class Report:
 Action = Union[Send, Acked, Cancel, Log, Report]
 
 
-@dataclass(frozen=True)
-class Tombstone:
-    """What outlives a dropped session: the ids its requests used (see the module comment)."""
-
-    dedup: DedupWindow
-    last_heard: float            # monotonic; kept ``client_timeout_s`` after it
-
-
-@dataclass(eq=False)
-class Peer:
-    addr: Address
-    first_heard: float
-    last_heard: float
-    dedup: DedupWindow
-    bucket: TokenBucket | None
-    verified: bool
-    next_n: int = 1
-    unacked: set[int] = field(default_factory=set)
-    sent: dict[int, bytes] = field(default_factory=dict)   # n -> payload, while unacked
-    highest_acked: int = 0       # the newest n it acked: it is reachable up to there
-    rounds: collections.Counter[int] = field(default_factory=collections.Counter)
-    inherited: Tombstone | None = None   # until verified: the old session's, untouched
-    # Until verified (see "Anti-amplification"):
-    bytes_in: int = 0
-    bytes_out: int = 0
-    held: collections.deque[Send] = field(default_factory=collections.deque)
-    deferred: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-    welcome: bytes = b""         # n=1 as sent: the answer to a retransmitted request
-    counted: int = 0             # how many of ``held`` are already counted as waiting
-    # Reporting:
-    over_limit: int = 0          # datagrams the bucket dropped since the last report
-    told: dict[str, float] = field(default_factory=dict)   # what -> when last reported
-
-    def first_unsent(self) -> int:
-        """The lowest ``n`` not sent yet: every ``n`` below it has gone out."""
-        return self.held[0].key[1] if self.held and self.held[0].key else self.next_n
-
-
 class UdpChat:
     """The UDP server's logic: feed it datagrams and the time, perform what it returns."""
 
@@ -244,6 +144,7 @@ class UdpChat:
         self.unverified_timeout_s = unverified_timeout_s
         self.stats = stats if stats is not None else RetransmitStats()
         self.peers: collections.OrderedDict[Address, Peer] = collections.OrderedDict()
+        self.sessions: dict[str, Peer] = {}   # the same peers by session id (ChatCore's key)
         self.unverified: collections.OrderedDict[Address, Peer] = collections.OrderedDict()
         self.dropped = collections.Counter({reason: 0 for reason in DROP_REASONS})
         # What the amplification limit did, all unverified addresses together: bytes
@@ -348,9 +249,12 @@ class UdpChat:
                                       f"datagram of {len(data)} bytes is over the "
                                       f"{self.max_datagram_bytes}-byte limit")
             obj = p.decode(data)
+            moved = self._session_of(addr, obj)
+            if moved is not None:
+                return self._rebind(moved, addr) + self._receive(addr, data, now, wall)
             if obj.get("type") == p.MessageType.ACK:
                 return self._ack(peer, obj, now, wall)
-            rid = _datagram_id(obj)
+            rid = datagram_id(obj)
         except p.ProtocolError as exc:
             if peer is None:
                 self.dropped[exc.code.value] += 1
@@ -360,6 +264,11 @@ class UdpChat:
             self._heard(peer, now)
             return self._reply(peer, exc.to_message())
         actions: list[Action] = []
+        tombstone = self.tombstones.get(addr) if peer is None else None
+        if tombstone is not None and tombstone.left and rid != 1 and tombstone.dedup.has(rid):
+            # A late copy of a request the session applied before its leave:
+            # acked (never longer than the request), with no new session for it.
+            return [Send(addr, p.encode_datagram({"type": p.MessageType.ACK.value, "id": rid}))]
         if peer is None:
             if len(self.peers) >= self.max_clients:
                 if not self.unverified:
@@ -367,10 +276,15 @@ class UdpChat:
                 oldest = next(iter(self.unverified.values()))
                 actions += self._forget_unverified(oldest, "unverified_evicted", wall)
             peer = self._connect(addr, len(data), now, rid)
-            actions += self._perform(self.core.connect(addr))     # the welcome
+            peer.forgot = session_id(obj)
+            actions += self._perform(self.core.connect(peer.sid))     # the welcome
         elif not self._take_token(peer, now):
             return self._over_limit(peer, now)
+        if peer.verified and session_id(obj) not in (peer.sid, peer.forgot):
+            return self._without_session(peer, rid)
         self._heard(peer, now)
+        if not peer.dedup.in_window(rid):
+            return actions + self._out_of_window(peer, rid)
         if not peer.verified:
             return actions + self._unverified_request(peer, rid, obj, now, wall)
         actions.insert(0, self._send_ack(peer, rid))
@@ -386,14 +300,18 @@ class UdpChat:
         tombstone = self.tombstones.pop(addr, None)
         if rid == 1:
             tombstone = None
-        dedup = (_copy_window(tombstone.dedup) if tombstone is not None
-                 else DedupWindow(stats=self.stats))
-        peer = Peer(addr, now, now, dedup, bucket, verified=not self.anti_amplification)
+        # A fresh window starts at the first id: a client forgotten by a restart
+        # goes on counting where it was.
+        dedup = (copy_window(tombstone.dedup) if tombstone is not None
+                 else DedupWindow(stats=self.stats, first=rid))
+        sid = new_session_id()
+        peer = Peer(addr, sid, now, now, dedup, bucket, verified=not self.anti_amplification)
         if not peer.verified:
             peer.inherited = tombstone
         if bucket is not None:
             bucket.take(now)                      # the datagram that introduced it
         self.peers[addr] = peer
+        self.sessions[sid] = peer
         if not peer.verified:
             peer.bytes_in = size
             self.amplification["bytes_in"] += size
@@ -424,6 +342,51 @@ class UdpChat:
                 f"(burst {self.rate_burst}): some were dropped unanswered"))
         return actions
 
+    def _session_of(self, addr: Address, obj: dict[str, Any]) -> Peer | None:
+        """The verified session ``obj`` names, if it now speaks from a new ``addr``."""
+        peer = self.sessions.get(session_id(obj) or "")
+        if peer is None or peer.addr == addr or not peer.verified or addr in self.peers:
+            return None
+        return peer
+
+    def _rebind(self, peer: Peer, addr: Address) -> list[Action]:
+        """The session's address changed (a NAT rebinding, a new socket): it moves along.
+
+        Its datagrams in flight are resent to the new address under new keys.
+        Only the session id proves it is the same client: see the README on
+        what that does not protect against.
+        """
+        old = peer.addr
+        self.peers.pop(old, None)
+        peer.addr = addr
+        self.peers[addr] = peer
+        actions: list[Action] = [Report(addr, logging.INFO, f"session moved from "
+                                                            f"{old[0]}:{old[1]}")]
+        unsent = peer.first_unsent()
+        for n in sorted(peer.unacked):
+            if n < unsent and n in peer.sent:
+                actions += [Cancel((old, n)), Send(addr, peer.sent[n], (addr, n))]
+        return actions
+
+    def _without_session(self, peer: Peer, rid: int) -> list[Action]:
+        """A request from a verified peer's address without its session id.
+
+        An id it already used is acked again (an ack tells nothing and changes
+        nothing); anything else may be forged and is dropped, counted.
+        """
+        if peer.dedup.has(rid):
+            return [self._send_ack(peer, rid)]
+        self.dropped["bad_sid"] += 1
+        return []
+
+    def _out_of_window(self, peer: Peer, rid: int) -> list[Action]:
+        """An id too far ahead (forged, or a broken client): acked, refused, not applied."""
+        self.dropped["id_out_of_window"] += 1
+        return [self._send_ack(peer, rid)] + self._reply(peer, p.error(
+            p.ErrorCode.ID_OUT_OF_WINDOW, f"id: {rid} is more than {peer.dedup.size} above "
+            f"{peer.dedup.floor}, the highest id with none missing below it", field="id",
+            id=rid))
+
     def _server_full(self, addr: Address, data: bytes, rid: int) -> list[Action]:
         """Refuse a new address, once, unreliably, and never with more bytes than 3x its own."""
         self.dropped[p.ErrorCode.SERVER_FULL.value] += 1
@@ -436,9 +399,8 @@ class UdpChat:
     def _unverified_request(self, peer: Peer, rid: int, obj: dict[str, Any], now: float,
                             wall: float) -> list[Action]:
         """A request from an address not verified yet: see "Anti-amplification"."""
-        at_once = obj.get("type") in _AT_ONCE
         waiting = any(deferred_id == rid for deferred_id, _ in peer.deferred)
-        if not at_once and not waiting and len(peer.deferred) >= MAX_DEFERRED:
+        if not waiting and len(peer.deferred) >= MAX_DEFERRED:
             self.dropped["deferred_full"] += 1    # not marked seen: it may come again
             return self._report(peer, "deferred_full", now, logging.INFO,
                                 f"{MAX_DEFERRED} requests already wait for verification; "
@@ -446,9 +408,9 @@ class UdpChat:
         if peer.dedup.seen(rid):
             if waiting:                           # a retransmission: the welcome again
                 return self._rewelcome(peer)
-            return [self._send_ack(peer, rid)]    # a ping or leave, acked again
-        if at_once:
-            return [self._send_ack(peer, rid)] + self._request(peer, obj, wall)
+            return [self._send_ack(peer, rid)]    # the old session's: acked, not applied
+        # Every request waits, ping and leave too, so that all apply in id order
+        # once verified: a leave applied first would end the session under them.
         peer.deferred.append((rid, obj))          # unacked: the client will send it again
         return []
 
@@ -465,7 +427,11 @@ class UdpChat:
         if peer is None or isinstance(n, bool) or not isinstance(n, int):
             self.dropped["bad_ack"] += 1
             return []
-        if n in peer.unacked and n < peer.first_unsent():
+        sent = 0 < n < peer.first_unsent()
+        if sent and session_id(obj) != peer.sid:
+            self.dropped["bad_sid"] += 1          # blind, forged or stale: proves nothing
+            return []
+        if n in peer.unacked and sent:
             # Retires a datagram: free of the rate limit (a busy room means many).
             self._heard(peer, now)
             peer.unacked.discard(n)
@@ -478,16 +444,16 @@ class UdpChat:
             return actions
         if not self._take_token(peer, now):
             return self._over_limit(peer, now)
-        if 0 < n < peer.first_unsent():
+        if sent:
             self.dropped["duplicate_ack"] += 1    # its first ack came; a sign of life
             self._heard(peer, now)
             peer.highest_acked = max(peer.highest_acked, n)
             return []
         self.dropped["unknown_ack"] += 1          # never sent: proves nothing, changes nothing
         unsent = peer.first_unsent()
-        sent = f"n=1..{unsent - 1} were" if unsent > 1 else "none was"
+        which = f"n=1..{unsent - 1} were" if unsent > 1 else "none was"
         return self._report(peer, "unknown_ack", now, logging.INFO,
-                            f"ignored an ack for n={n}: never sent to it ({sent})")
+                            f"ignored an ack for n={n}: never sent to it ({which})")
 
     def _verify(self, peer: Peer, wall: float) -> list[Action]:
         """``peer`` acked a datagram it was sent: release what waited, apply its requests."""
@@ -497,7 +463,7 @@ class UdpChat:
         self._touched.discard(peer)
         actions: list[Action] = list(peer.held)   # now unlimited, still in n order
         peer.held.clear()
-        deferred, peer.deferred = peer.deferred, []
+        deferred, peer.deferred = sorted(peer.deferred, key=lambda item: item[0]), []
         for rid, obj in deferred:
             if peer.addr not in self.peers:
                 break
@@ -507,10 +473,9 @@ class UdpChat:
 
     def _send_ack(self, peer: Peer, rid: int) -> Send:
         """The ack of request ``rid``. Never longer than the request, so it always fits."""
-        ack = Send(peer.addr, p.encode_datagram({"type": p.MessageType.ACK.value, "id": rid}))
-        if not peer.verified:
-            peer.bytes_out += len(ack.payload)
-            self.amplification["bytes_out"] += len(ack.payload)
+        ack = Send(peer.addr, p.encode_datagram({"type": p.MessageType.ACK.value, "id": rid,
+                                                 "sid": peer.sid}))
+        peer.spend(len(ack.payload), self.amplification)
         return ack
 
     def _request(self, peer: Peer, obj: dict[str, Any], wall: float) -> list[Action]:
@@ -521,36 +486,16 @@ class UdpChat:
                 # (and retransmitted) to an address that said goodbye. A leave ends
                 # the session even outside a room (say, after a refused first join):
                 # otherwise the address would linger until client_timeout_s.
-                in_room = self.core.members[peer.addr].room is not None
-                outputs = self.core.handle(peer.addr, request, wall) if in_room else []
-                return self._perform(outputs, drop=peer) + self._drop(peer, wall,
-                                                                       tombstone=False)
-            self._check_fits(peer, request, wall)
-            return self._perform(self.core.handle(peer.addr, request, wall))
+                in_room = self.core.members[peer.sid].room is not None
+                outputs = self.core.handle(peer.sid, request, wall) if in_room else []
+                # Its window outlives it (a tombstone): a late retransmission of
+                # a request sent before the leave is acked, not applied again.
+                return self._perform(outputs, drop=peer) + self._drop(
+                    peer, wall, tombstone=True, left=True)
+            check_fits(self.core, peer.sid, request, wall, self.max_datagram_bytes)
+            return self._perform(self.core.handle(peer.sid, request, wall))
         except p.ProtocolError as exc:
             return self._reply(peer, exc.to_message())
-
-    def _check_fits(self, peer: Peer, request: p.Request, wall: float) -> None:
-        """Refuse a message or whisper whose delivery would not fit in one datagram."""
-        user = self.core.members[peer.addr].user or ""
-        if isinstance(request, p.Message):
-            room = self.core.members[peer.addr].room
-            biggest = p.chat_message(room.name if room else "", user, request.text,
-                                     _BIG_SEQ, wall)
-        elif isinstance(request, p.Whisper):
-            # The delivery carries the target's own spelling, which may be longer
-            # in bytes than the one typed ('ẞ' and 'ß' are the same name).
-            target = self.core.user_named(request.to) or request.to
-            biggest = p.whisper(user, target, request.text, wall)
-        else:
-            return
-        size = len(p.encode_datagram({**biggest, "history": True, "id": request.id,
-                                      "n": _BIG_N}))
-        if size > self.max_datagram_bytes:
-            raise p.ProtocolError(p.ErrorCode.DATAGRAM_TOO_LARGE,
-                                  f"text: its delivery would take {size} bytes, over the "
-                                  f"{self.max_datagram_bytes}-byte datagram limit",
-                                  field="text", id=request.id)
 
     def _forget_unverified(self, peer: Peer, reason: str, wall: float) -> list[Action]:
         self.dropped[reason] += 1
@@ -559,18 +504,20 @@ class UdpChat:
                         f"sent {peer.bytes_out}, {len(peer.held)} datagrams never sent")
         return [report] + self._drop(peer, wall, tombstone=True)
 
-    def _drop(self, peer: Peer, wall: float, *, tombstone: bool) -> list[Action]:
+    def _drop(self, peer: Peer, wall: float, *, tombstone: bool,
+              left: bool = False) -> list[Action]:
         """Forget ``peer``. With ``tombstone``, the ids a verified peer's requests
         used outlive it, and an unverified one puts back the tombstone it inherited
         (its own window also marks requests deferred, never applied)."""
         self.peers.pop(peer.addr, None)
+        self.sessions.pop(peer.sid, None)
         self.unverified.pop(peer.addr, None)
         self._touched.discard(peer)
         kept = peer.dedup if peer.verified else (
             peer.inherited.dedup if peer.inherited is not None else None)
         if tombstone and kept is not None:
             self.tombstones.pop(peer.addr, None)
-            self.tombstones[peer.addr] = Tombstone(kept, peer.last_heard)
+            self.tombstones[peer.addr] = Tombstone(kept, peer.last_heard, left)
             while len(self.tombstones) > self.max_clients:
                 self.tombstones.popitem(last=False)
         # Stop retransmitting to a forgotten peer. Should the address come back,
@@ -585,7 +532,7 @@ class UdpChat:
         peer.sent.clear()
         peer.held.clear()
         peer.deferred.clear()
-        return cancelled + self._perform(self.core.disconnect(peer.addr, wall))
+        return cancelled + self._perform(self.core.disconnect(peer.sid, wall))
 
     def _report(self, peer: Peer, what: str, now: float, level: int,
                 text: str) -> list[Action]:
@@ -610,42 +557,30 @@ class UdpChat:
 
     # -- datagrams out ---------------------------------------------------------------
     def _fits(self, peer: Peer, send: Send) -> bool:
-        return (peer.verified
-                or peer.bytes_out + len(send.payload) <= AMPLIFICATION_FACTOR * peer.bytes_in)
+        return peer.fits(len(send.payload))
 
     def _spend(self, peer: Peer, send: Send) -> list[Action]:
         """Send ``send`` now, counting it against an unverified peer's budget."""
-        if not peer.verified:
-            peer.bytes_out += len(send.payload)
-            self.amplification["bytes_out"] += len(send.payload)
+        peer.spend(len(send.payload), self.amplification)
         return [send]
 
     def _release(self, peer: Peer) -> list[Action]:
-        """Send the held datagrams of an unverified peer that now fit, in ``n`` order."""
-        actions: list[Action] = []
-        while peer.held and self._fits(peer, peer.held[0]):
-            send = peer.held.popleft()
-            peer.counted = max(0, peer.counted - 1)
-            if send.key is not None and send.key[1] == 1:
-                peer.welcome = send.payload
-            actions += self._spend(peer, send)
-        self.amplification["held"] += len(peer.held) - peer.counted   # newly waiting
-        peer.counted = len(peer.held)
-        return actions
+        return list(peer.release(self.amplification))
 
     def _perform(self, outputs: list[Output], drop: Peer | None = None) -> list[Action]:
         if drop is not None:
             self.peers.pop(drop.addr, None)
+            self.sessions.pop(drop.sid, None)
         actions: list[Action] = []
         for output in outputs:
             if isinstance(output, Reply):
-                peer = self.peers.get(cast(Address, output.to))
+                peer = self.sessions.get(cast(str, output.to))
                 if peer is not None:
                     actions += self._reply(peer, output.message)
                 continue
             body = p.encode_datagram(output.message)       # once, for every member
-            for addr in output.to:
-                peer = self.peers.get(cast(Address, addr))
+            for sid in output.to:
+                peer = self.sessions.get(cast(str, sid))
                 if peer is not None:
                     actions += self._stamp(peer, body)
             if output.room is not None:
@@ -659,7 +594,9 @@ class UdpChat:
             # Over UDP the limits that matter are the datagram's, and a refusal
             # names them; without ``limits`` the welcome fits 3x the smallest join.
             message = {key: value for key, value in message.items() if key != "limits"}
-        return self._stamp(peer, p.encode_datagram(_fit(message, self.max_datagram_bytes)))
+            if peer.forgot is not None:
+                message["forgot"] = peer.forgot   # proof we saw the session it had
+        return self._stamp(peer, p.encode_datagram(fit(message, self.max_datagram_bytes)))
 
     def _stamp(self, peer: Peer, body: bytes) -> list[Action]:
         """Append this peer's next ``n`` to an encoded object: a reliable Send, or one
@@ -670,41 +607,11 @@ class UdpChat:
         n = peer.next_n
         peer.next_n += 1
         peer.unacked.add(n)
-        send = Send(peer.addr, body[:-1] + b',"n":%d}' % n, (peer.addr, n))
+        send = Send(peer.addr, body[:-1] + b',"sid":"%s","n":%d}' % (peer.sid.encode(), n),
+                    (peer.addr, n))
         peer.sent[n] = send.payload               # the timer's bytes, not a copy
         if peer.verified:
             return [send]
         peer.held.append(send)                    # _release sends it when it fits
         self._touched.add(peer)
         return []
-
-
-def _copy_window(window: DedupWindow) -> DedupWindow:
-    """A copy of ``window`` that still counts into the same stats."""
-    return copy.deepcopy(window, {id(window.stats): window.stats})
-
-
-def _datagram_id(obj: dict[str, Any]) -> int:
-    """The ``id`` every client datagram but an ack must carry: a positive integer."""
-    rid = obj.get("id")
-    if isinstance(rid, bool) or not isinstance(rid, int) or not 0 < rid < 2**53:
-        raise p.ProtocolError(p.ErrorCode.BAD_MESSAGE,
-                              "id: every datagram needs an integer id from 1 up",
-                              field="id")
-    return rid
-
-
-def _fit(message: dict[str, Any], limit: int) -> dict[str, Any]:
-    """Cut a ``rooms`` or ``who`` list until the reply fits one datagram."""
-    key = {"rooms": "rooms", "who": "users"}.get(message.get("type", ""))
-    if key is None:
-        return message
-    items = list(message[key])
-    left_out = 0
-    while items and len(p.encode_datagram({**message, key: items, "more": left_out,
-                                           "n": _BIG_N})) > limit:
-        items.pop()
-        left_out += 1
-    if not left_out:
-        return message
-    return {**message, key: items, "more": left_out}

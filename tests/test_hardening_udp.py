@@ -104,6 +104,8 @@ class Flooder:
         self.acks = 0
         self.types: dict[str, int] = {}
         self.errors: list[str] = []
+        self.error_texts: list[str] = []
+        self.sid: str | None = None
         self.seen: set[int] = set()         # stream numbers received
         self.joined = threading.Event()
         self._stop = threading.Event()
@@ -117,6 +119,8 @@ class Flooder:
         return host, port
 
     def send(self, **fields: Any) -> None:
+        if self.sid is not None:
+            fields["sid"] = self.sid
         self.sock.send(json.dumps({**fields, "id": self.next_id}).encode())
         self.next_id += 1
 
@@ -143,7 +147,9 @@ class Flooder:
                 if message.get("type") == "ack":
                     self.acks += 1
                     continue
-                self.sock.send(b'{"type":"ack","n":%d}' % message["n"])
+                self.sid = message["sid"]          # from the welcome on
+                self.sock.send(json.dumps({"type": "ack", "n": message["n"],
+                                           "sid": self.sid}).encode())
                 if message["n"] in self.seen:
                     continue
                 self.seen.add(message["n"])
@@ -151,6 +157,7 @@ class Flooder:
                 self.types[kind] = self.types.get(kind, 0) + 1
                 if kind == "error":
                     self.errors.append(str(message.get("code")))
+                    self.error_texts.append(str(message.get("text")))
             if message.get("event") == "join" and message.get("user") == self.user:
                 self.joined.set()
 
@@ -325,3 +332,37 @@ def test_a_forged_join_gets_one_welcome_and_a_real_newcomer_gets_the_whole_histo
               f"{carol.stats['retransmitted']} retransmissions of her own")
     finally:
         forged.close()
+
+
+# -- Issue 8 item 2, issue 11 item 9: bounds that agree, sizes that are real ------------
+
+@pytest.mark.timeout(10)
+def test_the_timers_bound_covers_every_client_at_its_own_bound(servers: Servers) -> None:
+    from chat_sync.udp_server_core import MAX_UNACKED
+    server = servers.start(max_clients=500)
+    assert server.server.timer.queue.max_pending >= 500 * MAX_UNACKED
+
+
+@pytest.mark.timeout(10)
+def test_a_full_timer_sheds_the_datagram_and_the_loop_lives_on(servers: Servers) -> None:
+    from chat_sync.udp_server_core import Send
+    server = servers.start()
+    shell = server.server
+    shell.timer.queue.max_pending = 1
+    key = (("127.0.0.1", 9), 1)
+    shell._perform([Send(("127.0.0.1", 9), b"{}", key),
+                    Send(("127.0.0.1", 9), b"{}", (key[0], 2))])   # must not raise
+    assert shell.shed == 1
+
+
+@pytest.mark.timeout(10)
+def test_an_oversized_datagram_is_reported_with_its_real_size(servers: Servers) -> None:
+    server = servers.start()
+    flooder = Flooder(address(server), "big", "lobby")
+    try:
+        flooder.join()
+        flooder.sock.send(b"x" * 1340)
+        counted(server, lambda: "datagram_too_large" in flooder.errors, "the refusal")
+        assert any("datagram of 1340 bytes" in text for text in flooder.error_texts)
+    finally:
+        flooder.close()

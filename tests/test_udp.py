@@ -613,8 +613,9 @@ class RawPeer:
                                    "id": 1}).encode())
         while True:
             message = p.decode(self.sock.recv(65535))
-            if "n" in message:
-                self.sock.send(b'{"type":"ack","n":%d}' % message["n"])
+            if "n" in message:      # acked with the session id the welcome gave
+                self.sock.send(json.dumps({"type": "ack", "n": message["n"],
+                                           "sid": message["sid"]}).encode())
             if message.get("event") == "join" and message.get("user") == user:
                 return
 
@@ -690,8 +691,8 @@ def test_a_client_the_server_timed_out_comes_back_with_since(servers: Servers,
 # -- Server restart ----------------------------------------------------------------------------
 
 @pytest.mark.timeout(30)
-def test_server_restart_reports_undelivered_messages_then_rejoins(servers: Servers,
-                                                                  clients: Clients) -> None:
+def test_server_restart_holds_what_is_said_until_the_client_has_rejoined(
+        servers: Servers, clients: Clients) -> None:
     first = servers.start()
     port = first.port
     alice = clients.connect(address(first), "alice", max_retries=3)
@@ -699,19 +700,20 @@ def test_server_restart_reports_undelivered_messages_then_rejoins(servers: Serve
     until(alice, message_from("alice", "before"))
     first.stop()
     until(alice, lambda e: isinstance(e, Received) and e.message.get("event") == "shutdown")
-    alice.say("into the void")
-    until(alice, notice_with("message 3 was not delivered: 'into the void'"))
-    assert alice.state is ClientState.JOINED and alice.exit_code is None
+    alice.say("into the void")                     # waits: alice is rejoining
+    assert alice.state is ClientState.REJOINING and alice.exit_code is None
     second = servers.start(port=port)
+    events = until(alice, message_from("alice", "into the void"), timeout=20.0)
+    texts = [e.text for e in events if isinstance(e, Notice)]
+    assert texts[0].startswith("the server is stopping; rejoining lobby when it is back")
+    assert texts[-3:] == ["the server has restarted; its history starts afresh",
+                          "the server had forgotten us; rejoining lobby", "rejoined lobby"]
+    assert not [text for text in texts if "not delivered" in text]
     bob = clients.connect(address(second), "bob")
     alice.say("after the restart")
-    events = until(alice, message_from("alice", "after the restart"))
-    texts = [e.text for e in events if isinstance(e, Notice)]
-    assert texts == ["the server has restarted; its history starts afresh",
-                     "the server had forgotten us; rejoining lobby",
-                     "rejoined lobby", "sending 1 request again"]
     bob_events = until(bob, message_from("alice", "after the restart"))
-    assert [m["text"] for m in chat_messages(bob_events)] == ["after the restart"]
+    assert [m["text"] for m in chat_messages(bob_events)] == ["into the void",
+                                                               "after the restart"]
     assert alice.stats["sessions"] == 1 and alice.state is ClientState.JOINED
 
 
@@ -743,8 +745,12 @@ def test_garbage_from_many_sockets_does_not_disturb_a_chatting_pair(servers: Ser
     try:
         known = vandals[0]          # joins first, so its garbage earns typed errors
         known.settimeout(WAIT)
-        known.sendto(b'{"type":"ping","id":1}', address(server))
-        assert p.decode(known.recv(65535)) == {"type": "ack", "id": 1}
+        for _ in range(2):          # 2 x 3 x 22 bytes: enough for the welcome
+            known.sendto(b'{"type":"ping","id":1}', address(server))
+        welcome = p.decode(known.recv(65535))
+        known.sendto(json.dumps({"type": "ack", "n": 1, "sid": welcome["sid"]}).encode(),
+                     address(server))  # verified: the ping applies now
+        assert p.decode(known.recv(65535)) == {"type": "ack", "id": 1, "sid": welcome["sid"]}
 
         def vandalise() -> None:
             rng = random.Random(7)
@@ -874,3 +880,108 @@ def test_subprocess_client_chats_and_exits_0_on_eof(servers: Servers,
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+# == Issue 8 items 4 and 7, issue 11 item 4: the client core trusts only its session ====
+
+SID = "5e55105e55105e55"
+
+
+def session_core() -> UdpClientCore:
+    """Alice joined to lobby over a session with id ``SID``: stream at n=3, seq 1."""
+    core = UdpClientCore("alice", "lobby", keepalive_s=10.0, gap_timeout_s=2.0)
+    core.start(0.0)
+    core.receive(b'{"type":"ack","id":1,"sid":"%s"}' % SID.encode(), 0.0)
+    core.receive(datagram(1, type="welcome", server="chat_sync", version="0.1.0", protocol=1,
+                          seq=0, epoch=EPOCH, sid=SID), 0.0)
+    core.receive(notice(2, "join", "alice", 1, id=1, sid=SID), 0.0)
+    assert core.state is ClientState.JOINED
+    return core
+
+
+@pytest.mark.timeout(10)
+def test_core_a_forged_datagram_without_our_session_id_is_neither_shown_nor_acked() -> None:
+    core = session_core()
+    assert core.receive(chat(3, "forged", 2), 1.0) == []               # no sid
+    assert core.receive(chat(3, "forged", 2, sid="0" * 16), 1.0) == []  # a guessed one
+    assert core.receive(chat(2**53 - 1, "far", 3, sid=SID), 1.0) == []  # far ahead
+    real = core.receive(chat(3, "real", 2, sid=SID), 1.0)
+    assert [m["text"] for m in delivered(real)] == ["real"]
+    assert core.counters()["forged"] == 3
+    assert sent(core.request({"type": "message", "text": "hi"}, 2.0)) == [
+        {"type": "message", "text": "hi", "id": 2, "sid": SID}]        # and we send it
+
+
+@pytest.mark.timeout(10)
+def test_core_server_full_refuses_the_first_join() -> None:
+    core = UdpClientCore("alice", "lobby")
+    core.start(0.0)
+    actions = core.receive(b'{"type":"error","code":"server_full","text":"server full: '
+                           b'1 clients","id":1}', 0.1)
+    assert actions == [udp_client.JoinRefused("server_full", "server full: 1 clients")]
+    assert core.state is ClientState.FAILED
+
+
+@pytest.mark.timeout(10)
+def test_core_leaving_with_a_message_unacked_says_it_may_not_have_been_delivered() -> None:
+    core = session_core()
+    core.request({"type": "message", "text": "last words"}, 1.0)       # out, not acked
+    actions = core.leave(1.5)
+    assert notes(actions) == ["message 2 may not have been delivered: 'last words' "
+                              "(no ack before leaving)"]
+
+
+@pytest.mark.timeout(10)
+def test_core_says_it_is_trying_when_the_first_join_goes_unanswered() -> None:
+    core = UdpClientCore("alice", "lobby")
+    core.start(0.0)
+    deadline = core.next_deadline()
+    assert deadline is not None and deadline <= 2.0
+    assert notes(core.handle_timer(deadline)) == [
+        "no answer from the server yet; still trying"]
+    assert core.handle_timer(deadline + 1.0) == []                        # said once
+
+
+@pytest.mark.timeout(10)
+def test_core_after_a_shutdown_notice_it_rejoins_by_itself_with_back_off() -> None:
+    core = session_core()
+    shutdown = notice(3, "shutdown", "x", 2, sid=SID)
+    actions = core.receive(shutdown, 1.0)
+    assert core.state is ClientState.REJOINING
+    assert sent(actions) == []                             # not at once: it is stopping
+    probe = core.next_deadline()
+    assert probe is not None and 1.0 < probe <= 3.0
+    [join] = sent(core.handle_timer(probe))
+    assert (join["type"], join["sid"]) == ("join", SID)
+    # Nobody answers: the timer gives up; the next try waits longer.
+    given_up = core.given_up(join["id"], probe + 12.0)
+    assert [n for n in notes(given_up) if "trying again in" in n]
+    later = core.next_deadline()
+    assert later is not None and later - (probe + 12.0) > probe - 1.0
+    [again] = sent(core.handle_timer(later))
+    assert again["type"] == "join"
+
+
+@pytest.mark.timeout(10)
+def test_core_an_unanswered_keepalive_starts_a_rejoin() -> None:
+    core = session_core()
+    [ping] = sent(core.handle_timer(10.0))
+    actions = core.given_up(ping["id"], 22.0)              # nothing heard meanwhile
+    assert core.state is ClientState.REJOINING
+    assert [r["type"] for r in sent(actions + core.handle_timer(core.next_deadline() or 0))
+            ] == ["join"]
+
+
+@pytest.mark.timeout(30)
+def test_an_idle_client_rejoins_by_itself_after_the_server_restarts(
+        servers: Servers, clients: Clients) -> None:
+    first = servers.start()
+    alice = clients.connect(address(first), "alice")
+    first.stop()
+    until(alice, lambda e: isinstance(e, Received) and e.message.get("event") == "shutdown")
+    second = servers.start(port=first.port)                  # the same address, a new run
+    until(alice, notice_with("rejoined lobby"), timeout=20.0)
+    bob = clients.connect(address(second), "bob")
+    until(alice, system("join", "bob"))
+    assert bob.say("welcome back")
+    until(alice, message_from("bob", "welcome back"))

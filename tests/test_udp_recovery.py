@@ -50,8 +50,9 @@ from chat_sync.rooms import ChatCore
 from chat_sync.serving import ServerHandle
 from chat_sync.udp_client import ClientEvent, Notice, Received, UdpChatClient
 from chat_sync.udp_server import serve
-from chat_sync.udp_client_core import (MAX_ROUNDS, Acked, ClientState, Deliver, Note, SendAck,
-                                   Transmit, UdpClientCore)
+from chat_sync.udp_client_actions import (Acked, ClientState, Deliver, Note, SendAck,
+                                          Transmit)
+from chat_sync.udp_client_core import MAX_ROUNDS, UdpClientCore
 
 EPOCH = "0000aaaa"
 WALL = 1_700_000_000.0
@@ -233,12 +234,20 @@ class Net:
         self.chat = UdpChat(ChatCore(p.Limits(), history_size=20, epoch="e"))
         self.now = 100.0
 
+    def sid(self, addr: Address) -> str | None:
+        peer = self.chat.peers.get(addr)
+        return None if peer is None else peer.sid
+
     def send(self, addr: Address, **fields: Any) -> list[udp_server_core.Action]:
+        """A request, with the session id of the peer at ``addr`` if there is one."""
+        if self.sid(addr) is not None:
+            fields.setdefault("sid", self.sid(addr))
         return self.chat.receive(addr, json.dumps(fields).encode("utf-8"), self.now,
                                  WALL + self.now)
 
     def ack(self, addr: Address, n: int) -> list[udp_server_core.Action]:
-        return self.chat.receive(addr, b'{"type":"ack","n":%d}' % n, self.now, WALL)
+        ack = {"type": "ack", "n": n, "sid": self.sid(addr)}
+        return self.chat.receive(addr, json.dumps(ack).encode(), self.now, WALL)
 
     def join(self, addr: Address, user: str, rid: int = 1) -> None:
         for action in self.send(addr, type="join", room="lobby", user=user, id=rid) \
@@ -251,7 +260,9 @@ class Net:
 
 
 def to(addr: Address, actions: list[udp_server_core.Action]) -> list[dict[str, Any]]:
-    return [p.decode(a.payload) for a in actions if isinstance(a, Send) and a.addr == addr]
+    """What ``actions`` send to ``addr``, decoded, without the session id."""
+    return [{k: v for k, v in p.decode(a.payload).items() if k != "sid"}
+            for a in actions if isinstance(a, Send) and a.addr == addr]
 
 
 def keyed(addr: Address, actions: list[udp_server_core.Action]) -> list[Send]:
@@ -294,8 +305,9 @@ def test_cause_4_the_dedup_window_outlives_a_drop_so_a_late_copy_is_not_applied_
     seq = net.chat.core.seq                            # bob heard that alice left
     again = net.send(ALICE, type="message", text="once", id=2)     # its retransmission
     assert {"type": "ack", "id": 2} in to(ALICE, again)            # acked, even unverified
-    verified = net.ack(ALICE, 1)                       # the new session's welcome
-    assert to(ALICE, verified) == [] and net.chat.core.seq == seq  # not applied, not refused
+    verified = net.ack(ALICE, 1) + net.ack(ALICE, 1)   # the new session's welcome: its
+    assert [m["type"] for m in to(ALICE, verified)] == ["welcome"]   # bytes let it go
+    assert net.chat.peers[ALICE].verified and net.chat.core.seq == seq  # not applied again
     refused = net.send(ALICE, type="message", text="new", id=3)
     assert [(m.get("code"), m.get("id")) for m in to(ALICE, refused)][1:] == [
         ("not_joined", 3)]                              # a request it never had: refused
@@ -311,7 +323,8 @@ def test_cause_4b_a_new_session_dropped_before_it_is_verified_puts_the_tombstone
     seq = net.chat.core.seq
     # Alice's link is still down: her retransmission opens a session whose welcome
     # never reaches her, and which is given up in turn, unverified.
-    [welcome_] = keyed(ALICE, net.send(ALICE, type="message", text="once", id=2))
+    [welcome_] = keyed(ALICE, net.send(ALICE, type="message", text="once", id=2)
+                       + net.send(ALICE, type="message", text="once", id=2))   # 2 pay for it
     assert welcome_.key is not None
     net.send(ALICE, type="message", text="twice?", id=3)          # deferred, never applied
     net.chat.give_up(welcome_.key, WALL)
@@ -328,17 +341,19 @@ def test_cause_4b_a_new_session_dropped_before_it_is_verified_puts_the_tombstone
 
 
 @pytest.mark.timeout(10)
-def test_a_session_opened_by_id_1_starts_a_fresh_window_and_leave_leaves_no_tombstone(
+def test_a_session_opened_by_id_1_starts_a_fresh_window_and_a_leave_only_acks_late_copies(
         ) -> None:
     net = joined_pair()
     [own] = keyed(ALICE, net.send(ALICE, type="message", text="hi", id=2))
     assert own.key is not None
     net.chat.give_up(own.key, WALL)
     net.join(ALICE, "alice2")                          # a new process on the same port
-    assert net.chat.core.members[ALICE].room is not None
+    assert net.chat.core.members[net.chat.peers[ALICE].sid].room is not None
     assert ALICE not in net.chat.tombstones
     net.send(ALICE, type="leave", id=2)
-    assert ALICE not in net.chat.peers and ALICE not in net.chat.tombstones
+    assert ALICE not in net.chat.peers and net.chat.tombstones[ALICE].left
+    assert to(ALICE, net.send(ALICE, type="leave", id=2)) == [{"type": "ack", "id": 2}]
+    assert ALICE not in net.chat.peers                 # a late copy: acked, no session
     net.now += 1000.0
     net.chat.expire(net.now, WALL)
     assert not net.chat.tombstones
@@ -503,5 +518,7 @@ def test_a_client_cut_off_until_dropped_comes_back_and_its_message_in_flight_cou
         assert [m["text"] for m in chat_.messages(user)] == expected, user
     replayed = [m["text"] for m in chat_.messages("carol") if m.get("history")]
     assert replayed == expected[:2]
-    assert chat_.notices("carol") == ["the server had forgotten us; rejoining lobby",
-                                      "rejoined lobby", "sending 1 request again"]
+    # The new session's welcome names carol's old session id: she rejoins at once,
+    # before any request of hers is refused.
+    assert chat_.notices("carol")[:2] == ["the server had forgotten us; rejoining lobby",
+                                          "rejoined lobby"]

@@ -1,0 +1,95 @@
+"""What the UDP client core answers with: its states and actions, and small helpers.
+
+``udp_client_core.UdpClientCore`` returns these; ``udp_client`` performs them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any, TypeGuard, Union
+
+TEXT_START_CHARS = 30      # how much of an undelivered message the user is shown
+
+def is_int(value: object) -> TypeGuard[int]:
+    """True for an integer that is not a bool: a ``seq``."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_count(value: object) -> TypeGuard[int]:
+    """True for a positive integer (and not a bool): a valid ``id`` or ``n``."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**53
+
+
+def text_start(text: str) -> str:
+    """The first ``TEXT_START_CHARS`` characters of ``text``, with an ellipsis if cut."""
+    if len(text) <= TEXT_START_CHARS:
+        return text
+    return text[:TEXT_START_CHARS] + "…"
+
+
+class ClientState(enum.Enum):
+    JOINING = "joining"        # the first join is out, no answer yet
+    JOINED = "joined"          # in a room
+    REJOINING = "rejoining"    # the server forgot us; joining our room again
+    LEFT = "left"              # leave sent: the session is over
+    FAILED = "failed"          # the first join was refused or never answered, or a rejoin refused
+
+
+@dataclasses.dataclass(frozen=True)
+class Transmit:
+    """A reliable request: register ``rid`` with the retransmit timer, then send."""
+
+    rid: int
+    payload: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class SendAck:
+    """Ack the server's datagram ``n`` (unreliable: a lost one is answered again)."""
+
+    n: int
+    payload: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Acked:
+    """The server acked request ``rid``: stop retransmitting it."""
+
+    rid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Deliver:
+    """A server message, in stream order, exactly once: show it."""
+
+    message: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Note:
+    """Something the user should know that no server message says."""
+
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Joined:
+    room: str
+
+
+@dataclasses.dataclass(frozen=True)
+class JoinRefused:
+    """The first join was refused: the client cannot chat."""
+
+    code: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Failed:
+    """The client cannot go on: no answer to the first join, or a rejoin refused."""
+
+    reason: str
+
+
+Action = Union[Transmit, SendAck, Acked, Deliver, Note, Joined, JoinRefused, Failed]
