@@ -266,8 +266,10 @@ class RedisBus:
                 except ValueError as exc:
                     log.warning("bus: skipped entry %s: %s", self.position, exc)
                     continue
-                if entry.kind == Kind.CONNECT and entry.server != self.server:
-                    with self._cond:
+                with self._cond:              # whom to watch: the servers not yet gone
+                    if entry.kind == Kind.GONE:
+                        self._servers.discard(entry.server)
+                    elif entry.kind == Kind.CONNECT and entry.server != self.server:
                         self._servers.add(entry.server)
                 events.append(Applied(self.position, entry))
         with self._cond:
