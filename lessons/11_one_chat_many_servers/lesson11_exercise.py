@@ -2,7 +2,7 @@
 
 Neither touches Redis or a socket: the tests feed them values. Check your work with:
 
-    CHAT_SYNC_LESSON=exercise python -m pytest lessons/09_one_chat_many_servers
+    CHAT_SYNC_LESSON=exercise python -m pytest lessons/11_one_chat_many_servers
 """
 from __future__ import annotations
 
