@@ -1,4 +1,4 @@
-"""Lesson 08 exercise: a rate limit and a slow-reader limit, with time passed in.
+"""Lesson 09 exercise: a rate limit and a slow-reader limit, with time passed in.
 
 Two rules of ``chat_sync/guard.py``, written again on their own: no socket,
 no clock. Every method takes ``now``, a number of seconds, so the tests move

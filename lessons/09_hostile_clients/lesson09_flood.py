@@ -1,4 +1,4 @@
-"""Lesson 08: a flooder, a socket hoarder and a quiet pair on one small server.
+"""Lesson 09: a flooder, a socket hoarder and a quiet pair on one small server.
 
     python lessons/09_hostile_clients/lesson09_flood.py
 
