@@ -15,7 +15,8 @@ ALL = [block for readme in readmes() for block in blocks(readme)]
 DIAGRAMS = [
     ("01_sockets/README.md", "One TCP connection, from connect to TIME_WAIT"),
     ("03_selectors/README.md", "One turn of the selectors loop"),
-    ("08_hostile_clients/README.md", "A slow reader's output queue, against two limits"),
+    ("07_udp_datagrams/README.md", "Ids, acks and retransmissions, with a loss each way"),
+    ("09_hostile_clients/README.md", "A slow reader's output queue, against two limits"),
 ]
 
 

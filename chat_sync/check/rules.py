@@ -3,7 +3,7 @@
 The rules are the README's protocol section, promise by promise, in stages
 that follow the course: framing (lesson 02), the welcome, broadcast
 (lesson 03), rooms and history (lesson 05), whispers, errors and limits
-(lessons 04 and 08). ``--stage S`` runs S and every stage before it.
+(lessons 04 and 09). ``--stage S`` runs S and every stage before it.
 
 A rule's id is ``stage.name``. ``needs`` names rules whose failure makes it
 pointless: a server that sends no welcome cannot be checked for history, so

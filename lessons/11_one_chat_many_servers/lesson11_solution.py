@@ -1,4 +1,4 @@
-"""Lesson 09 reference: ``for_this_server`` and ``server_gone``, as ``chat_sync.cluster`` does."""
+"""Lesson 11 reference: ``for_this_server`` and ``server_gone``, as ``chat_sync.cluster`` does."""
 from __future__ import annotations
 
 from chat_sync.rooms import Broadcast, ChatCore, ConnId, Output, Reply

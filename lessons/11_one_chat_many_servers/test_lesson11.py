@@ -1,4 +1,4 @@
-"""Lesson 09: ``for_this_server`` and ``server_gone``, checked on replicas with no I/O.
+"""Lesson 11: ``for_this_server`` and ``server_gone``, checked on replicas with no I/O.
 
 The package's ``cluster.ClusterChat`` is the oracle: two replicas fed the
 same log with your functions must say to each server's clients exactly what

@@ -1,4 +1,4 @@
-"""Lesson 08: the token bucket and the slow-reader limits, on a fake clock.
+"""Lesson 09: the token bucket and the slow-reader limits, on a fake clock.
 
 The package is the oracle: ``chat_sync.guard.TokenBucket.take`` must answer
 as your ``allow`` does, and ``chat_sync.guard.Guard`` (with only its output

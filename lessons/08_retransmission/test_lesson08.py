@@ -1,8 +1,7 @@
-"""Lesson 07: the retransmission rules and duplicate suppression, on a fake clock.
+"""Lesson 08: the retransmission rules, on a fake clock.
 
 The package is the oracle. ``RetransmitQueue(jitter=0)`` must do what your
-``Retransmitter`` does, step for step, and ``chat_sync.retransmit.DedupWindow``
-must answer ``seen`` as yours does. Time is an argument everywhere: the
+``Retransmitter`` does, step for step. Time is an argument everywhere: the
 tests jump the clock to a deadline and never wait for one.
 """
 from __future__ import annotations
@@ -11,7 +10,6 @@ import random
 
 import pytest
 
-from chat_sync import retransmit
 from chat_sync.retransmit import GiveUp, KeyAlreadyPending, Resend, RetransmitQueue
 from lesson_target import load
 
@@ -151,50 +149,3 @@ def test_retransmitter_agrees_with_the_package_step_by_step(seed: int) -> None:
                 now += rng.uniform(0.0, 2 * cap)
             assert mine.due(now) == package.poll(now), f"step {step}: due({now})"
         assert mine.next_deadline() == package.next_deadline(), f"step {step}"
-
-
-# -- DedupWindow ------------------------------------------------------------------------
-
-def test_a_retransmitted_request_is_seen_once() -> None:
-    window = target.DedupWindow(8)
-    assert [window.seen(rid) for rid in [1, 2, 2, 3, 1, 3]] == [False, False, True, False,
-                                                                 True, True]
-
-
-def test_ids_in_order_keep_nothing_above_the_floor() -> None:
-    window = target.DedupWindow(4)
-    for rid in range(1, 1001):
-        assert window.seen(rid) is False
-    assert window.floor == 1000 and len(window) == 0
-
-
-def test_an_id_far_ahead_moves_the_floor_and_late_ids_count_as_seen() -> None:
-    window = target.DedupWindow(4)
-    assert window.seen(1) is False and window.seen(3) is False
-    assert window.seen(10) is False              # floor moves to 10 - 4 = 6
-    assert window.floor == 6 and len(window) == 1
-    assert window.seen(2) is True                # never came, but now too late
-    assert window.seen(5) is True
-    assert window.seen(7) is False
-    assert window.floor == 7
-
-
-@pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("size", [1, 4, 32])
-def test_dedup_window_agrees_with_the_package(seed: int, size: int) -> None:
-    rng = random.Random(seed)
-    mine = target.DedupWindow(size)
-    package = retransmit.DedupWindow(size)
-    highest = 0
-    for step in range(500):
-        roll = rng.random()
-        if roll < 0.5:
-            rid = highest + 1                        # the next request
-        elif roll < 0.8:
-            rid = rng.randint(max(1, highest - 2 * size), highest + 1)   # a retransmission
-        else:
-            rid = highest + rng.randint(1, 3 * size)                     # after losses
-        highest = max(highest, rid)
-        assert mine.seen(rid) == package.seen(rid), f"step {step}: seen({rid})"
-        assert (mine.floor, len(mine)) == (package.floor, len(package)), f"step {step}"
-        assert len(mine) <= size

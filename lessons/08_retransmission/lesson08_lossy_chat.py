@@ -1,6 +1,6 @@
-"""Lesson 07: two UDP chat clients talk through a relay that loses datagrams.
+"""Lesson 08: two UDP chat clients talk through a relay that loses datagrams.
 
-    python lessons/07_reliable_udp/lesson07_lossy_chat.py --seed 7
+    python lessons/08_retransmission/lesson08_lossy_chat.py --seed 7
 
 Everything runs in this one process, on 127.0.0.1: a UDP chat server on a
 free port, a ``FaultRelay`` in front of it that drops ``--loss`` (20%) of

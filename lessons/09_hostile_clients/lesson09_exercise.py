@@ -1,11 +1,11 @@
-"""Lesson 08 exercise: a rate limit and a slow-reader limit, with time passed in.
+"""Lesson 09 exercise: a rate limit and a slow-reader limit, with time passed in.
 
 Two rules of ``chat_sync/guard.py``, written again on their own: no socket,
 no clock. Every method takes ``now``, a number of seconds, so the tests move
 a fake clock instead of waiting, and hold your answers to the package's
 ``TokenBucket`` and ``Guard`` step by step. Check your work with:
 
-    CHAT_SYNC_LESSON=~/chat_sync_work python -m pytest lessons/08_hostile_clients
+    CHAT_SYNC_LESSON=~/chat_sync_work python -m pytest lessons/09_hostile_clients
 """
 from __future__ import annotations
 

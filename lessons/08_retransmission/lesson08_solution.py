@@ -1,9 +1,8 @@
-"""Lesson 07 reference solution: ``next_delay``, ``Retransmitter`` and ``DedupWindow``.
+"""Lesson 08 reference solution: ``next_delay`` and ``Retransmitter``.
 
-The package's versions are in ``chat_sync/retransmit.py``: ``RetransmitQueue``
+The package's version is in ``chat_sync/retransmit.py``: ``RetransmitQueue``
 keeps its datagrams in a heap ordered by deadline, adds jitter and an
-adaptive RTO, and bounds how many may wait; ``DedupWindow`` is the same as
-this one, plus a counter of the duplicates it dropped.
+adaptive RTO, and bounds how many may wait.
 """
 from __future__ import annotations
 
@@ -75,34 +74,3 @@ class Retransmitter:
             entry.deadline = now + next_delay(entry.attempt, self.base, self.cap)
             actions.append(Resend(key, entry.payload, entry.attempt))
         return actions
-
-
-class DedupWindow:
-    """Which request ids of one client were seen already, in bounded memory."""
-
-    def __init__(self, size: int) -> None:
-        """Nothing seen yet."""
-        self.size = size
-        self.floor = 0                  # this id and every one below it count as seen
-        self._above: set[int] = set()   # ids seen above the floor
-
-    def __len__(self) -> int:
-        """How many ids above ``floor`` are remembered."""
-        return len(self._above)
-
-    def seen(self, request_id: int) -> bool:
-        """Mark ``request_id`` seen; True if it already was."""
-        if request_id <= self.floor or request_id in self._above:
-            return True
-        if request_id > self.floor + self.size:
-            self.floor = request_id - self.size
-            still_above = set()
-            for old_id in self._above:
-                if old_id > self.floor:
-                    still_above.add(old_id)
-            self._above = still_above
-        self._above.add(request_id)
-        while self.floor + 1 in self._above:
-            self.floor += 1
-            self._above.remove(self.floor)
-        return False

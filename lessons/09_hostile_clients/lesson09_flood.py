@@ -1,6 +1,6 @@
-"""Lesson 08: a flooder, a socket hoarder and a quiet pair on one small server.
+"""Lesson 09: a flooder, a socket hoarder and a quiet pair on one small server.
 
-    python lessons/08_hostile_clients/lesson08_flood.py
+    python lessons/09_hostile_clients/lesson09_flood.py
 
 Everything runs in this one process, on 127.0.0.1: a chat server on a free
 port with small limits (1 request a second, bursts of 5, cut off after 20

@@ -1,4 +1,4 @@
-"""Lesson 08 reference solution: a rate limit and a slow-reader limit, with time passed in.
+"""Lesson 09 reference solution: a rate limit and a slow-reader limit, with time passed in.
 
 The package's versions are ``TokenBucket``, and ``Guard.output`` with
 ``Guard.deadline``, in ``chat_sync/guard.py``.

@@ -1,8 +1,8 @@
-"""Lesson 09 exercise: the two functions that make one replica a server of a cluster.
+"""Lesson 11 exercise: the two functions that make one replica a server of a cluster.
 
 Neither touches Redis or a socket: the tests feed them values. Check your work with:
 
-    CHAT_SYNC_LESSON=exercise python -m pytest lessons/09_one_chat_many_servers
+    CHAT_SYNC_LESSON=~/chat_sync_work python -m pytest lessons/11_one_chat_many_servers
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Lesson 09: two chat servers, one chat, through a Redis of this program's own.
+"""Lesson 11: two chat servers, one chat, through a Redis of this program's own.
 
 Starts ``redis-server`` on a free port (with no persistence, in a temporary
 folder), two chat_sync TCP servers on it, alice on the first and bob on the
