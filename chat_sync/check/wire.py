@@ -72,8 +72,8 @@ def shorten(data: bytes | str | Message, limit: int = SHOWN_CHARS) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-class Session:
-    """What one rule works with: the server, a deadline, fresh names, its connections."""
+class RuleSession:
+    """What every rule has, over TCP or UDP: the server, a deadline, fresh names."""
 
     _names = itertools.count(1)
     _run = secrets.token_hex(2)     # tells this run's names from an earlier run's
@@ -82,8 +82,6 @@ class Session:
         self.host, self.port = host, port
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
-        self.peers: list[Peer] = []
-        self.welcome: Message | None = None    # the first welcome any peer got
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -91,6 +89,18 @@ class Session:
     def name(self, prefix: str = "u") -> str:
         """A user or room name nobody else has used: a letter, then letters and digits."""
         return f"{prefix}{self._run}{next(self._names)}"
+
+    def close(self) -> None:
+        """Close every socket the rule opened (the transport's session knows them)."""
+
+
+class Session(RuleSession):
+    """What one TCP rule works with: a ``RuleSession`` and its connections."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        super().__init__(host, port, timeout)
+        self.peers: list[Peer] = []
+        self.welcome: Message | None = None    # the first welcome any peer got
 
     def limits(self) -> dict[str, int]:
         """The limits the server announced in its welcome (at most ``CEILING_LIMITS``),
