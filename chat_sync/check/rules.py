@@ -197,6 +197,8 @@ UDP_RULES: tuple[Rule[UdpSession], ...] = (
     _udp("udp-limits.delivery", "a message whose broadcast would not fit: datagram_too_large",
          u.delivery),
     _udp("udp-limits.fits", "every datagram the server sends fits in 1200 bytes", u.fits),
+    _udp("udp-limits.lists", "a rooms list too long for a datagram is cut, says how many more",
+         u.lists_cut),
     _udp("udp-limits.id-window", "an id far beyond the window: id_out_of_window, not applied",
          u.id_window),
 )

@@ -25,6 +25,7 @@ E = p.ErrorCode
 SID = re.compile(r"[0-9a-f]{16}")
 QUIET_S = 0.3                 # how long "nothing came" is watched for, where no pong can tell
 LIMIT = p.MAX_DATAGRAM_BYTES  # the README's default; a server may not take less
+LIST_ROOMS = 30               # of 32 characters: their names alone are over LIMIT bytes
 
 
 # -- helpers the rules share --------------------------------------------------------
@@ -450,6 +451,26 @@ def fits(s: UdpSession) -> None:
         peer.expect(f"a {kind} reply", of_type(kind))
     if peer.largest > LIMIT:
         raise Failed(f"{peer.sent()}\ngot a datagram of {peer.largest} bytes, over {LIMIT}")
+
+
+def lists_cut(s: UdpSession) -> None:
+    """A rooms reply for 30 rooms of long names fits, and its more counts some left out.
+
+    Each peer is alone in its room, so no peer hears another's join.
+    """
+    peers = []
+    for _ in range(LIST_ROOMS):
+        room = s.name("r")
+        peers.append(s.join(room + "x" * (p.MAX_ROOM_CHARS - len(room))))
+    last = peers[-1]
+    last.send(type="rooms")
+    got = last.expect("a rooms reply", of_type(T.ROOMS))
+    rooms, more = got.get("rooms"), got.get("more")
+    if (last.largest > LIMIT or not isinstance(rooms, list) or not is_n(more)
+            or len(rooms) + more < LIST_ROOMS):
+        raise Failed(f"expected a rooms reply of at most {LIMIT} bytes, with more saying "
+                     f"how many of the {LIST_ROOMS} rooms or more it left out\n"
+                     f"{last.sent()}\ngot {last.largest} bytes: {shorten(got)}")
 
 
 def id_window(s: UdpSession) -> None:
