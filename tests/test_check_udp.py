@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 
 from broken_udp_server import FLAGS, NonsenseUdpServer, broken
+from test_check import failed, report
 from chat_sync.check import rules as r
-from chat_sync.check.runner import FAIL, PASS, SKIP, Outcome, run, select
+from chat_sync.check.runner import PASS, SKIP, Outcome, run, select
 from chat_sync.check.udp_wire import UdpSession
 from chat_sync.udp_server import serve
 
@@ -41,15 +42,6 @@ KNOWN_VIOLATIONS = {"udp-session.no-sid": "a datagram without a sid is applied"}
 
 def check(port: int, timeout: float = TIMEOUT_S) -> list[Outcome]:
     return list(run(r.UDP_RULES, "127.0.0.1", port, timeout, UdpSession))
-
-
-def failed(outcomes: list[Outcome]) -> set[str]:
-    return {o.rule.id for o in outcomes if o.result == FAIL}
-
-
-def report(outcomes: list[Outcome]) -> str:
-    return "\n".join(f"{o.result} {o.rule.id}: {o.detail}" for o in outcomes
-                     if o.result != PASS)
 
 
 def command(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -295,7 +295,8 @@ def history(s: UdpSession) -> None:
 def seq(s: UdpSession) -> None:
     """Broadcasts in two rooms take increasing seq from one counter."""
     a, b = s.join(s.name("r")), s.join(s.name("r"))
-    seqs: list[Any] = [say(a, "one").get("seq"), say(b, "two").get("seq"), say(a, "three").get("seq")]
+    seqs: list[Any] = [say(peer, text).get("seq")
+                       for peer, text in ((a, "one"), (b, "two"), (a, "three"))]
     if not all(is_seq(value) for value in seqs) or not seqs[0] < seqs[1] < seqs[2]:
         raise Failed(f"expected increasing seq across rooms\ngot seq {seqs}")
 

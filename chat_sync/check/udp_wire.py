@@ -35,13 +35,11 @@ from collections import deque
 from typing import Any, TypeGuard
 
 from .. import protocol as p
-from .wire import (KEPT_MESSAGES, MAX_PASSED_OVER, Failed, Match, Message, RuleSession,
-                   is_seq, notice, of_type, pong, shorten)
+from .wire import (KEPT_MESSAGES, MAX_PASSED_OVER, Conversation, Failed, Match, Message,
+                   RuleSession, is_seq, notice, of_type, pong, server_message)
 
 T = p.MessageType
 RECEIVE_BYTES = 65_535           # the largest UDP payload: a datagram is read whole
-# Types only a client sends: a server that sends one back is echoing, not answering.
-CLIENT_ONLY = frozenset({T.JOIN, T.LEAVE, T.PING})
 
 
 def is_n(value: object) -> TypeGuard[int]:
@@ -87,7 +85,7 @@ class UdpSession(RuleSession):
             peer.close()
 
 
-class UdpPeer:
+class UdpPeer(Conversation):
     """One client address talking to the server under test; every wait ends at the deadline."""
 
     def __init__(self, session: UdpSession, label: str) -> None:
@@ -156,17 +154,8 @@ class UdpPeer:
         if data is None:
             return None
         self.largest = max(self.largest, len(data))
-        try:
-            message = p.decode(data)
-        except p.ProtocolError:
-            raise Failed(f"{self.sent()}\ngot a datagram that is not a JSON object: "
-                         f"{shorten(data)}") from None
-        kind = message.get("type")
-        if not isinstance(kind, str):
-            raise Failed(f"{self.sent()}\ngot a message with no string type: {shorten(message)}")
-        if kind in CLIENT_ONLY:
-            raise Failed(f"{self.sent()}\ngot a {kind!r} message, which only clients send "
-                         f"(an echo?): {shorten(message)}")
+        message = server_message(data, "datagram", self.sent())
+        kind = message["type"]
         self.received.append(message)
         sid = message.get("sid")
         if kind == T.WELCOME and self.sid is None and isinstance(sid, str):
@@ -178,34 +167,11 @@ class UdpPeer:
                 self.ack(n, self.sid or (sid if isinstance(sid, str) else None))
         return message
 
-    def expect(self, what: str, match: Match, errors_ok: bool = False) -> Message:
-        """The first message that ``match``es; others are passed over.
-
-        An error nobody asked for answers what was sent, so unless
-        ``errors_ok`` it fails the rule at once.
-        """
-        for _ in range(MAX_PASSED_OVER):
-            message = self.receive()
-            if message is None:
-                raise Failed(f"expected {what}\n{self.sent()}\n"
-                             f"got nothing within {self.session.timeout:g} s")
-            if match(message):
-                return message
-            if message.get("type") == T.ERROR and not errors_ok:
-                raise Failed(f"expected {what}\n{self.exchange(message)}")
-        raise Failed(f"expected {what}\n{self.sent()}\ngot {MAX_PASSED_OVER} other messages "
-                     "first (a flood?)")
-
-    def until(self, what: str, match: Match, errors_ok: bool = False) -> list[Message]:
-        """Every message up to and including the first that ``match``es."""
-        seen: list[Message] = []
-
-        def record(message: Message) -> bool:
-            seen.append(message)
-            return match(message)
-
-        self.expect(what, record, errors_ok)
-        return seen
+    def next_message(self) -> Message:
+        message = self.receive()
+        if message is None:
+            raise Failed(f"{self.sent()}\ngot nothing within {self.session.timeout:g} s")
+        return message
 
     def ping(self) -> list[Message]:
         """Ping and read up to the pong; returns what arrived before it."""
@@ -223,15 +189,6 @@ class UdpPeer:
     def count(self, match: Match) -> int:
         """How many of the messages received so far ``match``."""
         return sum(1 for message in self.received if match(message))
-
-    # -- reporting -------------------------------------------------------------
-    def sent(self) -> str:
-        """What was sent last, for a FAIL report."""
-        return f"sent {shorten(self.last_sent)}" if self.last_sent else "sent nothing"
-
-    def exchange(self, got: Message | bytes) -> str:
-        """'sent X' and 'got Y', for a FAIL report."""
-        return f"{self.sent()}\ngot {shorten(got)}"
 
     # -- the socket ------------------------------------------------------------
     def _next_datagram(self, until: float) -> bytes | None:
