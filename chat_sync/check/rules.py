@@ -9,25 +9,31 @@ A rule's id is ``stage.name``. ``needs`` names rules whose failure makes it
 pointless: a server that sends no welcome cannot be checked for history, so
 those rules are skipped, with the reason, instead of failing by the dozen.
 
-The UDP rules will be a second table beside this one, in their own module.
+The UDP rules (``--udp``) are a second table, ``UDP_RULES``, in stages that
+follow the UDP lessons: the session id, acks, the stream, dedup, errors and
+limits. Their first rule, a welcome in answer to a join, is needed by the rest.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Generic, TypeVar
 
 from . import tcp_error_rules as e
 from . import tcp_rules as t
-from .wire import Session
+from . import udp_rules as u
+from .udp_wire import UdpSession
+from .wire import RuleSession, Session
 
 WELCOME = "welcome.first"
+UDP_WELCOME = "udp-session.welcome"
+S = TypeVar("S", bound=RuleSession)         # a TCP or a UDP rule's session
 
 
 @dataclass(frozen=True)
-class Rule:
+class Rule(Generic[S]):
     id: str                                  # "stage.name"
     statement: str                           # the promise, in one line
-    check: Callable[[Session], None]         # returns, or raises Failed
+    check: Callable[[S], None]               # returns, or raises Failed
     needs: tuple[str, ...] = (WELCOME,)      # rules that must pass first
 
     @property
@@ -35,15 +41,20 @@ class Rule:
         return self.id.split(".", 1)[0]
 
 
-def _framing(id: str, statement: str, check: Callable[[Session], None]) -> Rule:
+def _framing(id: str, statement: str, check: Callable[[Session], None]) -> Rule[Session]:
     """A framing rule: it pings, so it does not need the welcome."""
     return Rule(id, statement, check, needs=())
+
+
+def _udp(id: str, statement: str, check: Callable[[UdpSession], None]) -> Rule[UdpSession]:
+    """A UDP rule: it needs a welcome in answer to a join."""
+    return Rule(id, statement, check, needs=(UDP_WELCOME,))
 
 
 TCP_STAGES = ("framing", "welcome", "broadcast", "rooms", "history", "whispers", "errors",
               "limits")
 
-TCP_RULES = (
+TCP_RULES: tuple[Rule[Session], ...] = (
     _framing("framing.split", "a line that arrives in pieces is one request, answered once whole",
              t.split_line),
     _framing("framing.coalesced", "several lines in one packet are each answered, in order",
@@ -130,4 +141,64 @@ TCP_RULES = (
     Rule("limits.burst", "a burst of 40 requests is answered, none rate_limited", e.burst),
     Rule("limits.history", "a joiner is replayed at least the room's last 20 broadcasts",
          e.history_depth),
+)
+
+
+UDP_STAGES = ("udp-session", "udp-acks", "udp-stream", "udp-dedup", "udp-errors", "udp-limits")
+
+UDP_RULES: tuple[Rule[UdpSession], ...] = (
+    Rule(UDP_WELCOME, "a join from a new address gets a welcome: n 1, a 16-hex-digit sid",
+         u.welcome, needs=()),
+    _udp("udp-session.fields", "the welcome has server, version, protocol 1, seq and epoch",
+         u.welcome_fields),
+    _udp("udp-session.sid", "every server datagram carries the welcome's sid",
+         u.sid_everywhere),
+    _udp("udp-session.ack-sid", "an ack of the welcome without its sid verifies nothing",
+         u.ack_needs_sid),
+    _udp("udp-session.no-sid", "a joined client's datagram without its sid is dropped",
+         u.no_sid_dropped),
+    _udp("udp-session.forgot", "a datagram naming an unknown sid gets a welcome saying forgot",
+         u.forgot),
+    _udp("udp-session.leave", "a leave is announced and ends the session", u.leave),
+    _udp("udp-acks.once", "every request is acked once, with its id and the sid",
+         u.acked_once),
+    _udp("udp-acks.duplicate", "a request sent twice is acked twice", u.duplicate_acked),
+    _udp("udp-acks.n", "every server datagram but an ack carries n", u.n_everywhere),
+    _udp("udp-acks.retransmit", "a datagram not acked comes again, after longer each time",
+         u.retransmitted),
+    _udp("udp-acks.stop", "a datagram acked is not sent again", u.ack_stops),
+    _udp("udp-stream.counts", "each client's n counts 1, 2, 3 ... with no holes", u.counts),
+    _udp("udp-stream.join", "a join is announced to the room; the joiner's copy has its id",
+         u.join_notice),
+    _udp("udp-stream.broadcast", "a message reaches its whole room and no other",
+         u.broadcast),
+    _udp("udp-stream.history", "a joiner gets the room's history before its join notice",
+         u.history),
+    _udp("udp-stream.seq", "seq is one counter for the server: broadcasts increase", u.seq),
+    _udp("udp-stream.whisper", "a whisper reaches its target, in any room; the sender a copy",
+         u.whisper),
+    _udp("udp-dedup.message", "a message sent twice is broadcast once", u.dedup_once),
+    _udp("udp-dedup.late", "a copy that comes after later requests is not applied",
+         u.dedup_late),
+    _udp("udp-dedup.join", "a join sent twice makes one join notice", u.dedup_join),
+    _udp("udp-dedup.after-leave", "a late copy of a request from before a leave: acked only",
+         u.after_leave),
+    _udp("udp-errors.bad-json", "a datagram that is not JSON gets bad_json; pings go on",
+         u.bad_json),
+    _udp("udp-errors.no-id", "a request without an integer id gets bad_message, field id",
+         u.no_id),
+    _udp("udp-errors.chat", "chat errors are as over TCP: not_joined, unknown_type, with ids",
+         u.chat_errors),
+    _udp("udp-errors.stranger", "garbage from an unknown address gets no answer",
+         u.stranger),
+    _udp("udp-limits.too-large", "a datagram over 1200 bytes gets datagram_too_large, its size",
+         u.too_large),
+    _udp("udp-limits.largest", "a datagram of exactly 1200 bytes is read", u.largest),
+    _udp("udp-limits.delivery", "a message whose broadcast would not fit: datagram_too_large",
+         u.delivery),
+    _udp("udp-limits.fits", "every datagram the server sends fits in 1200 bytes", u.fits),
+    _udp("udp-limits.lists", "a rooms list too long for a datagram is cut, says how many more",
+         u.lists_cut),
+    _udp("udp-limits.id-window", "an id far beyond the window: id_out_of_window, not applied",
+         u.id_window),
 )

@@ -8,7 +8,11 @@ exception is the checker's own bug: it is reported as a FAIL that says so,
 and the run goes on.
 
 Exit status: 0 when no rule failed, 1 when one did, 2 when the server
-cannot be reached or the arguments are wrong.
+cannot be reached or the arguments are wrong. Over UDP there is no
+connection to open: a server that sends nothing back to a ping within the
+deadline (or whose port answers with an ICMP "port unreachable") cannot be
+reached, since no rule could tell it from a machine that is not there. One
+that answers anything at all is checked, and garbage fails the rules.
 """
 from __future__ import annotations
 
@@ -20,11 +24,13 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Callable, Generic, Iterable, Iterator, Sequence
 
 from .. import config as cfg
 from .. import protocol as p
-from .rules import TCP_RULES, TCP_STAGES, Rule
+from . import udp_wire
+from .rules import S, TCP_RULES, TCP_STAGES, UDP_RULES, UDP_STAGES, Rule
+from .udp_wire import UdpSession
 from .wire import Failed, Session, shorten
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
@@ -35,7 +41,7 @@ DETAIL_CHARS = 150               # ... and are cut to this
 
 @dataclass(frozen=True)
 class Outcome:
-    rule: Rule
+    rule: Rule[Any]
     result: str                  # PASS, FAIL or SKIP
     detail: str = ""             # for FAIL and SKIP: why, in a few short lines
     seconds: float = 0.0
@@ -45,9 +51,37 @@ class UsageError(Exception):
     """The arguments are wrong; ``str()`` is the one-line message."""
 
 
+@dataclass(frozen=True)
+class Transport(Generic[S]):
+    """What differs between checking a TCP and a UDP server."""
+
+    name: str
+    rules: tuple[Rule[S], ...]
+    stages: tuple[str, ...]
+    session: Callable[[str, int, float], S]          # a rule's fresh session
+    unreachable: Callable[[str, int, float], str | None]
+    port: int                                        # the default
+    config: type[cfg.TcpServerConfig] | type[cfg.UdpServerConfig]
+
+
+def unreachable(host: str, port: int, timeout: float) -> str | None:
+    """Why the TCP server cannot be reached, or None if a connection opens."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+    return None
+
+
+TCP = Transport("tcp", TCP_RULES, TCP_STAGES, Session, unreachable, p.DEFAULT_TCP_PORT,
+                cfg.TcpServerConfig)
+UDP = Transport("udp", UDP_RULES, UDP_STAGES, UdpSession, udp_wire.unreachable,
+                p.DEFAULT_UDP_PORT, cfg.UdpServerConfig)
+
+
 # -- choosing and running -------------------------------------------------------------
-def select(rules: Sequence[Rule], stages: Sequence[str], stage: str | None = None,
-           ids: Sequence[str] = ()) -> list[Rule]:
+def select(rules: Sequence[Rule[S]], stages: Sequence[str], stage: str | None = None,
+           ids: Sequence[str] = ()) -> list[Rule[S]]:
     """The rules of ``stage`` and the stages before it, or those named in ``ids``.
 
     Raises UsageError for an unknown stage or id, with a did-you-mean.
@@ -73,10 +107,11 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def run_rule(rule: Rule, host: str, port: int, timeout: float) -> Outcome:
+def run_rule(rule: Rule[S], host: str, port: int, timeout: float,
+             session_type: Callable[[str, int, float], S]) -> Outcome:
     """Run one rule in a fresh session; never raises."""
-    session = Session(host, port, timeout)
     start = time.monotonic()
+    session = session_type(host, port, timeout)
     try:
         rule.check(session)
         result, detail = PASS, ""
@@ -89,26 +124,19 @@ def run_rule(rule: Rule, host: str, port: int, timeout: float) -> Outcome:
     return Outcome(rule, result, detail, time.monotonic() - start)
 
 
-def run(rules: Iterable[Rule], host: str, port: int, timeout: float) -> Iterator[Outcome]:
-    """Run ``rules`` in order, skipping each whose ``needs`` did not pass in this run."""
+def run(rules: Iterable[Rule[S]], host: str, port: int, timeout: float,
+        session_type: Callable[[str, int, float], S]) -> Iterator[Outcome]:
+    """Run ``rules`` in order, each in a fresh ``session_type`` (``Session`` or
+    ``UdpSession``), skipping each whose ``needs`` did not pass in this run."""
     results: dict[str, str] = {}
     for rule in rules:
         unmet = [need for need in rule.needs if results.get(need) in (FAIL, SKIP)]
         if unmet:
             outcome = Outcome(rule, SKIP, f"needs {unmet[0]}, which did not pass")
         else:
-            outcome = run_rule(rule, host, port, timeout)
+            outcome = run_rule(rule, host, port, timeout, session_type)
         results[rule.id] = outcome.result
         yield outcome
-
-
-def unreachable(host: str, port: int, timeout: float) -> str | None:
-    """Why the server cannot be reached, or None if a connection opens."""
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as exc:
-        return exc.strerror or str(exc) or type(exc).__name__
-    return None
 
 
 # -- reporting ------------------------------------------------------------------------
@@ -141,25 +169,25 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def address_from_config(path: str) -> tuple[str, int]:
+def address_from_config(path: str, transport: Transport[Any]) -> tuple[str, int]:
     """Where the server that ``path`` configures listens (an any-address means here)."""
     try:
-        server = cfg.load(cfg.TcpServerConfig, path)
+        server = cfg.load(transport.config, path)
     except cfg.ConfigError as exc:
         raise UsageError(str(exc)) from None
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(server.host, server.host)
     return host, server.port
 
 
-def address(args: argparse.Namespace) -> tuple[str, int]:
+def address(args: argparse.Namespace, transport: Transport[Any]) -> tuple[str, int]:
     """The server to check: HOST:PORT, or --host and --port over --config, or the default."""
     if args.address is not None:
         if args.host is not None or args.port is not None:
             raise UsageError("give HOST:PORT or --host and --port, not both")
         return parse_address(args.address)
-    host, port = p.DEFAULT_HOST, p.DEFAULT_TCP_PORT
+    host, port = p.DEFAULT_HOST, transport.port
     if args.config is not None:
-        host, port = address_from_config(args.config)
+        host, port = address_from_config(args.config, transport)
     if args.port is not None and not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port} is not a port (1 to 65535)")
     return args.host or host, args.port or port
@@ -169,19 +197,26 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chat-sync check",
         description="Check that a chat server keeps the promises of chat_sync's protocol "
-                    "(the README's protocol section), over the wire alone.",
+                    "(the README's protocol section, and with --udp its \"Chat over UDP\"), "
+                    "over the wire alone.",
         epilog="exit status: 0 when no rule failed, 1 when one did, 2 when the server "
-               "cannot be reached or the arguments are wrong")
+               "cannot be reached (over UDP: nothing answers a ping) or the arguments are "
+               "wrong")
     parser.add_argument("address", nargs="?", metavar="HOST:PORT",
                         help=f"the server (default: {p.DEFAULT_HOST}:{p.DEFAULT_TCP_PORT}, "
-                             "or --host and --port, or where --config says)")
+                             f"{p.DEFAULT_UDP_PORT} with --udp, or --host and --port, "
+                             "or where --config says)")
+    parser.add_argument("--udp", action="store_true",
+                        help="check a UDP chat server, with the UDP rules")
     parser.add_argument("--host", help=f"the server's host (default: {p.DEFAULT_HOST})")
     parser.add_argument("--port", type=int, help=f"the server's port (default: "
-                                                 f"{p.DEFAULT_TCP_PORT})")
+                                                 f"{p.DEFAULT_TCP_PORT}, or "
+                                                 f"{p.DEFAULT_UDP_PORT} with --udp)")
     parser.add_argument("--config", metavar="FILE",
                         help="check the server this config file sets up (its host and port)")
     parser.add_argument("--stage", metavar="STAGE",
-                        help=f"run this stage and those before it: {', '.join(TCP_STAGES)}")
+                        help=f"run this stage and those before it: {', '.join(TCP_STAGES)}; "
+                             f"with --udp: {', '.join(UDP_STAGES)}")
     parser.add_argument("--rule", action="append", default=[], metavar="ID",
                         help="run only this rule (may be given more than once)")
     parser.add_argument("--list", action="store_true", help="list the rules and exit")
@@ -196,41 +231,49 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if isinstance(sys.stdout, io.TextIOWrapper):     # a reply may hold what it cannot print
         sys.stdout.reconfigure(errors="backslashreplace")
+    transport: Transport[Any] = UDP if args.udp else TCP
     try:
-        rules = select(TCP_RULES, TCP_STAGES, args.stage, args.rule)
+        rules = select(transport.rules, transport.stages, args.stage, args.rule)
         if args.list:
-            _list(rules)
+            _list(rules, transport)
             return 0
-        host, port = address(args)
+        host, port = address(args, transport)
         if not args.timeout > 0:
             raise UsageError(f"--timeout must be more than 0, not {args.timeout:g}")
     except UsageError as exc:
         print(f"chat-sync check: {exc}", file=sys.stderr)
         return 2
-    why = unreachable(host, port, args.timeout)
+    why = transport.unreachable(host, port, args.timeout)
     if why is not None:
-        print(f"chat-sync check: cannot connect to {host}:{port}: {why}", file=sys.stderr)
+        verb = "cannot reach" if args.udp else "cannot connect to"
+        print(f"chat-sync check: {verb} {host}:{port}: {why}", file=sys.stderr)
         return 2
     try:
-        outcomes = _check(rules, host, port, args.timeout, args.json)
+        outcomes = _check(rules, transport, host, port, args.timeout, args.json)
     except KeyboardInterrupt:
         print("chat-sync check: interrupted", file=sys.stderr)
         return 130
     return 1 if any(o.result == FAIL for o in outcomes) else 0
 
 
-def _check(rules: list[Rule], host: str, port: int, timeout: float,
-           as_json: bool) -> list[Outcome]:
+def _width(transport: Transport[Any]) -> int:
+    """One layout for a transport, whatever rules are chosen."""
+    return max(len(rule.id) for rule in transport.rules)
+
+
+def _check(rules: list[Rule[Any]], transport: Transport[Any], host: str, port: int,
+           timeout: float, as_json: bool) -> list[Outcome]:
     start = time.monotonic()
-    width = max(len(rule.id) for rule in TCP_RULES)    # one layout, whatever is chosen
+    width = _width(transport)
     outcomes = []
-    for outcome in run(rules, host, port, timeout):
+    for outcome in run(rules, host, port, timeout, transport.session):
         outcomes.append(outcome)
         lines = [report_json(outcome)] if as_json else report_lines(outcome, width)
         print("\n".join(lines), flush=True)
     counts = summary(outcomes)
     if as_json:
         print(json.dumps({"summary": counts, "server": f"{host}:{port}",
+                          "transport": transport.name,
                           "seconds": round(time.monotonic() - start, 3)}))
     else:
         print(f"{len(outcomes)} rules: {counts['passed']} passed, {counts['failed']} failed, "
@@ -238,7 +281,7 @@ def _check(rules: list[Rule], host: str, port: int, timeout: float,
     return outcomes
 
 
-def _list(rules: list[Rule]) -> None:
-    width = max(len(rule.id) for rule in TCP_RULES)
+def _list(rules: list[Rule[Any]], transport: Transport[Any]) -> None:
+    width = _width(transport)
     for rule in rules:
         print(f"{rule.id:<{width}} {rule.statement}")

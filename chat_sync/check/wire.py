@@ -72,8 +72,8 @@ def shorten(data: bytes | str | Message, limit: int = SHOWN_CHARS) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-class Session:
-    """What one rule works with: the server, a deadline, fresh names, its connections."""
+class RuleSession:
+    """What every rule has, over TCP or UDP: the server, a deadline, fresh names."""
 
     _names = itertools.count(1)
     _run = secrets.token_hex(2)     # tells this run's names from an earlier run's
@@ -82,8 +82,6 @@ class Session:
         self.host, self.port = host, port
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
-        self.peers: list[Peer] = []
-        self.welcome: Message | None = None    # the first welcome any peer got
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -91,6 +89,18 @@ class Session:
     def name(self, prefix: str = "u") -> str:
         """A user or room name nobody else has used: a letter, then letters and digits."""
         return f"{prefix}{self._run}{next(self._names)}"
+
+    def close(self) -> None:
+        """Close every socket the rule opened (the transport's session knows them)."""
+
+
+class Session(RuleSession):
+    """What one TCP rule works with: a ``RuleSession`` and its connections."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        super().__init__(host, port, timeout)
+        self.peers: list[Peer] = []
+        self.welcome: Message | None = None    # the first welcome any peer got
 
     def limits(self) -> dict[str, int]:
         """The limits the server announced in its welcome (at most ``CEILING_LIMITS``),
@@ -134,7 +144,56 @@ class Session:
             peer.close()
 
 
-class Peer:
+class Conversation:
+    """What a TCP connection and a UDP peer share: waiting for the message a rule
+    expects, and saying in a FAIL report what was sent and what came back."""
+
+    last_sent = b""
+
+    def next_message(self) -> Message:
+        """The next message; Failed if none comes by the deadline. Each transport's own."""
+        raise NotImplementedError
+
+    def expect(self, what: str, match: Match, errors_ok: bool = False) -> Message:
+        """The first message that ``match``es; others are passed over.
+
+        An error nobody asked for answers what was sent, so unless
+        ``errors_ok`` it fails the rule at once.
+        """
+        for _ in range(MAX_PASSED_OVER):
+            try:
+                message = self.next_message()
+            except Failed as exc:
+                raise Failed(f"expected {what}\n{exc}") from None
+            if match(message):
+                return message
+            if message.get("type") == p.MessageType.ERROR and not errors_ok:
+                raise Failed(f"expected {what}\n{self.exchange(message)}")
+        raise Failed(f"expected {what}\n{self.sent()}\ngot {MAX_PASSED_OVER} other messages "
+                     "first (a flood?)")
+
+    def until(self, what: str, match: Match, errors_ok: bool = False) -> list[Message]:
+        """Every message up to and including the first that ``match``es."""
+        seen: list[Message] = []
+
+        def record(message: Message) -> bool:
+            seen.append(message)
+            return match(message)
+
+        self.expect(what, record, errors_ok)
+        return seen
+
+    # -- reporting -------------------------------------------------------------
+    def sent(self) -> str:
+        """What was sent last, for a FAIL report."""
+        return f"sent {shorten(self.last_sent)}" if self.last_sent else "sent nothing"
+
+    def exchange(self, got: Message | bytes) -> str:
+        """'sent X' and 'got Y', for a FAIL report."""
+        return f"{self.sent()}\ngot {shorten(got)}"
+
+
+class Peer(Conversation):
     """One connection to the server under test; every wait ends at the session's deadline."""
 
     def __init__(self, session: Session, label: str) -> None:
@@ -181,53 +240,17 @@ class Peer:
         return f"{self.label}-{next(self._ids)}"
 
     # -- receiving -------------------------------------------------------------
+    def next_message(self) -> Message:
+        return self.receive()
+
     def receive(self) -> Message:
         """The next message from the server; Failed on silence, a close, or garbage."""
         line = self._next_line(self.session.deadline)
         if line is None:
             raise Failed(f"{self.sent()}\ngot nothing within {self.session.timeout:g} s")
-        try:
-            message = p.decode(line)
-        except p.ProtocolError:
-            raise Failed(f"{self.sent()}\ngot a line that is not a JSON object: "
-                         f"{shorten(line)}") from None
-        kind = message.get("type")
-        if not isinstance(kind, str):
-            raise Failed(f"{self.sent()}\ngot a message with no string type: {shorten(message)}")
-        if kind in CLIENT_ONLY:
-            raise Failed(f"{self.sent()}\ngot a {kind!r} message, which only clients send "
-                         f"(an echo?): {shorten(message)}")
+        message = server_message(line, "line", self.sent())
         self.received.append(message)
         return message
-
-    def expect(self, what: str, match: Match, errors_ok: bool = False) -> Message:
-        """The first message that ``match``es; others are passed over.
-
-        An error nobody asked for answers what was sent, so unless
-        ``errors_ok`` it fails the rule at once.
-        """
-        for _ in range(MAX_PASSED_OVER):
-            try:
-                message = self.receive()
-            except Failed as exc:
-                raise Failed(f"expected {what}\n{exc}") from None
-            if match(message):
-                return message
-            if message.get("type") == p.MessageType.ERROR and not errors_ok:
-                raise Failed(f"expected {what}\n{self.exchange(message)}")
-        raise Failed(f"expected {what}\n{self.sent()}\ngot {MAX_PASSED_OVER} other messages "
-                     "first (a flood?)")
-
-    def until(self, what: str, match: Match, errors_ok: bool = False) -> list[Message]:
-        """Every message up to and including the first that ``match``es."""
-        seen: list[Message] = []
-
-        def record(message: Message) -> bool:
-            seen.append(message)
-            return match(message)
-
-        self.expect(what, record, errors_ok)
-        return seen
 
     def ping(self) -> list[Message]:
         """Ping and read up to the pong; returns what arrived before it."""
@@ -282,15 +305,6 @@ class Peer:
                 raise Failed(f"sent part of a line, {shorten(self.last_sent)}\n"
                              f"got an answer before it was whole: {shorten(line)}")
 
-    # -- reporting -------------------------------------------------------------
-    def sent(self) -> str:
-        """What was sent last, for a FAIL report."""
-        return f"sent {shorten(self.last_sent)}" if self.last_sent else "sent nothing"
-
-    def exchange(self, got: Message | bytes) -> str:
-        """'sent X' and 'got Y', for a FAIL report."""
-        return f"{self.sent()}\ngot {shorten(got)}"
-
     # -- the socket ------------------------------------------------------------
     def _next_line(self, until: float) -> bytes | None:
         """The next line, or None if none is whole by ``until``. Failed at a close."""
@@ -321,6 +335,22 @@ class Peer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def server_message(data: bytes, unit: str, sent: str) -> Message:
+    """A line or datagram from the server as a message; Failed (after ``sent``) unless
+    it is a JSON object with a string type that a server may send."""
+    try:
+        message = p.decode(data)
+    except p.ProtocolError:
+        raise Failed(f"{sent}\ngot a {unit} that is not a JSON object: {shorten(data)}") from None
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        raise Failed(f"{sent}\ngot a message with no string type: {shorten(message)}")
+    if kind in CLIENT_ONLY:
+        raise Failed(f"{sent}\ngot a {kind!r} message, which only clients send "
+                     f"(an echo?): {shorten(message)}")
+    return message
 
 
 def _is_welcome(line: bytes) -> bool:
