@@ -18,12 +18,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_record import Recorder, readme_section, record_tcp_session, record_udp_session
+from test_record import (UDP_FAST, Recorder, readme_section, record_tcp_session,
+                         record_udp_session)
 from test_record import recorders  # noqa: F401  (the fixture: recorders stopped after a test)
 
 from chat_sync import dissector, pcap, protocol
 from chat_sync.records import Datagram, Record, Segment
+from chat_sync.config import UdpClientConfig
 from chat_sync.tcp_server import serve as serve_tcp
+from chat_sync.udp_client import UdpChatClient
+from chat_sync.udp_server import serve as serve_udp
 
 TSHARK = shutil.which("tshark")
 pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
@@ -171,6 +175,42 @@ def test_every_datagram_of_a_udp_session_shows_its_session_id(
         == {True}
     assert not any(row["chatsync.ack.n"] or row["chatsync.ack.id"] for row in rows
                    if row not in acks)
+
+
+@pytest.mark.timeout(90)
+def test_a_restarted_server_forgets_the_session_and_its_welcome_says_which(
+        tmp_path: Path, recorders: list[Recorder]) -> None:
+    """A server that restarts on the same port meets the old sid: its welcome carries forgot."""
+    path = tmp_path / "restart.pcap"
+    first = serve_udp(port=0, shutdown_grace_s=0.3)
+    port = first.port
+    recorder = Recorder("--udp", "--upstream", f"127.0.0.1:{port}", "--pcap", str(path))
+    recorders.append(recorder)
+    client = UdpChatClient(UdpClientConfig(host="127.0.0.1", port=recorder.port, user="alice",
+                                           **UDP_FAST))
+    try:
+        client.connect(10)
+        client.say("before")
+        assert client.wait_sent(timeout=10)
+        first.stop()                         # alice is told shutdown, and rejoins by herself
+        with serve_udp(port=port, shutdown_grace_s=0.3):
+            client.say("after")              # held until she is back, then sent
+            assert client.wait_sent(timeout=20), "alice never got back in"
+            client.close()
+    finally:
+        client.close()
+        first.stop()
+    assert recorder.stop()[0] == 0
+    rows = fields(path, "udp.srcport", "chatsync.type", "chatsync.sid", "chatsync.forgot",
+                  "chatsync.text", display="chatsync")
+    welcomes = [row for row in rows if row["chatsync.type"] == ["welcome"]
+                and row["udp.srcport"] == [str(port)]]
+    old, new = welcomes[0]["chatsync.sid"], welcomes[-1]["chatsync.sid"]
+    assert old != new and not welcomes[0]["chatsync.forgot"]
+    assert welcomes[-1]["chatsync.forgot"] == old
+    said = {row["chatsync.text"][0]: row["chatsync.sid"] for row in rows
+            if row["chatsync.type"] == ["message"] and row["udp.srcport"] != [str(port)]}
+    assert said == {"before": old, "after": new}
 
 
 TSHARK_LINE = re.compile(r" *\d+ +\d+\.\d{6} +127\.0\.0\.1 → 127\.0\.0\.1 +CHATSYNC \d+ (.*)")
