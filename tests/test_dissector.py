@@ -18,12 +18,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_record import Recorder, readme_section, record_tcp_session, record_udp_session
+from test_record import (UDP_FAST, Recorder, readme_section, record_tcp_session,
+                         record_udp_session)
 from test_record import recorders  # noqa: F401  (the fixture: recorders stopped after a test)
 
 from chat_sync import dissector, pcap, protocol
 from chat_sync.records import Datagram, Record, Segment
+from chat_sync.config import UdpClientConfig
 from chat_sync.tcp_server import serve as serve_tcp
+from chat_sync.udp_client import UdpChatClient
+from chat_sync.udp_server import serve as serve_udp
 
 TSHARK = shutil.which("tshark")
 pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
@@ -90,10 +94,15 @@ def test_a_recorded_tcp_session_decodes_line_by_line(tmp_path: Path,
         assert recorder.stop()[0] == 0
     # The server's port is not 7420: the heuristic finds it.
     rows = fields(path, "frame.number", "chatsync.type", "chatsync.user", "chatsync.text",
-                  "chatsync.seq", "chatsync.id", "chatsync.code", "chatsync.other",
-                  display="chatsync")
+                  "chatsync.seq", "chatsync.id", "chatsync.code", "chatsync.resume",
+                  "chatsync.epoch", "chatsync.other", display="chatsync")
     assert column(rows, "chatsync.type") == ["welcome", "join", "system", "message", "message",
                                              "error"]
+    # The welcome's token, as the server sent it (alice joined without one).
+    welcome = next(json.loads(line) for p in pcap.read_pcap(path.read_bytes())
+                   for line in p.payload.splitlines() if b'"welcome"' in line)
+    assert column(rows, "chatsync.resume") == [welcome["resume"]]
+    assert column(rows, "chatsync.epoch") == [welcome["epoch"]]
     # "hi there" came in two reads: reassembled, it is one message with one text.
     assert column(rows, "chatsync.text") == ["alice joined", "hi there", "hi there",
                                              "Expecting value: line 1 column 1 (char 0)"]
@@ -115,7 +124,8 @@ def test_a_lossy_udp_session_decodes_with_its_retransmissions(
     server_port, _ = record_udp_session(recorders, texts, "--loss", "0.3", "--seed", "11",
                                         "--pcap", str(path), signum=signal.SIGINT)
     rows = fields(path, "udp.dstport", "udp.checksum.status", "chatsync.type", "chatsync.id",
-                  "chatsync.n", "chatsync.text", display="udp",
+                  "chatsync.n", "chatsync.text", "chatsync.sid", "chatsync.ack.id",
+                  "chatsync.ack.n", "_ws.col.Info", display="udp",
                   prefs=("udp.check_checksum:TRUE", "ip.check_checksum:TRUE"))
     assert rows and all(row["chatsync.type"] for row in rows), "a datagram was not decoded"
     assert all(row["udp.checksum.status"] == ["1"] for row in rows), "a bad UDP checksum"
@@ -131,6 +141,101 @@ def test_a_lossy_udp_session_decodes_with_its_retransmissions(
     numbered = [int(row["chatsync.n"][0]) for row in from_server if row["chatsync.n"]
                 and row["chatsync.type"] != ["ack"]]
     assert numbered and set(numbered) == set(range(1, max(numbered) + 1)), numbered
+
+
+@pytest.mark.timeout(90)
+def test_every_datagram_of_a_udp_session_shows_its_session_id(
+        tmp_path: Path, recorders: list[Recorder]) -> None:
+    path = tmp_path / "udp.pcap"
+    record_udp_session(recorders, ["one", "two", "three"], "--loss", "0.2", "--seed", "4",
+                       "--pcap", str(path))
+    rows = fields(path, "udp.srcport", "chatsync.type", "chatsync.sid", "chatsync.n",
+                  "chatsync.id", "chatsync.ack.id", "chatsync.ack.n", "_ws.col.Info",
+                  display="chatsync")
+    server_port = next(row["udp.srcport"] for row in rows if row["chatsync.type"] == ["welcome"])
+    from_server = [row for row in rows if row["udp.srcport"] == server_port]
+    welcome = next(row for row in from_server if row["chatsync.type"] == ["welcome"])
+    sid = welcome["chatsync.sid"]
+    assert len(sid) == 1 and re.fullmatch(r"[0-9a-f]{16}", sid[0]), sid
+    assert welcome["chatsync.n"] == ["1"]
+    assert all(row["chatsync.sid"] == sid for row in from_server), \
+        [row for row in from_server if row["chatsync.sid"] != sid]
+    assert all(row["_ws.col.Info"][0].endswith(f" sid={sid[0]}") for row in from_server)
+    # The client: its first requests went before the welcome came, and their copies
+    # keep their bytes; every ack, and every request after the first join, has the sid.
+    to_server = [row for row in rows if row not in from_server]
+    assert to_server[0]["chatsync.type"] == ["join"] and not to_server[0]["chatsync.sid"]
+    assert all(row["chatsync.sid"] == sid for row in to_server
+               if row["chatsync.type"] == ["ack"] or row["chatsync.type"] == ["message"])
+    # An ack's generated field says what it acknowledges, and nothing else has one.
+    acks = [row for row in rows if row["chatsync.type"] == ["ack"]]
+    assert all(row["chatsync.ack.n"] == row["chatsync.n"] for row in acks)
+    assert all(row["chatsync.ack.id"] == row["chatsync.id"] for row in acks)
+    assert {row["udp.srcport"] == server_port for row in acks if row["chatsync.ack.id"]} \
+        == {True}
+    assert not any(row["chatsync.ack.n"] or row["chatsync.ack.id"] for row in rows
+                   if row not in acks)
+
+
+@pytest.mark.timeout(90)
+def test_a_restarted_server_forgets_the_session_and_its_welcome_says_which(
+        tmp_path: Path, recorders: list[Recorder]) -> None:
+    """A server that restarts on the same port meets the old sid: its welcome carries forgot."""
+    path = tmp_path / "restart.pcap"
+    first = serve_udp(port=0, shutdown_grace_s=0.3)
+    port = first.port
+    recorder = Recorder("--udp", "--upstream", f"127.0.0.1:{port}", "--pcap", str(path))
+    recorders.append(recorder)
+    client = UdpChatClient(UdpClientConfig(host="127.0.0.1", port=recorder.port, user="alice",
+                                           **UDP_FAST))
+    try:
+        client.connect(10)
+        client.say("before")
+        assert client.wait_sent(timeout=10)
+        first.stop()                         # alice is told shutdown, and rejoins by herself
+        with serve_udp(port=port, shutdown_grace_s=0.3):
+            client.say("after")              # held until she is back, then sent
+            assert client.wait_sent(timeout=20), "alice never got back in"
+            client.close()
+    finally:
+        client.close()
+        first.stop()
+    assert recorder.stop()[0] == 0
+    rows = fields(path, "udp.srcport", "chatsync.type", "chatsync.sid", "chatsync.forgot",
+                  "chatsync.text", display="chatsync")
+    welcomes = [row for row in rows if row["chatsync.type"] == ["welcome"]
+                and row["udp.srcport"] == [str(port)]]
+    old, new = welcomes[0]["chatsync.sid"], welcomes[-1]["chatsync.sid"]
+    assert old != new and not welcomes[0]["chatsync.forgot"]
+    assert welcomes[-1]["chatsync.forgot"] == old
+    said = {row["chatsync.text"][0]: row["chatsync.sid"] for row in rows
+            if row["chatsync.type"] == ["message"] and row["udp.srcport"] != [str(port)]}
+    assert said == {"before": old, "after": new}
+
+
+TSHARK_LINE = re.compile(r" *\d+ +\d+\.\d{6} +127\.0\.0\.1 → 127\.0\.0\.1 +CHATSYNC \d+ (.*)")
+
+
+def info_part(line: str) -> str:
+    """What a line of tshark's summary says after its size, with the sid as SID."""
+    match = TSHARK_LINE.fullmatch(line)
+    assert match, line
+    return re.sub(r"sid=[0-9a-f]{16}", "sid=SID", match.group(1))
+
+
+@pytest.mark.timeout(90)
+def test_the_readmes_udp_summary_is_what_tshark_shows(
+        tmp_path: Path, recorders: list[Recorder]) -> None:
+    path = tmp_path / "udp.pcap"
+    record_udp_session(recorders, ["hello 0"], "--pcap", str(path))
+    result = run_tshark(["-X", f"lua_script:{dissector.path()}", "-r", str(path)])
+    assert result.returncode == 0 and not lua_trouble(result.stderr), result.stderr
+    shown = [info_part(line) for line in result.stdout.splitlines()]
+    sample = re.findall(r"```text\n(.*?)```", readme_section("Watching the wire"), re.S)[-1]
+    lines = sample.splitlines()
+    assert lines and len({sid for line in lines for sid in re.findall(r"sid=(\w+)", line)}) == 1
+    missing = [line for line in lines if info_part(line) not in shown]
+    assert not missing, f"README lines tshark did not show: {missing}\nit showed {shown}"
 
 
 # -- Framing and fields, on hand-made captures on the default ports --------------------------
@@ -169,26 +274,63 @@ def test_without_tcp_reassembly_part_of_a_line_is_said_to_be_so(tmp_path: Path) 
 
 
 @pytest.mark.timeout(60)
-def test_new_and_unexpected_keys_show_up_as_fields(tmp_path: Path) -> None:
-    welcome = {"type": "welcome", "session": "5f1c", "token": "q9", "n": 1,
-               "limits": {"max_datagram_bytes": 1200, "nested": [1, {"a": []}]}, "ts": 1.5e9}
-    odd = {"type": "message", "seq": "seven", "n": 10**20, "text": 3, "id": "r-1"}
+def test_the_protocols_keys_are_fields_and_others_still_show_up(tmp_path: Path) -> None:
+    sid, old = "3e9f4efc0792c075", "00112233aabbccdd"
+    welcome = {"type": "welcome", "epoch": "7e0b5468", "sid": sid, "forgot": old, "n": 1,
+               "limits": {"max_datagram_bytes": 1200, "nested": [1, {"a": []}]}, "ts": 1.5e9,
+               "cookie": "a key the protocol may gain"}
+    odd = {"type": "message", "seq": "seven", "n": 10**20, "text": 3, "id": "r-1",
+           "history": "yes"}
+    replayed = {"type": "system", "event": "join", "room": "lobby", "user": "bob",
+                "text": "bob joined", "seq": 4, "history": True, "sid": sid, "n": 2}
+    who = {"type": "who", "room": "lobby", "users": ["a"], "more": 7, "sid": sid, "n": 3}
     path = write(tmp_path, [
         Datagram(1.0, "<-", json.dumps(welcome).encode(), CLIENT, UDP_SERVER),
         Datagram(1.1, "<-", json.dumps(odd).encode(), CLIENT, UDP_SERVER),
         Datagram(1.2, "->", b"garbage", CLIENT, UDP_SERVER),
+        Datagram(1.3, "<-", json.dumps(replayed).encode(), CLIENT, UDP_SERVER),
+        Datagram(1.4, "<-", json.dumps(who).encode(), CLIENT, UDP_SERVER),
+        up(2.0, b'{"type":"join","room":"lobby","user":"bob","since":3,"resume":"Xq3v"}\n'
+                b'{"type":"whisper","to":"alice","text":"psst"}\n'),
+        Segment(2.1, 1, "<-", b'{"type":"system","event":"bus_down","text":"down"}\n'
+                              b'{"type":"error","code":"unavailable","text":"t","id":2}\n'
+                              b'{"type":"whisper","from":"bob","to":"alice","text":"psst"}\n'
+                              b'{"type":"error","code":"bad_message","text":"t","field":"user"}\n',
+                CLIENT, TCP_SERVER),
     ])
-    rows = fields(path, "chatsync.type", "chatsync.session", "chatsync.token", "chatsync.n",
-                  "chatsync.seq", "chatsync.id", "chatsync.other", "chatsync.bad_json")
-    assert rows[0]["chatsync.session"] == ["5f1c"] and rows[0]["chatsync.token"] == ["q9"]
-    assert rows[0]["chatsync.n"] == ["1"]
+    names = ("chatsync.type", "chatsync.sid", "chatsync.forgot", "chatsync.epoch",
+             "chatsync.n", "chatsync.seq", "chatsync.id", "chatsync.history", "chatsync.more",
+             "chatsync.since", "chatsync.resume", "chatsync.event", "chatsync.code",
+             "chatsync.field", "chatsync.from", "chatsync.to", "chatsync.other",
+             "chatsync.bad_json", "_ws.col.Info")
+    rows = fields(path, *names, display="chatsync")
+    assert rows[0]["chatsync.sid"] == [sid] and rows[0]["chatsync.forgot"] == [old]
+    assert rows[0]["chatsync.epoch"] == ["7e0b5468"] and rows[0]["chatsync.n"] == ["1"]
     assert rows[0]["chatsync.other"] == [
-        'limits: {"max_datagram_bytes": 1200, "nested": [1, {"a": []}]}', "ts: 1500000000.0"]
+        'limits: {"max_datagram_bytes": 1200, "nested": [1, {"a": []}]}', "ts: 1500000000.0",
+        'cookie: "a key the protocol may gain"']
+    assert rows[0]["_ws.col.Info"] == [f"welcome n=1 forgot={old} sid={sid}"]
     # A known key with a type it should not have is shown as sent, not dropped.
     assert rows[1]["chatsync.seq"] == [] and rows[1]["chatsync.id"] == ["r-1"]
     assert rows[1]["chatsync.other"] == ['seq: "seven"', "n: 100000000000000000000",
-                                         "text: 3"]
+                                         "text: 3", 'history: "yes"']
     assert rows[2]["chatsync.bad_json"] and rows[2]["chatsync.type"] == []
+    assert rows[3]["chatsync.history"] == ["1"] and rows[3]["chatsync.event"] == ["join"]
+    assert rows[3]["_ws.col.Info"] == \
+        [f'system join (history) [lobby] bob: "bob joined" n=2 seq=4 sid={sid}']
+    assert rows[4]["chatsync.more"] == ["7"]
+    assert rows[5]["chatsync.since"] == ["3"] and rows[5]["chatsync.resume"] == ["Xq3v"]
+    assert rows[5]["chatsync.to"] == ["alice"]
+    assert rows[6]["chatsync.event"] == ["bus_down"]
+    assert rows[6]["chatsync.code"] == ["unavailable", "bad_message"]
+    assert rows[6]["chatsync.from"] == ["bob"] and rows[6]["chatsync.field"] == ["user"]
+    assert rows[6]["_ws.col.Info"][0].startswith('system bus_down "down", error "t" unavailable')
+    # Nothing on the wire is called session or token: no such fields any more.
+    result = run_tshark(["-G", "fields", "-X", f"lua_script:{dissector.path()}"])
+    names_known = {line.split("\t")[2] for line in result.stdout.splitlines()
+                   if line.startswith("F\t") and "\tchatsync" in line}
+    assert set(names[:-1]) - {"chatsync.bad_json"} <= names_known
+    assert not {"chatsync.session", "chatsync.token"} & names_known
 
 
 JSON_CASES = [
@@ -260,12 +402,12 @@ def test_the_heuristic_finds_chat_sync_on_any_port_whatever_the_key_order(
         Segment(1.2, 2, "->", b'{"type":"message","text":"a long li', ("127.0.0.1", 40002),
                 server),
         Segment(1.3, 2, "->", b'ne"}\n', ("127.0.0.1", 40002), server),
-        Datagram(2.0, "<-", b'{"session":"5f1c","type":"welcome","n":1}', CLIENT,
+        Datagram(2.0, "<-", b'{"sid":"5f1c00aa5f1c00aa","type":"welcome","n":1}', CLIENT,
                  ("127.0.0.1", 9101)),
     ])
-    rows = fields(path, "chatsync.type", "chatsync.session", display="chatsync")
+    rows = fields(path, "chatsync.type", "chatsync.sid", display="chatsync")
     assert column(rows, "chatsync.type") == ["join", "who", "message", "welcome"]
-    assert column(rows, "chatsync.session") == ["5f1c"]
+    assert column(rows, "chatsync.sid") == ["5f1c00aa5f1c00aa"]
 
 
 @pytest.mark.timeout(60)

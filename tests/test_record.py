@@ -101,11 +101,11 @@ def test_an_endless_line_keeps_only_a_bounded_start() -> None:
 
 @pytest.mark.timeout(10)
 def test_any_json_object_is_shown_whatever_its_fields() -> None:
-    """The datagram format may gain fields (a session id, a token): they print as they come."""
-    datagram = Datagram(T, "<-", b'{"type":"welcome","session":"c0ffee","token":"t0k","n":1}',
-                        CLIENT, ("127.0.0.1", 7421))
-    assert shown(record.WireLog().line(datagram)) == \
-        '{"type":"welcome","session":"c0ffee","token":"t0k","n":1}'
+    """The datagram format may gain fields (as it gained sid and forgot): they print as they come."""
+    data = (b'{"type":"welcome","sid":"3e9f4efc0792c075","forgot":"00112233aabbccdd",'
+            b'"new":[1],"n":1}')
+    datagram = Datagram(T, "<-", data, CLIENT, ("127.0.0.1", 7421))
+    assert shown(record.WireLog().line(datagram)) == data.decode()
 
 
 @pytest.mark.timeout(10)
@@ -225,6 +225,7 @@ def record_tcp_session(upstream_port: int, recorders: list[Recorder], *extra: st
         alice.send_raw(b'{"type":"join","room":"lobby","user":"alice","id":1}\n'
                        b'{"type":"message","text":"hi')
         recorder.wait_for(""" | b'{"type":"message","text":"hi'…""")
+        alice.recv_until(lambda m: m.get("event") == "join")   # so the join notice comes next
         alice.send_raw(b' there"}\n')
         alice.recv_until(lambda m: m.get("text") == "hi there")
         alice.send_raw(b"not json\n")
@@ -446,6 +447,10 @@ def test_readme_commands_and_tcp_sample_are_what_the_program_does(
     for line in udp_sample:
         assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{6}  127\.0\.0\.1:\d+ (->|<-) +\d+ B  "
                             r"(\[[a-z, 0-9]+\] )?\{.*\}", line), line
+    # After the welcome, every datagram carries the session's id, both ways.
+    sids = {json.loads(re.sub(r"^\[[a-z, 0-9]+\] ", "", shown(line)))["sid"]
+            for line in udp_sample}
+    assert len(sids) == 1
 
 
 @pytest.mark.timeout(10)

@@ -6,17 +6,22 @@
 -- datagram over UDP (port 7421). This dissector shows each message as a
 -- "chatsync" tree with its top-level keys as fields:
 --
---   chatsync.type  .room  .user  .text  .code  .event   (strings)
---   chatsync.seq   .n                                   (integers)
---   chatsync.id                                         (a string or a number, as text)
---   chatsync.session  .token                            (strings, if a datagram has them)
---   chatsync.other                                      ("key: value" for any other key)
+--   chatsync.type .room .user .text .event .code .field .from .to .epoch   (strings)
+--   chatsync.sid  .forgot          (UDP: the session id, and the one a welcome forgot)
+--   chatsync.resume                (TCP: a welcome's token, shown again by a join)
+--   chatsync.seq  .n  .since  .more                                      (integers)
+--   chatsync.id                    (a string or a number, as text)
+--   chatsync.history               (true on a replayed broadcast)
+--   chatsync.ack.id  .ack.n        (generated on an ack: what it acknowledges)
+--   chatsync.other                 ("key: value" for any other key)
 --
 -- so a field the protocol gains tomorrow still shows up, as chatsync.other,
 -- and a key with an unexpected type (a "seq" that is a string) is shown the
--- same way rather than hidden. A line that is not a JSON object (bad UTF-8,
--- bad syntax, a duplicate key, nesting deeper than MAX_DEPTH) gets an expert
--- note saying why and where, as the server's "bad_json" error would.
+-- same way rather than hidden. The Info column sums each message up, ending
+-- with its sid, so a UDP capture of several sessions reads session by
+-- session. A line that is not a JSON object (bad UTF-8, bad syntax, a
+-- duplicate key, nesting deeper than MAX_DEPTH) gets an expert note saying
+-- why and where, as the server's "bad_json" error would.
 --
 -- TCP delivers a stream: one segment may hold several lines, or part of
 -- one. The dissector takes every complete line in what TCP hands it and, for
@@ -48,20 +53,36 @@ local F = {
     room = ProtoField.string("chatsync.room", "Room"),
     user = ProtoField.string("chatsync.user", "User"),
     text = ProtoField.string("chatsync.text", "Text"),
-    code = ProtoField.string("chatsync.code", "Error code"),
     event = ProtoField.string("chatsync.event", "Event"),
+    code = ProtoField.string("chatsync.code", "Error code"),
+    field = ProtoField.string("chatsync.field", "Field the error names"),
+    from = ProtoField.string("chatsync.from", "Whisper from"),
+    to = ProtoField.string("chatsync.to", "Whisper to"),
+    epoch = ProtoField.string("chatsync.epoch", "Server run (epoch)"),
+    sid = ProtoField.string("chatsync.sid", "Session id"),
+    forgot = ProtoField.string("chatsync.forgot", "Session id the server forgot"),
+    resume = ProtoField.string("chatsync.resume", "Resume token"),
     seq = ProtoField.int64("chatsync.seq", "Seq"),
     n = ProtoField.int64("chatsync.n", "Stream number (n)"),
+    since = ProtoField.int64("chatsync.since", "Replay since seq"),
+    more = ProtoField.int64("chatsync.more", "Left out of the list (more)"),
     id = ProtoField.string("chatsync.id", "Request id"),
-    session = ProtoField.string("chatsync.session", "Session"),
-    token = ProtoField.string("chatsync.token", "Token"),
+    history = ProtoField.bool("chatsync.history", "History replay"),
 }
-local INTEGER_KEYS = { seq = true, n = true }
+local INTEGER_KEYS = { seq = true, n = true, since = true, more = true }
+local BOOLEAN_KEYS = { history = true }
+-- An ack's id or n, again as the number it acknowledges: "chatsync.ack.n == 3"
+-- finds the acks of n 3, where "chatsync.n == 3" finds the datagram too.
+local F_ACK = {
+    id = ProtoField.int64("chatsync.ack.id", "Acknowledges request id"),
+    n = ProtoField.int64("chatsync.ack.n", "Acknowledges stream number"),
+}
 local f_other = ProtoField.string("chatsync.other", "Other field")
 local f_line = ProtoField.string("chatsync.line", "Line")
 
-chatsync.fields = { F.type, F.room, F.user, F.text, F.code, F.event, F.seq, F.n, F.id,
-                    F.session, F.token, f_other, f_line }
+chatsync.fields = { F.type, F.room, F.user, F.text, F.event, F.code, F.field, F.from, F.to,
+                    F.epoch, F.sid, F.forgot, F.resume, F.seq, F.n, F.since, F.more, F.id,
+                    F.history, F_ACK.id, F_ACK.n, f_other, f_line }
 
 local ef_bad_json = ProtoExpert.new("chatsync.bad_json", "Not a valid JSON object",
                                     expert.group.MALFORMED, expert.severity.WARN)
@@ -279,9 +300,12 @@ end
 -- -- The tree ---------------------------------------------------------------------
 local function add_member(tree, range, m)
     local field = F[m.key]
-    if field and INTEGER_KEYS[m.key] and m.kind == "integer" and #m.value <= 15 then
+    local short_integer = m.kind == "integer" and #m.value <= 15
+    if field and INTEGER_KEYS[m.key] and short_integer then
         tree:add(field, range, Int64.new(tonumber(m.value)))
-    elseif field and m.kind == "string" and not INTEGER_KEYS[m.key] then
+    elseif field and BOOLEAN_KEYS[m.key] and (m.kind == "true" or m.kind == "false") then
+        tree:add(field, range, m.kind == "true")
+    elseif field and m.kind == "string" and not INTEGER_KEYS[m.key] and not BOOLEAN_KEYS[m.key] then
         tree:add(field, range, m.value)
     elseif field and m.key == "id" and (m.kind == "integer" or m.kind == "number") then
         tree:add(field, range, m.value)
@@ -292,8 +316,17 @@ local function add_member(tree, range, m)
     end
 end
 
+-- What an ack acknowledges: its integer id (a request) or n (the server's stream).
+local function add_acked(tree, range, m)
+    if F_ACK[m.key] and m.kind == "integer" and #m.value <= 15 then
+        tree:add(F_ACK[m.key], range, Int64.new(tonumber(m.value))):set_generated()
+    end
+end
+
 local function summary(values)
     local parts = { values.type or "?" }
+    if values.type == "system" and values.event then parts[#parts + 1] = values.event end
+    if values.history == "true" then parts[#parts + 1] = "(history)" end
     if values.room then parts[#parts + 1] = "[" .. values.room .. "]" end
     if values.user then parts[#parts + 1] = values.user .. (values.text and ":" or "") end
     if values.text then
@@ -302,7 +335,7 @@ local function summary(values)
         parts[#parts + 1] = string.format("%q", text):gsub("\\\n", "\\n")
     end
     if values.code then parts[#parts + 1] = values.code end
-    for _, key in ipairs({ "id", "n", "seq" }) do
+    for _, key in ipairs({ "id", "n", "seq", "since", "more", "forgot", "sid" }) do
         if values[key] then parts[#parts + 1] = key .. "=" .. values[key] end
     end
     return table.concat(parts, " ")
@@ -322,9 +355,17 @@ local function dissect_message(range, tree)
         return "[not JSON]"
     end
     local values = {}
+    local is_ack = false
     for _, m in ipairs(members) do
-        add_member(item, range:range(m.first - 1, m.last - m.first + 1), m)
-        if m.kind == "string" or m.kind == "integer" then values[m.key] = m.value end
+        if m.key == "type" and m.kind == "string" and m.value == "ack" then is_ack = true end
+    end
+    for _, m in ipairs(members) do
+        local member = range:range(m.first - 1, m.last - m.first + 1)
+        add_member(item, member, m)
+        if is_ack then add_acked(item, member, m) end
+        if m.kind == "string" or m.kind == "integer" or m.kind == "true" then
+            values[m.key] = m.value
+        end
     end
     local text = summary(values)
     item:append_text(": " .. text)
