@@ -44,6 +44,7 @@ setup(
         "course": [
             "notebook",      # `jupyter notebook`: open notebooks/ in a browser
             *NOTEBOOKS,
+            "redis",         # notebook 10 runs two servers on a Redis bus
         ],
         # Several servers as one chat (bus_url): redis-py, the client everyone
         # uses, speaks Redis for the bus's two threads. Not needed on its own.
