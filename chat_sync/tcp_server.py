@@ -191,6 +191,8 @@ class TcpServer:
         self._expire_timers(self._now)
         self._reap()
         self._flush_dirty()
+        if self.chat_log is not None:
+            self.chat_log.flush()           # this turn's entries, to the writer in one go
 
     def _accept(self) -> None:
         for _ in range(ACCEPTS_PER_TURN):
@@ -333,9 +335,9 @@ class TcpServer:
                     self._queue(target, data)
             if self.chat_log is not None and output.room is not None:
                 message = output.message
-                self.chat_log.write(message["ts"], output.room,
-                                    message["user"] if message["type"] == "message" else None,
-                                    message["text"])
+                self.chat_log.add(message["ts"], output.room,
+                                  message["user"] if message["type"] == "message" else None,
+                                  message["text"])
 
     def _queue(self, conn: Connection, data: bytes) -> None:
         if not conn.accepting:
