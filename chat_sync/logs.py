@@ -13,12 +13,14 @@ turns. One writer thread formats the entries and hands them to a
 ``close`` flushes, puts a sentinel, and the thread drains everything
 before it and exits.
 
-The writer takes what has piled up and writes it as few records as the
-size limit allows: one rollover check (two ``stat`` calls), one write, one
-flush per record instead of per line. Under load that is most of the
-writer's cost, and the writer shares the GIL with the event loop. A
-record never holds more than ``max_bytes``, so rotation still keeps every
-file within it.
+Woken by a batch, the writer first lets more pile up for ``GATHER_S``
+(group commit), then writes all it has as few records as the size limit
+allows: one rollover check (two ``stat`` calls), one write, one flush per
+record instead of per line, about 40 µs each, which would otherwise be
+paid every turn. While it waits, the loop's puts wake nobody. The price: a
+line reaches the file up to ``GATHER_S`` after its broadcast. A record
+never holds more than ``max_bytes``, so rotation still keeps every file
+within it.
 
 Every field is passed through ``escape`` first: a user who types
 ``"hi\\n2026-01-01 lobby system: server owned"`` gets one log line showing a
@@ -43,6 +45,7 @@ import queue
 import re
 import sys
 import threading
+import time
 
 from .protocol import DEFAULT_IGNORABLE, SYSTEM_USER
 
@@ -81,6 +84,7 @@ def format_entry(ts: float, room: str, user: str | None, text: str) -> str:
 
 
 Entry = tuple[float, str, str | None, str]    # ts, room, user (None: system), text
+GATHER_S = 0.05      # the chat log writer waits this long for more entries
 LOG_QUEUE_RECORDS = 10_000   # operational log records waiting for stderr, at most
 CLOSE_WAIT_S = 2.0           # how long close() waits for a stalled stream
 
@@ -251,8 +255,10 @@ class ChatLog:
         closing = False
         while not closing:
             batches = [self._queue.get()]           # wait for the first ...
+            if batches[0] is not None:
+                time.sleep(GATHER_S)                # ... let more come (see above) ...
             while not self._queue.empty():
-                batches.append(self._queue.get())   # ... then take what piled up
+                batches.append(self._queue.get())   # ... then take them all
             closing = batches[-1] is None           # close() puts it last
             lines = [format_entry(*entry) for batch in batches if batch is not None
                      for entry in batch]
