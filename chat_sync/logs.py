@@ -2,17 +2,25 @@
 
 Theory of operation
 -------------------
-The event loop must never wait for a disk. ``ChatLog.write`` only puts a
-tuple on a queue; one writer thread formats it and hands it to a
-``RotatingFileHandler`` (path, size and backup count from config). ``close``
-puts a sentinel, and the thread drains everything before it and exits.
+The event loop must never wait for a disk. ``ChatLog.add`` only appends a
+tuple to a list, and ``flush``, once per loop turn, puts the whole list on
+a queue: one put, and one wake-up of the writer thread, per turn rather
+than per broadcast (each wake-up costs a lock, a notify, and the GIL
+passing to the writer and back; measured, that was a fifth of the loop's
+time). ``write`` is ``add`` and ``flush`` at once, for a caller without
+turns. One writer thread formats the entries and hands them to a
+``RotatingFileHandler`` (path, size and backup count from config).
+``close`` flushes, puts a sentinel, and the thread drains everything
+before it and exits.
 
-The writer takes what has piled up (up to ``BATCH`` entries) and writes it
-as few records as the size limit allows: one rollover check (two ``stat``
-calls), one write, one flush per record instead of per line. Under load
-that is most of the writer's cost, and the writer shares the GIL with the
-event loop. A record never holds more than ``max_bytes``, so rotation
-still keeps every file within it.
+Woken by a batch, the writer first lets more pile up for ``GATHER_S``
+(group commit), then writes all it has as few records as the size limit
+allows: one rollover check (two ``stat`` calls), one write, one flush per
+record instead of per line, about 40 µs each, which would otherwise be
+paid every turn. While it waits, the loop's puts wake nobody. The price: a
+line reaches the file up to ``GATHER_S`` after its broadcast. A record
+never holds more than ``max_bytes``, so rotation still keeps every file
+within it.
 
 Every field is passed through ``escape`` first: a user who types
 ``"hi\\n2026-01-01 lobby system: server owned"`` gets one log line showing a
@@ -37,6 +45,7 @@ import queue
 import re
 import sys
 import threading
+import time
 
 from .protocol import DEFAULT_IGNORABLE, SYSTEM_USER
 
@@ -74,7 +83,8 @@ def format_entry(ts: float, room: str, user: str | None, text: str) -> str:
     return f"{stamp.isoformat(timespec='milliseconds')} {escape(room)} {who}: {text}"
 
 
-BATCH = 256          # entries written as one record at most
+Entry = tuple[float, str, str | None, str]    # ts, room, user (None: system), text
+GATHER_S = 0.05      # the chat log writer waits this long for more entries
 LOG_QUEUE_RECORDS = 10_000   # operational log records waiting for stderr, at most
 CLOSE_WAIT_S = 2.0           # how long close() waits for a stalled stream
 
@@ -203,15 +213,26 @@ class ChatLog:
         self._lost = 0                  # lines lost in this episode of write errors
         self._queued = 0                # entries written to the queue (by the caller) ...
         self._done = 0                  # ... and taken care of (by the writer): for idle()
-        self._queue: queue.SimpleQueue[tuple[float, str, str | None, str] | None] = (
-            queue.SimpleQueue())
+        self._pending: list[Entry] = []     # added, not yet handed to the writer
+        self._queue: queue.SimpleQueue[list[Entry] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="chat-log", daemon=True)
         self._thread.start()
 
+    def add(self, ts: float, room: str, user: str | None, text: str) -> None:
+        """Hold one entry until ``flush``. ``user`` None marks a system notice."""
+        self._pending.append((ts, room, user, text))
+
+    def flush(self) -> None:
+        """Hand the entries added since the last flush to the writer; returns at once."""
+        if self._pending:
+            self._queued += len(self._pending)
+            self._queue.put(self._pending)
+            self._pending = []
+
     def write(self, ts: float, room: str, user: str | None, text: str) -> None:
-        """Queue one entry; returns at once. ``user`` None marks a system notice."""
-        self._queued += 1
-        self._queue.put((ts, room, user, text))
+        """Queue one entry now (``add`` and ``flush``); returns at once."""
+        self.add(ts, room, user, text)
+        self.flush()
 
     def idle(self) -> bool:
         """True when every entry the caller wrote is in the file, or lost: for tests.
@@ -221,7 +242,8 @@ class ChatLog:
         return self._done >= self._queued
 
     def close(self) -> None:
-        """Write everything queued so far, then stop the thread and close the file."""
+        """Write everything added so far, then stop the thread and close the file."""
+        self.flush()
         self._queue.put(None)
         self._thread.join()
         try:
@@ -230,19 +252,22 @@ class ChatLog:
             pass
 
     def _run(self) -> None:
-        while True:
-            entries = [self._queue.get()]           # wait for the first ...
-            while len(entries) < BATCH and not self._queue.empty():
-                entries.append(self._queue.get())   # ... then take what piled up
-            lines = [format_entry(*entry) for entry in entries if entry is not None]
+        closing = False
+        while not closing:
+            batches = [self._queue.get()]           # wait for the first ...
+            if batches[0] is not None:
+                time.sleep(GATHER_S)                # ... let more come (see above) ...
+            while not self._queue.empty():
+                batches.append(self._queue.get())   # ... then take them all
+            closing = batches[-1] is None           # close() puts it last
+            lines = [format_entry(*entry) for batch in batches if batch is not None
+                     for entry in batch]
             for chunk in self._chunks(lines):
                 record = logging.LogRecord("chat_sync.chat", logging.INFO, __file__, 0,
                                            "\n".join(chunk), None, None)
                 self._handler.handle(record)
                 self._check_written(len(chunk))
             self._done += len(lines)
-            if entries[-1] is None:                 # close() puts it last
-                return
 
     def _check_written(self, count: int) -> None:
         """Say once per episode that lines are lost, and when they are not any more."""

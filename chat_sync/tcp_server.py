@@ -55,7 +55,7 @@ from .cluster import ClusterChat, cluster_conn
 from .framing import LineTooLong
 from .guard import Breach, Guard
 from .logs import ChatLog
-from .rooms import ChatCore, Output, Reply
+from .rooms import ChatCore, ConnId, Output, Reply
 from .serving import (Server, ServerHandle, fit_descriptor_limit, run_in_foreground,
                       run_program)
 from .tcp_server_core import (CLOSING_S, LINGER_BYTES, LINGER_S, AcceptGate, Connection,
@@ -191,6 +191,8 @@ class TcpServer:
         self._expire_timers(self._now)
         self._reap()
         self._flush_dirty()
+        if self.chat_log is not None:
+            self.chat_log.flush()           # this turn's entries, to the writer in one go
 
     def _accept(self) -> None:
         for _ in range(ACCEPTS_PER_TURN):
@@ -227,7 +229,7 @@ class TcpServer:
 
     def _open(self, conn: Connection) -> None:
         """The connection can talk (TLS: its handshake is done): welcome it, or refuse it."""
-        conn.phase = Phase.OPEN
+        conn.open()
         conn.guard.opened(self._now)
         if conn.refusal is not None:
             log.warning("[%s] refused: %s", conn.peer, conn.refusal[1])
@@ -302,7 +304,8 @@ class TcpServer:
             return
         if conn.guard.strikes == 1:            # once per episode, not once per line
             log.info("[%s] rate limited: %s", conn.peer, breach.text)
-        self._queue(conn, p.encode(p.error(breach.code, breach.text, id=p.peek_id(line))))
+        self._queue(p.encode(p.error(breach.code, breach.text, id=p.peek_id(line))),
+                    (conn.id,))
 
     def _end_of_input(self, conn: Connection) -> None:
         """The peer shut its sending side: it may still read (a half-close), so what
@@ -321,29 +324,32 @@ class TcpServer:
             if target is not None:
                 self._doom(target, "its user resumed on another connection")
         for output in outputs:
-            if isinstance(output, Reply):
-                target = self.conns.get(output.to)
-                if target is not None:
-                    self._queue(target, p.encode(output.message))
-                continue
             data = p.encode(output.message)     # once, for every member
-            for conn_id in output.to:
-                target = self.conns.get(conn_id)
-                if target is not None:
-                    self._queue(target, data)
+            if isinstance(output, Reply):
+                self._queue(data, (output.to,))
+                continue
+            self._queue(data, output.to)
             if self.chat_log is not None and output.room is not None:
                 message = output.message
-                self.chat_log.write(message["ts"], output.room,
-                                    message["user"] if message["type"] == "message" else None,
-                                    message["text"])
+                self.chat_log.add(message["ts"], output.room,
+                                  message["user"] if message["type"] == "message" else None,
+                                  message["text"])
 
-    def _queue(self, conn: Connection, data: bytes) -> None:
-        if not conn.accepting:
-            return
-        conn.append(data)
-        self._dirty.add(conn)
-        if conn.out_bytes > self._check_from:   # only then can a rule trip
-            self._check_output(conn)
+    def _queue(self, data: bytes, to: tuple[ConnId, ...]) -> None:
+        """Queue ``data`` for each of ``to`` that still accepts output.
+
+        A broadcast runs this loop once per delivery, so a delivery costs only
+        this: an append, a set add, a compare (no call, no property).
+        """
+        size = len(data)
+        for conn_id in to:
+            target = self.conns.get(conn_id)
+            if target is not None and target.accepting:
+                target.out.append(data)
+                target.out_bytes += size
+                self._dirty.add(target)
+                if target.out_bytes > self._check_from:     # only then can a rule trip
+                    self._check_output(target)
 
     def _check_output(self, conn: Connection) -> None:
         """Ask the guard about the unsent output; only called when it is over the
@@ -495,7 +501,7 @@ class TcpServer:
         """Mark ``conn`` to be closed at the end of this step (not mid-broadcast);
         with ``error``, it is sent that error first (``_close_gently``)."""
         if not conn.closed and not conn.doomed:
-            conn.doomed = True      # nothing more is handled for it, nor queued to it
+            conn.doom()             # nothing more is handled for it, nor queued to it
             self._doomed.append((conn, reason, error))
 
     def _reap(self) -> None:

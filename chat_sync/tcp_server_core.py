@@ -77,9 +77,9 @@ class Connection:
     ``__slots__``: with ten thousand connections, no per-object ``__dict__``.
     """
 
-    __slots__ = ("id", "sock", "ip", "peer", "phase", "lines", "out", "out_bytes", "started",
-                 "events", "guard", "refusal", "eof", "doomed", "closed", "drained", "why",
-                 "close_by", "timer_at")
+    __slots__ = ("id", "sock", "ip", "peer", "phase", "accepting", "lines", "out", "out_bytes",
+                 "started", "events", "guard", "refusal", "eof", "doomed", "closed", "drained",
+                 "why", "close_by", "timer_at")
 
     def __init__(self, conn_id: int, sock: socket.socket, ip: str, peer: str,
                  max_line_bytes: int, guard: Guard, phase: Phase) -> None:
@@ -88,6 +88,10 @@ class Connection:
         self.ip = ip                  # the max_clients_per_ip key
         self.peer = peer              # "host:port", for the log
         self.phase = phase
+        # Open and not doomed: its lines are handled and output is queued for it. An
+        # attribute, not a property, because a broadcast reads it once per member; only
+        # open(), start_closing() and doom() change phase or doomed, and they keep it.
+        self.accepting = False
         self.lines = LineBuffer(max_line_bytes)
         self.out: list[bytes] = []    # shared encoded messages (a list: a deque keeps
                                       # up to 16 spare 528-byte blocks for ever)
@@ -104,10 +108,15 @@ class Connection:
         self.close_by: float | None = None   # CLOSING, LINGER: closed at this time regardless
         self.timer_at: float | None = None   # its live entry in the timer heap
 
-    @property
-    def accepting(self) -> bool:
-        """Open and not doomed: its lines are handled and output is queued for it."""
-        return self.phase is Phase.OPEN and not self.doomed
+    def open(self) -> None:
+        """OPEN: the connection can talk (TLS: its handshake is done)."""
+        self.phase = Phase.OPEN
+        self.accepting = not self.doomed
+
+    def doom(self) -> None:
+        """To be closed at the end of this step: nothing more is handled for it."""
+        self.doomed = True
+        self.accepting = False
 
     def deadline(self) -> float | None:
         """When a timer must look at this connection next, or None."""
@@ -122,6 +131,7 @@ class Connection:
         slot for ever.
         """
         self.phase = Phase.CLOSING
+        self.accepting = False
         self.why = reason
         self.close_by = close_by
 

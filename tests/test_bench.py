@@ -12,6 +12,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -102,6 +103,25 @@ def test_curves_are_measured_and_drawn(capsys: pytest.CaptureFixture[str], tmp_p
 def test_the_core_install_does_not_import_matplotlib() -> None:
     code = "import sys, chat_sync.bench; assert 'matplotlib' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], timeout=20).returncode == 0
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(shutil.which("redis-server") is None,
+                    reason="redis-server is not installed (.ci/run installs it)")
+def test_cluster_on_a_bus_loses_nothing_against_one_server(capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    pytest.importorskip("redis")
+    figures = run(capsys, "cluster", "--clients", "6", "--messages", "20", "--rounds", "1",
+                  "--rate", "50", "--seconds", "0.4")
+    # Every member got every message, each sender's in order, seq rising across servers.
+    assert figures["losses"] == 0 and figures["order_errors"] == 0
+    for design in ("alone", "bus1", "bus2"):
+        assert figures[f"{design}_server_cpu_us_per_delivery"]["min"] > 0
+        assert 0 < figures[f"{design}_latency_ms_p50"]["median"] \
+            <= figures[f"{design}_latency_ms_p99"]["median"]
+    for design in ("bus1", "bus2"):
+        assert figures[f"{design}_redis_cpu_us_per_delivery"]["min"] > 0   # it was used
+        assert figures[f"{design}_throughput_to_alone"]["median"] > 0
 
 
 @pytest.mark.timeout(60)

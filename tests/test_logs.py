@@ -244,3 +244,24 @@ def test_both_server_programs_log_through_the_non_blocking_handler(cls: type) ->
                 root.removeHandler(handler)
                 handler.close()
         root.setLevel(level)
+
+
+@pytest.mark.timeout(10)
+def test_added_entries_reach_the_file_at_flush_in_the_order_added(tmp_path: Path) -> None:
+    path = tmp_path / "chat.log"
+    chat_log = ChatLog(str(path), max_bytes=0, backups=0)
+    try:
+        for n in range(3):
+            chat_log.add(1_700_000_000.0 + n, "lobby", "alice", f"turn one {n}")
+        assert chat_log.idle()                  # added only: nothing handed over yet
+        chat_log.flush()
+        chat_log.add(1_700_000_010.0, "lobby", None, "bob joined")
+        chat_log.flush()
+        wait_for(chat_log.idle, what="the writer catching up")
+        chat_log.add(1_700_000_020.0, "lobby", "alice", "left unflushed")
+    finally:
+        chat_log.close()                        # flushes what is left
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "turn one 0", "turn one 1", "turn one 2", "bob joined", "left unflushed"]
+    assert " lobby system: " in lines[3]

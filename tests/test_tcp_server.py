@@ -21,7 +21,10 @@ from typing import Any
 import pytest
 from helpers import LineClient, StreamLines, connect, wait_for
 
+from chat_sync.config import TcpServerConfig
+from chat_sync.guard import Guard
 from chat_sync.tcp_server import serve
+from chat_sync.tcp_server_core import Connection, Phase, guard_limits
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -455,3 +458,24 @@ def test_server_full_says_how_many_in_good_grammar() -> None:
         with LineClient(server.host, server.port) as second:
             [error] = second.recv_until_closed()
         assert error["code"] == "server_full" and error["text"] == "server full: 1 client"
+
+
+@pytest.mark.timeout(10)
+def test_accepting_follows_the_phase_and_the_doom() -> None:
+    """``accepting`` is an attribute, not a property: open, doom and start_closing keep it."""
+    def connection(phase: Phase) -> Connection:
+        guard = Guard(guard_limits(TcpServerConfig()), 0.0)
+        return Connection(1, socket.socket(), "127.0.0.1", "127.0.0.1:1", 1024, guard, phase)
+
+    hello = connection(Phase.HELLO)
+    assert not hello.accepting                  # TLS: not before its handshake is done
+    hello.open()
+    assert hello.accepting and hello.phase is Phase.OPEN
+    hello.doom()
+    assert not hello.accepting
+    closing = connection(Phase.OPEN)
+    closing.open()
+    closing.start_closing("bye", 5.0)
+    assert not closing.accepting and closing.phase is Phase.CLOSING
+    for conn in (hello, closing):
+        conn.sock.close()

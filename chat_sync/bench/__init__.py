@@ -25,6 +25,11 @@ Scenarios:
 - ``connections``: many clients held at once, joined to rooms of
   ``--room-size``; server RSS per client and the time for one message to
   reach a whole room.
+- ``cluster``: the fanout load against two servers on a Redis bus (a
+  ``redis-server`` of its own), one server on it, and one alone, clients
+  split between the two; throughput, CPU per delivery (both servers'),
+  and the latency the bus adds, every delivery checked against the
+  cluster-wide ``seq``.
 - ``udp``: N ``UdpChatClient``s each send M messages through a ``FaultRelay``
   that loses ``--loss`` of the datagrams each way. Every client must
   receive every message exactly once, each sender's in order. Figures:
@@ -51,7 +56,7 @@ and write bounded by a timeout), not one selector: simpler to read, and
 the load they make is small next to the server's own work.
 
 Modules: one per scenario (``fanout``, ``latency``, ``curves``,
-``connections``, ``udp``, ``idle``, ``soak``), ``load`` (the many-clients
+``connections``, ``cluster``, ``udp``, ``idle``, ``soak``), ``load`` (the many-clients
 generator), ``peer`` (one blocking client), ``baselines`` (what chat_sync is
 compared with), ``designs`` (starting and pinning any of them), ``measure``
 (the server as a subprocess, its CPU and RSS, pinning, file limits, medians

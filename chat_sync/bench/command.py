@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from .. import protocol as p
-from . import connections, curves, fanout, idle, latency, soak, udp
+from . import cluster, connections, curves, fanout, idle, latency, soak, udp
 from .baselines import SERVERS, asyncio_chat, raw_relay
 from .load import ServerAbsent
 from .measure import FileLimit
@@ -33,6 +33,8 @@ SCENARIOS = {
                        curves.add_arguments, curves.run, tuple(curves.NOTES)),
     "connections": Scenario("many clients held at once",
                             connections.add_arguments, connections.run),
+    "cluster": Scenario("two servers on a Redis bus against one alone",
+                        cluster.add_arguments, cluster.run),
     "udp": Scenario("UDP clients through a lossy relay, exactly once",
                     udp.add_arguments, udp.run, tuple(udp.NOTES)),
     "idle": Scenario("CPU and wake-ups of idle servers and client",
