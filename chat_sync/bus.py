@@ -49,6 +49,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .config import ConfigError
+from .rooms import ChatCore
+from .cluster import ClusterChat, cluster_conn
 from .cluster import Applied, BusDown, BusEvent, BusUp, Entry, Kind, ResetWanted, Unsent
 
 try:
@@ -72,6 +74,26 @@ MAX_INBOX = 100_000         # entries read, waiting for the loop, at most
 READ_COUNT = 1000           # entries one XREAD returns, at most
 RECONNECT_MAX_S = 2.0       # the longest wait between reconnect attempts
 SNAPSHOT_WAIT_S = 5.0       # how long a reset waits for the loop's snapshot
+
+
+def join_cluster(url: str, core: ChatCore, wake: Callable[[], None]
+                 ) -> tuple[ClusterChat, RedisBus]:
+    """Make ``core`` a replica of the cluster on ``url``; returns it and its bus, started.
+
+    ``wake`` wakes the server's loop when entries arrive. Raises BusError.
+    """
+    server_id = secrets.token_hex(4)
+    bus = RedisBus(url, server_id, core.epoch, wake)
+    core.epoch = bus.epoch                  # one epoch for the cluster: since works anywhere
+    cluster = ClusterChat(core, server_id, bus)
+    if bus.snapshot is not None:
+        try:
+            cluster.restore(bus.snapshot)
+        except ValueError as exc:
+            log.warning("bus: ignoring the stored snapshot: %s", exc)
+    bus.start(cluster.position, {cluster_conn(conn)[0] for conn in core.members})
+    log.info("bus: server %s on %s", server_id, url)
+    return cluster, bus
 
 
 class BusError(ConfigError):

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import secrets
 import selectors
 import socket
 import ssl
@@ -50,17 +49,16 @@ from . import config as cfg
 from . import protocol as p
 from . import tls
 from . import workers
-from .bus import BusError, RedisBus
-from .cluster import ClusterChat, cluster_conn
+from .bus import RedisBus, join_cluster
+from .cluster import ClusterChat
 from .framing import LineTooLong
 from .guard import Breach, Guard
 from .logs import ChatLog
 from .rooms import ChatCore, ConnId, Output, Reply
-from .serving import (Server, ServerHandle, fit_descriptor_limit, run_in_foreground,
-                      run_program)
+from .serving import ServerHandle, fit_descriptor_limit, run_in_foreground, run_program
 from .tcp_server_core import (CLOSING_S, LINGER_BYTES, LINGER_S, AcceptGate, Connection,
-                              Connections, ErrorReply, Phase, TimerHeap, guard_limits,
-                              socket_options)
+                              Connections, ErrorReply, Phase, TimerHeap, check_settings,
+                              guard_limits, socket_options)
 from .wakeup import Wakeup
 
 log = logging.getLogger("chat_sync.tcp_server")
@@ -79,6 +77,7 @@ class TcpServer:
 
     def __init__(self, config: cfg.TcpServerConfig = cfg.TcpServerConfig()) -> None:
         self.config = config
+        check_settings(config)
         limits = p.Limits(max_line_bytes=config.max_line_bytes,
                           max_text_chars=config.max_text_chars)
         self.core: ChatCore | ClusterChat = ChatCore(limits, config.history_size,
@@ -86,16 +85,11 @@ class TcpServer:
         self._wakeup = Wakeup()
         self.bus: RedisBus | None = None
         if config.bus_url:
-            self.core, self.bus = self._join_cluster(config.bus_url, self.core)
+            self.core, self.bus = join_cluster(config.bus_url, self.core, self._wakeup.wake)
         self.limits = guard_limits(config)
         # Below both output limits no rule can trip: the guard is not even asked.
         self._check_from = min(config.send_buffer_soft_bytes, config.max_send_buffer_bytes)
         fit_descriptor_limit(config.max_clients)
-        if config.tls_key is not None and config.tls_cert is None:
-            raise cfg.ConfigError("tls_key is set but tls_cert is not: TLS needs a certificate")
-        if config.workers > 1 and not config.bus_url:
-            raise cfg.ConfigError(f"workers is {config.workers} but bus_url is not set: "
-                                  "separate processes are one chat only through a bus")
         # The files first: if one cannot be opened, no socket is left bound.
         self.tls = tls.server_context(config.tls_cert, config.tls_key) if config.tls_cert else None
         self.chat_log = (ChatLog(config.log_file, config.log_max_bytes, config.log_backups)
@@ -127,21 +121,6 @@ class TcpServer:
         self._socket_options = socket_options(config)
         self._stop = threading.Event()
         self.stopped = threading.Event()
-
-    def _join_cluster(self, url: str, core: ChatCore) -> tuple[ClusterChat, RedisBus]:
-        """Become one server of a cluster: a replica fed by the bus. Raises BusError."""
-        server_id = secrets.token_hex(4)
-        bus = RedisBus(url, server_id, core.epoch, self._wakeup.wake)
-        core.epoch = bus.epoch                  # one epoch for the cluster: since works anywhere
-        cluster = ClusterChat(core, server_id, bus)
-        if bus.snapshot is not None:
-            try:
-                cluster.restore(bus.snapshot)
-            except ValueError as exc:
-                log.warning("bus: ignoring the stored snapshot: %s", exc)
-        bus.start(cluster.position, {cluster_conn(conn)[0] for conn in core.members})
-        log.info("bus: server %s on %s", server_id, url)
-        return cluster, bus
 
     def _bus_events(self) -> None:
         """Apply what the bus brought: the loop's share of the cluster's work."""
@@ -419,15 +398,11 @@ class TcpServer:
     def _hello(self, conn: Connection) -> None:
         """The first byte tells a TLS client from a plain one; only then wrap the socket."""
         assert self.tls is not None
-        try:
-            first = conn.sock.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
+        first = tls.peek_hello(conn.sock)
+        if first is None:
             return
-        except OSError as exc:
-            self._doom(conn, f"receive failed: {exc}")
-            return
-        if not first:
-            self._doom(conn, "closed by peer")
+        if isinstance(first, str):
+            self._doom(conn, first)
             return
         if not tls.looks_like_tls(first):
             log.info("[%s] refused: plain text on a TLS port", conn.peer)
@@ -637,22 +612,7 @@ def serve(config: cfg.TcpServerConfig = cfg.TcpServerConfig(), **overrides: Any
 def main(argv: list[str] | None = None) -> int:
     return run_program(cfg.TcpServerConfig, TcpServer, argv, prog="chat-sync tcp-server",
                        description="Run the chat_sync TCP chat server.",
-                       serve=lambda server: _serve(server, argv))
-
-
-def _serve(server: Server, argv: list[str] | None) -> int:
-    """Serve in the foreground; with ``workers`` > 1, with that many processes in all."""
-    assert isinstance(server, TcpServer)
-    if server.config.workers == 1 or workers.is_worker():
-        return run_in_foreground(server)
-    try:
-        others = workers.start(server.config.workers - 1, server.address[1],
-                               sys.argv[1:] if argv is None else argv)
-    except RuntimeError as exc:
-        print(f"chat-sync: {exc}", file=sys.stderr)
-        return 1
-    status = run_in_foreground(server)
-    return workers.stop(others) or status
+                       serve=lambda server: workers.serve(server, argv, run_in_foreground))
 
 
 if __name__ == "__main__":

@@ -244,6 +244,15 @@ def socket_options(config: cfg.TcpServerConfig) -> list[tuple[int, int, int]]:
     return options
 
 
+def check_settings(config: cfg.TcpServerConfig) -> None:
+    """Refuse settings that load but cannot work together. Raises ConfigError."""
+    if config.tls_key is not None and config.tls_cert is None:
+        raise cfg.ConfigError("tls_key is set but tls_cert is not: TLS needs a certificate")
+    if config.workers > 1 and not config.bus_url:
+        raise cfg.ConfigError(f"workers is {config.workers} but bus_url is not set: "
+                              "separate processes are one chat only through a bus")
+
+
 def guard_limits(config: cfg.TcpServerConfig) -> GuardLimits:
     """The per-connection rules of ``guard``, from the server's settings."""
     return GuardLimits(

@@ -78,6 +78,21 @@ def looks_like_tls(first: bytes) -> bool:
     return bool(first) and first[0] == HANDSHAKE_RECORD
 
 
+def peek_hello(sock: socket.socket) -> bytes | str | None:
+    """Peek at a new connection's first byte, without taking it.
+
+    Returns the byte; None if nothing has come yet; or, as a ``str``, why
+    the connection is over (closed, or the receive failed).
+    """
+    try:
+        first = sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        return f"receive failed: {exc}"
+    return first if first else "closed by peer"
+
+
 class Step(enum.Enum):
     """What one handshake step needs next."""
 

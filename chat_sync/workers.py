@@ -17,6 +17,8 @@ import selectors
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 CHILD_ENV = "CHAT_SYNC_WORKER"        # set in a worker started by the first process
 STOP_TIMEOUT_S = 10.0
@@ -74,3 +76,20 @@ def stop(workers: list[subprocess.Popen[bytes]]) -> int:
             code = worker.wait()
         status = status or (1 if code else 0)
     return status
+
+
+def serve(server: Any, argv: list[str] | None, foreground: Callable[[Any], int]) -> int:
+    """Run ``server`` with ``foreground``; with ``workers`` > 1, that many processes in all.
+
+    ``server`` is a bound ``TcpServer``; ``argv`` its program's command line.
+    """
+    if server.config.workers == 1 or is_worker():
+        return foreground(server)
+    try:
+        others = start(server.config.workers - 1, server.address[1],
+                       sys.argv[1:] if argv is None else argv)
+    except RuntimeError as exc:
+        print(f"chat-sync: {exc}", file=sys.stderr)
+        return 1
+    status = foreground(server)
+    return stop(others) or status
