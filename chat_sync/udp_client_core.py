@@ -558,6 +558,8 @@ class UdpClientCore:
         request = self._awaiting.pop(rid, None) if is_count(rid) else None
         if kind == p.MessageType.WELCOME:
             return self._welcome(message, now)
+        if kind == p.MessageType.PING:
+            return []                       # the server asks if we are there: acked, not shown
         if request is not None and rid in self._keepalive_ids:
             self._keepalive_ids.discard(rid)
             if kind == p.MessageType.PONG:

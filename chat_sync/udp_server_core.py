@@ -63,12 +63,13 @@ from . import protocol as p
 from .guard import TokenBucket
 from .retransmit import DedupWindow, RetransmitStats
 from .rooms import ChatCore, Output, Reply
+from .tcp_server_core import clients
 from .udp_sessions import AMPLIFICATION_FACTOR as AMPLIFICATION_FACTOR
 from .udp_sessions import MAX_DEFERRED as MAX_DEFERRED
 from .udp_sessions import MAX_UNACKED as MAX_UNACKED
 from .udp_sessions import Address as Address
 from .udp_sessions import Key as Key
-from .udp_sessions import (Peer, Tombstone, check_fits, copy_window,
+from .udp_sessions import (Peer, Probe, Tombstone, check_fits, copy_window,
                            datagram_id, fit, new_session_id, session_id)
 
 MAX_ROUNDS = 3                   # extra rounds of retries for a datagram to a live peer
@@ -76,6 +77,7 @@ TELL_EVERY_S = 1.0               # say rate_limited (and log a defence) at most 
 DEFAULT_RATE_LIMIT_PER_S = 50.0
 DEFAULT_RATE_BURST = 100
 DEFAULT_UNVERIFIED_TIMEOUT_S = 5.0
+PROBE_TIMEOUT_S = 2.0            # how long a name's holder has to answer a probe
 
 # Every reason ``dropped`` counts, present from the start (zero), so another
 # thread may read the counts while the loop thread adds to them.
@@ -84,7 +86,8 @@ DROP_REASONS = tuple(code.value for code in (
     p.ErrorCode.DATAGRAM_TOO_LARGE, p.ErrorCode.SERVER_FULL, p.ErrorCode.RATE_LIMITED)) + (
     "bad_ack", "unknown_ack", "duplicate_ack", "deferred_full", "id_out_of_window",
     "bad_sid",
-    "not_acking", "unverified_timeout", "unverified_evicted")   # the last three: peers
+    "not_acking", "unverified_timeout", "unverified_evicted",
+    "probe_unanswered")                                          # the last four: peers
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,7 @@ class UdpChat:
                  rate_limit_per_s: float = DEFAULT_RATE_LIMIT_PER_S,
                  rate_burst: int = DEFAULT_RATE_BURST, anti_amplification: bool = True,
                  unverified_timeout_s: float = DEFAULT_UNVERIFIED_TIMEOUT_S,
+                 probe_timeout_s: float = PROBE_TIMEOUT_S,
                  stats: RetransmitStats | None = None) -> None:
         self.core = core
         if max_datagram_bytes < p.MIN_DATAGRAM_BYTES:
@@ -142,6 +146,7 @@ class UdpChat:
         self.rate_burst = rate_burst
         self.anti_amplification = anti_amplification   # False: every address is trusted
         self.unverified_timeout_s = unverified_timeout_s
+        self.probe_timeout_s = probe_timeout_s
         self.stats = stats if stats is not None else RetransmitStats()
         self.peers: collections.OrderedDict[Address, Peer] = collections.OrderedDict()
         self.sessions: dict[str, Peer] = {}   # the same peers by session id (ChatCore's key)
@@ -158,6 +163,8 @@ class UdpChat:
         self.rounds = 0                       # datagrams sent again after a give-up
         self._doomed: set[Peer] = set()       # stopped acking: dropped when the step ends
         self._touched: set[Peer] = set()      # unverified, with something new to release
+        self.probes: dict[str, Probe] = {}    # holder's session id -> the probe it must answer
+        self._settled: list[Probe] = []       # answered or given up: settled when the step ends
 
     # -- datagrams in ------------------------------------------------------------
     def receive(self, addr: Address, data: bytes, now: float, wall: float) -> list[Action]:
@@ -213,6 +220,10 @@ class UdpChat:
             if now - quietest.last_heard < self.client_timeout_s:
                 break
             actions += self._drop(quietest, wall, tombstone=False)
+        for probe in self.probes.values():
+            if probe.alive is None and now >= probe.deadline:
+                probe.alive = False
+                self._settled.append(probe)
         while self.tombstones:
             tombstone = next(iter(self.tombstones.values()))
             if now - tombstone.last_heard < self.client_timeout_s:
@@ -221,13 +232,14 @@ class UdpChat:
         return self._finish(actions, wall)
 
     def next_expiry(self) -> float | None:
-        """When ``expire`` next has work; None with no peers."""
+        """When ``expire`` next has work; None with no peers and no probe out."""
         deadlines = []
         if self.peers:
             deadlines.append(next(iter(self.peers.values())).last_heard + self.client_timeout_s)
         if self.unverified:
             deadlines.append(next(iter(self.unverified.values())).first_heard
                              + self.unverified_timeout_s)
+        deadlines += [probe.deadline for probe in self.probes.values() if probe.alive is None]
         return min(deadlines) if deadlines else None
 
     def shutdown(self, wall: float) -> list[Action]:
@@ -269,6 +281,7 @@ class UdpChat:
             # A late copy of a request the session applied before its leave:
             # acked (never longer than the request), with no new session for it.
             return [Send(addr, p.encode_datagram({"type": p.MessageType.ACK.value, "id": rid}))]
+        opened = peer is None                     # this datagram opens the session
         if peer is None:
             if len(self.peers) >= self.max_clients:
                 if not self.unverified:
@@ -280,17 +293,24 @@ class UdpChat:
             actions += self._perform(self.core.connect(peer.sid))     # the welcome
         elif not self._take_token(peer, now):
             return self._over_limit(peer, now)
-        if peer.verified and session_id(obj) not in (peer.sid, peer.forgot):
+        sids = (peer.sid, peer.forgot or peer.sid)    # ours, or the one it had before us
+        if peer.verified and not opened and session_id(obj) not in sids:
             return self._without_session(peer, rid)
         self._heard(peer, now)
+        if peer.verified:
+            self._sign_of_life(peer)
         if not peer.dedup.in_window(rid):
             return actions + self._out_of_window(peer, rid)
         if not peer.verified:
             return actions + self._unverified_request(peer, rid, obj, now, wall)
-        actions.insert(0, self._send_ack(peer, rid))
+        if peer.probe is not None:
+            return actions + self._wait(peer, rid, obj)
         if peer.dedup.seen(rid):
-            return actions            # acked again, applied once
-        return actions + self._request(peer, obj, wall)
+            return [self._send_ack(peer, rid)] + actions   # acked again, applied once
+        applied = self._apply(peer, rid, obj, wall, now)
+        if peer.probe is not None:
+            return actions + applied              # it waits, unacked
+        return applied[:1] + actions + applied[1:]    # the ack first, then any welcome
 
     def _connect(self, addr: Address, size: int, now: float, rid: int) -> Peer:
         bucket = (TokenBucket(self.rate_limit_per_s, self.rate_burst, now)
@@ -391,7 +411,7 @@ class UdpChat:
         """Refuse a new address, once, unreliably, and never with more bytes than 3x its own."""
         self.dropped[p.ErrorCode.SERVER_FULL.value] += 1
         payload = p.encode_datagram(p.error(p.ErrorCode.SERVER_FULL,
-                                            f"server full: {self.max_clients} clients", id=rid))
+                                            f"server full: {clients(self.max_clients)}", id=rid))
         if self.anti_amplification and len(payload) > AMPLIFICATION_FACTOR * len(data):
             return []
         return [Send(addr, payload)]
@@ -438,15 +458,17 @@ class UdpChat:
             peer.sent.pop(n, None)
             peer.rounds.pop(n, None)
             peer.highest_acked = max(peer.highest_acked, n)
+            self._sign_of_life(peer)
             actions: list[Action] = [Acked((peer.addr, n))]
             if not peer.verified:
-                actions += self._verify(peer, wall)
+                actions += self._verify(peer, now, wall)
             return actions
         if not self._take_token(peer, now):
             return self._over_limit(peer, now)
         if sent:
             self.dropped["duplicate_ack"] += 1    # its first ack came; a sign of life
             self._heard(peer, now)
+            self._sign_of_life(peer)
             peer.highest_acked = max(peer.highest_acked, n)
             return []
         self.dropped["unknown_ack"] += 1          # never sent: proves nothing, changes nothing
@@ -455,7 +477,7 @@ class UdpChat:
         return self._report(peer, "unknown_ack", now, logging.INFO,
                             f"ignored an ack for n={n}: never sent to it ({which})")
 
-    def _verify(self, peer: Peer, wall: float) -> list[Action]:
+    def _verify(self, peer: Peer, now: float, wall: float) -> list[Action]:
         """``peer`` acked a datagram it was sent: release what waited, apply its requests."""
         peer.verified = True
         peer.inherited = None                     # its own window is the one now
@@ -467,8 +489,95 @@ class UdpChat:
         for rid, obj in deferred:
             if peer.addr not in self.peers:
                 break
-            actions.append(self._send_ack(peer, rid))
-            actions += self._request(peer, obj, wall)
+            actions += self._apply(peer, rid, obj, wall, now)
+        return actions
+
+    # -- a name's holder is probed (see udp_sessions: "A name held by a silent session")
+    def _apply(self, peer: Peer, rid: int, obj: dict[str, Any], wall: float,
+               now: float | None) -> list[Action]:
+        """Ack and apply a new request of a verified peer, in id order.
+
+        With ``now``, a first join asking for a name another session holds
+        waits, unacked, with all after it, until that session answers a probe.
+        """
+        holder = self._holder(peer, obj) if now is not None else None
+        if peer.probe is None and holder is None:
+            return [self._send_ack(peer, rid)] + self._request(peer, obj, wall)
+        peer.deferred.append((rid, obj))          # unacked: the client sends it again
+        if peer.probe is not None or holder is None or now is None:
+            return []
+        return self._probe(holder, peer, now)
+
+    def _holder(self, peer: Peer, obj: dict[str, Any]) -> Peer | None:
+        """The other session holding the name a first join of ``peer`` asks for."""
+        user = obj.get("user")
+        if (obj.get("type") != p.MessageType.JOIN or not isinstance(user, str)
+                or self.core.is_joined(peer.sid) or self.core.user_named(user) is None):
+            return None
+        key = p.name_key(user)
+        for other in self.sessions.values():
+            name = self.core.members[other.sid].user
+            if other is not peer and name is not None and p.name_key(name) == key:
+                return other
+        return None
+
+    def _probe(self, holder: Peer, peer: Peer, now: float) -> list[Action]:
+        """Ask ``holder`` whether it is there (``ping``, reliable); ``peer`` waits on it."""
+        probe = self.probes.get(holder.sid)
+        actions: list[Action] = []
+        if probe is None:
+            actions = self._stamp(holder, p.encode_datagram({"type": p.MessageType.PING.value}))
+            probe = Probe(holder, holder.next_n - 1 if actions else 0,
+                          now + self.probe_timeout_s)
+            self.probes[holder.sid] = probe
+            actions.append(Report(holder.addr, logging.INFO,
+                                  f"probed: {peer.addr[0]}:{peer.addr[1]} asks for its name"))
+        probe.waiting.append(peer)
+        peer.probe = probe
+        return actions
+
+    def _wait(self, peer: Peer, rid: int, obj: dict[str, Any]) -> list[Action]:
+        """A request while ``peer`` waits on a probe: it waits too, unacked, in id order."""
+        if any(deferred_id == rid for deferred_id, _ in peer.deferred):
+            return []                             # a retransmission of one that waits
+        if peer.dedup.has(rid):
+            return [self._send_ack(peer, rid)]    # applied before the probe began
+        if len(peer.deferred) >= MAX_DEFERRED:
+            self.dropped["deferred_full"] += 1
+            return []
+        peer.dedup.seen(rid)
+        peer.deferred.append((rid, obj))
+        return []
+
+    def _sign_of_life(self, peer: Peer) -> None:
+        """``peer`` spoke with its session id: a probe it owes is answered."""
+        probe = self.probes.get(peer.sid)
+        if probe is not None and probe.alive is None:
+            probe.alive = True
+            self._settled.append(probe)
+
+    def _settle(self, probe: Probe, wall: float) -> list[Action]:
+        """The holder answered (the waiting joins get ``name_taken``), or did not: it
+        is dropped, its room hears it leave, and the joins apply."""
+        holder = probe.holder
+        if self.probes.get(holder.sid) is probe:
+            del self.probes[holder.sid]
+        actions: list[Action] = []
+        if not probe.alive and self.sessions.get(holder.sid) is holder:
+            self.dropped["probe_unanswered"] += 1
+            actions.append(Report(holder.addr, logging.INFO,
+                                  f"dropped: no answer to a probe within "
+                                  f"{self.probe_timeout_s:g} s; its name goes to another"))
+            actions += self._drop(holder, wall, tombstone=True)
+        for peer in probe.waiting:
+            if peer.probe is not probe or self.sessions.get(peer.sid) is not peer:
+                continue
+            peer.probe = None
+            deferred, peer.deferred = peer.deferred, []
+            for rid, obj in deferred:              # probed once: no second probe
+                if peer.addr not in self.peers:
+                    break
+                actions += self._apply(peer, rid, obj, wall, None)
         return actions
 
     def _send_ack(self, peer: Peer, rid: int) -> Send:
@@ -513,6 +622,10 @@ class UdpChat:
         self.sessions.pop(peer.sid, None)
         self.unverified.pop(peer.addr, None)
         self._touched.discard(peer)
+        probe = self.probes.get(peer.sid)
+        if probe is not None and probe.alive is None:
+            probe.alive = False                   # gone: the name is free
+            self._settled.append(probe)
         kept = peer.dedup if peer.verified else (
             peer.inherited.dedup if peer.inherited is not None else None)
         if tombstone and kept is not None:
@@ -545,12 +658,16 @@ class UdpChat:
 
     def _finish(self, actions: list[Action], wall: float) -> list[Action]:
         """End a step: drop the peers that stopped acking (their rooms hear that they
-        left), then send unverified peers what their budgets now allow."""
-        while self._doomed:
-            peer = self._doomed.pop()
-            if peer.addr in self.peers:
-                self.dropped["not_acking"] += 1
-                actions += self._drop(peer, wall, tombstone=True)
+        left), settle the probes answered or given up, then send unverified peers
+        what their budgets now allow."""
+        while self._doomed or self._settled:
+            while self._doomed:
+                peer = self._doomed.pop()
+                if peer.addr in self.peers:
+                    self.dropped["not_acking"] += 1
+                    actions += self._drop(peer, wall, tombstone=True)
+            while self._settled:
+                actions += self._settle(self._settled.pop(0), wall)
         while self._touched:
             actions += self._release(self._touched.pop())
         return actions

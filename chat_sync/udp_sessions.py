@@ -139,6 +139,17 @@ class Tombstone:
 
 
 @dataclass(eq=False)
+class Probe:
+    """A ``ping`` to the session holding a name that another session's join asks for."""
+
+    holder: Peer
+    n: int                       # the ping's stream number (0: none could be sent)
+    deadline: float              # monotonic: silent until then, the holder is gone
+    waiting: list[Peer] = field(default_factory=list)   # whose requests wait on the answer
+    alive: bool | None = None    # None until answered (True) or given up (False)
+
+
+@dataclass(eq=False)
 class Peer:
     addr: Address
     sid: str                     # the session id: unguessable, in every datagram both ways
@@ -154,7 +165,8 @@ class Peer:
     rounds: collections.Counter[int] = field(default_factory=collections.Counter)
     inherited: Tombstone | None = None   # until verified: the old session's, untouched
     forgot: str | None = None    # the session id its first datagram carried, if unknown
-    # Until verified (see "Anti-amplification"):
+    probe: Probe | None = None   # its requests wait, in ``deferred``, on this probe's answer
+    # Until verified (see "Anti-amplification"), and while a probe decides its join:
     bytes_in: int = 0
     bytes_out: int = 0
     held: collections.deque[Send] = field(default_factory=collections.deque)

@@ -882,6 +882,70 @@ def test_subprocess_client_chats_and_exits_0_on_eof(servers: Servers,
                 stream.close()
 
 
+# == Issue 8 item 6: a restarted client is back in its room; a live name stays taken ======
+
+@pytest.mark.timeout(10)
+def test_core_acks_a_probe_from_the_server_and_shows_nothing() -> None:
+    core = session_core()
+    probe = b'{"type":"ping","sid":"%s","n":3}' % SID.encode()
+    assert core.receive(probe, 1.0) == [SendAck(3, b'{"type":"ack","n":3,"sid":"%s"}'
+                                                % SID.encode())]
+    assert core.receive(probe, 1.5) == [SendAck(3, b'{"type":"ack","n":3,"sid":"%s"}'
+                                                % SID.encode())]    # a retransmission
+    assert core.state is ClientState.JOINED and core.counters()["delivered"] == 2
+
+
+def client_process(port: int, user: str) -> tuple[subprocess.Popen[str], StreamLines]:
+    """``chat-sync udp-client`` as its own process, on its own socket."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chat_sync.udp_client", "--plain", "--user", user,
+         "--port", str(port), "--base-delay", "0.03", "--min-rto", "0.03"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, encoding="utf-8", env=env, cwd=REPO)
+    assert proc.stdout is not None
+    return proc, StreamLines(proc.stdout)
+
+
+def end_process(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_client_restarted_is_back_in_its_room_and_a_live_name_stays_taken(
+        servers: Servers, clients: Clients) -> None:
+    server = servers.start()                      # client_timeout_s: 60 s, as by default
+    bob = clients.connect(address(server), "bob")
+    first, out = client_process(server.port, "alice")
+    try:
+        out.wait_for_line(lambda line: line == "[lobby] * alice joined\n")
+        until(bob, system("join", "alice"))
+    finally:
+        end_process(first)                        # SIGKILL: no leave, the session lingers
+    again, out = client_process(server.port, "alice")   # a new socket: a new address
+    try:
+        out.wait_for_line(lambda line: line == "[lobby] * alice joined\n", timeout=WAIT)
+        events = until(bob, system("join", "alice"))
+        presence = [(e.message["event"], e.message["user"]) for e in events
+                    if isinstance(e, Received) and e.message.get("type") == "system"]
+        assert presence == [("leave", "alice"), ("join", "alice")]  # one leave, one join
+        assert server.server.chat.dropped["probe_unanswered"] == 1
+        # Alice's second process is alive: it acks the probe, and keeps its name.
+        with pytest.raises(JoinError) as refused:
+            clients.connect(address(server), "alice")
+        assert refused.value.code == "name_taken"
+        assert server.server.chat.dropped["probe_unanswered"] == 1
+        bob.say("still there?")
+        out.wait_for_line(lambda line: line == "[lobby] bob: still there?\n")
+        assert "ping" not in "".join(out.seen)    # the probe was acked, never shown
+    finally:
+        end_process(again)
+
+
 # == Issue 8 items 4 and 7, issue 11 item 4: the client core trusts only its session ====
 
 SID = "5e55105e55105e55"
@@ -917,8 +981,8 @@ def test_core_server_full_refuses_the_first_join() -> None:
     core = UdpClientCore("alice", "lobby")
     core.start(0.0)
     actions = core.receive(b'{"type":"error","code":"server_full","text":"server full: '
-                           b'1 clients","id":1}', 0.1)
-    assert actions == [udp_client.JoinRefused("server_full", "server full: 1 clients")]
+                           b'1 client","id":1}', 0.1)
+    assert actions == [udp_client.JoinRefused("server_full", "server full: 1 client")]
     assert core.state is ClientState.FAILED
 
 
