@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from helpers import StreamLines, wait_for
 
 from chat_sync import protocol as p
 from chat_sync import udp_client
-from chat_sync.config import UdpClientConfig
+from chat_sync.config import UdpClientConfig, UdpServerConfig
 from chat_sync.faultrelay import (
     Action,
     Direction,
@@ -54,7 +55,7 @@ from chat_sync.udp_client import (
     UdpChatClient,
     UdpClientCore,
 )
-from chat_sync.udp_server import serve
+from chat_sync.udp_server import UdpServer, serve
 
 REPO = Path(__file__).resolve().parent.parent
 UP, DOWN = Direction.UPSTREAM, Direction.DOWNSTREAM
@@ -880,6 +881,58 @@ def test_subprocess_client_chats_and_exits_0_on_eof(servers: Servers,
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def udp_server_process(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "chat_sync.udp_server", *args],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_server_program_serves_and_exits_0_on_a_signal(signum: signal.Signals) -> None:
+    proc = udp_server_process("--port", "0")
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = StreamLines(proc.stdout), StreamLines(proc.stderr)
+        line = out.readline()
+        assert line is not None and line.startswith("listening on 127.0.0.1:"), line
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(WAIT)
+            sock.sendto(b'{"type":"join","room":"lobby","user":"a","id":1}',
+                        ("127.0.0.1", int(line.rsplit(":", 1)[1])))
+            assert p.decode(sock.recv(65_535))["type"] == "welcome"
+        proc.send_signal(signum)      # the wake-up fd makes it land even just before select()
+        assert proc.wait(WAIT) == 0
+        assert "Traceback" not in err.rest()
+    finally:
+        end_process(proc)
+
+
+@pytest.mark.timeout(30)
+def test_the_server_program_on_a_port_in_use_exits_1_saying_so() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        proc = udp_server_process("--port", str(port))
+        try:
+            assert proc.wait(WAIT) == 1
+            assert proc.stderr is not None
+            err = proc.stderr.read()
+            assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+        finally:
+            end_process(proc)
+
+
+def test_the_server_offers_its_wake_up_pair_for_signals() -> None:
+    server = UdpServer(UdpServerConfig(port=0))
+    try:
+        assert server.wakeup_fileno() == server._wakeup.writer.fileno()
+    finally:
+        server.stop()
+        server.serve_forever()        # stops at once, closing the socket and the pair
 
 
 # == Issue 8 item 6: a restarted client is back in its room; a live name stays taken ======
