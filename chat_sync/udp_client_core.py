@@ -71,6 +71,13 @@ nothing there). The rules that make this exact:
   is kept aside (the *stash*) until then; a live broadcast whose ``seq`` is
   not above the welcome's is a late copy of the old session's, not acked.
 
+A ``ping`` from the server (``n``, no ``id``) asks whether we are still
+there, because a join asks for our name (``udp_sessions``: "A name held by
+a silent session"): it is acked like any datagram and not shown. So
+``name_taken`` is final, for the first join and for a rejoin alike: the
+server says it only once the name's holder has answered such a probe, so
+someone live has the name, and asking again would get the same answer.
+
 Told the server is shutting down, or with a keepalive unanswered, the core
 rejoins by itself, with the TCP client's back-off between tries, and holds
 what the user says until it is back in. Trade-off: after a restart a

@@ -48,6 +48,9 @@ Rules (the README's UDP section is the spec):
   hears that it left.
   A ``leave`` ends a UDP session: with no connection to close, it is how a
   client says goodbye.
+- A first join for a name another session holds waits until that session
+  answers a ``ping`` (``Probe``) or stays silent ``probe_timeout_s``: then
+  it is dropped and the join applies (``udp_sessions``).
 
 Sessions, session ids and the defences against forged addresses and floods
 are ``udp_sessions``'s: its module comment is the essay.

@@ -92,6 +92,26 @@ So:
   before it is acked from it, with no new session (it would be applied
   after the leave). Silence leaves none: it lasted ``client_timeout_s``.
 
+A name held by a silent session
+-------------------------------
+A client restarted with a new socket has no session id and a new address,
+while its old session lives on, holding its name, until
+``client_timeout_s``. Refusing its join ``name_taken`` for a minute is
+wrong; giving it the name at once would let anyone take a live user's. So
+a first join for a name another session holds waits, unacked, in
+``Peer.deferred`` (everything after it too: requests apply in id order),
+and the holder is *probed*: a ``ping`` with ``n`` (a ``Probe``), reliable,
+on the normal retransmit schedule. Any datagram of the holder with its
+session id answers it (its ack of the ping, most likely): the join is
+applied, and ``ChatCore`` refuses it ``name_taken``. Silence for
+``probe_timeout_s`` (2 s: four tries at the default ``base_delay``) means
+the holder is gone: it is dropped, its room hears it leave, and the join
+applies. A join that waited is never probed again. Only a verified session
+can make a probe (its join waits for verification first), and a holder
+has one probe out at a time, however many joins wait on it. Trade-off: a
+live client that misses every try (p = 0.36^4, about 1 in 60, at 20% loss
+each way) loses its name to the joiner.
+
 Trade-off: the very first welcome can be raced by an off-path forger who
 guesses the moment a client starts (the client takes the first welcome it
 gets); a stateless cookie exchange before any state (DTLS
