@@ -919,7 +919,7 @@ def test_a_holder_that_leaves_during_the_probe_frees_the_name_at_once() -> None:
     probed(net)
     actions = net.send(ALICE, type="leave")
     assert of_type("ack", to(RESTARTED, actions)) == [{"type": "ack", "id": 1}]
-    assert net.chat.core.user_named("alice") == "alice" and not net.chat.probes
+    assert net.chat.core.user_named("alice") == "alice" and not net.chat.probes.out
 
 
 @pytest.mark.timeout(10)
