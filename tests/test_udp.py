@@ -852,15 +852,9 @@ def test_subprocess_client_chats_and_exits_0_on_eof(servers: Servers,
                                                     clients: Clients) -> None:
     server = servers.start()
     bob = clients.connect(address(server), "bob")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chat_sync.udp_client", "--plain", "--user", "x",
-         "--port", str(server.port), "--base-delay", "0.03", "--min-rto", "0.03"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, encoding="utf-8", env=env, cwd=REPO)
+    proc, out = client_process(server.port, "x")
     try:
-        assert proc.stdin is not None and proc.stdout is not None
-        out = StreamLines(proc.stdout)
+        assert proc.stdin is not None
         out.wait_for_line(lambda line: line == "[lobby] * x joined\n")
         proc.stdin.write("hello from x\n")
         proc.stdin.flush()
@@ -876,11 +870,7 @@ def test_subprocess_client_chats_and_exits_0_on_eof(servers: Servers,
         assert "\x1b" not in out.rest()
         wait_for(lambda: len(server.server.chat.peers) == 1, what="x's session ended")
     finally:
-        proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        end_process(proc)
 
 
 def udp_server_process(*args: str) -> subprocess.Popen[str]:
