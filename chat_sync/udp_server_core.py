@@ -327,8 +327,8 @@ class UdpChat:
         self.peers.pop(old, None)
         peer.addr = addr
         self.peers[addr] = peer
-        actions: list[Action] = [Report(addr, logging.INFO, f"session moved from "
-                                                            f"{old[0]}:{old[1]}")]
+        actions: list[Action] = [Report(addr, logging.INFO,
+                                        f"session moved from {old[0]}:{old[1]}")]
         unsent = peer.first_unsent()
         for n in sorted(peer.unacked):
             if n < unsent and n in peer.sent:
@@ -336,11 +336,8 @@ class UdpChat:
         return actions
 
     def _without_session(self, peer: Peer, rid: int) -> list[Action]:
-        """A request from a verified peer's address without its session id.
-
-        An id it already used is acked again (an ack tells nothing and changes
-        nothing); anything else may be forged and is dropped, counted.
-        """
+        """A request from a verified peer's address without its session id: an id it
+        used is acked again (that tells and changes nothing); others may be forged."""
         if peer.dedup.has(rid):
             return [self._send_ack(peer, rid)]
         self.dropped["bad_sid"] += 1
