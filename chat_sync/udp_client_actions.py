@@ -27,6 +27,14 @@ def text_start(text: str) -> str:
     return text[:TEXT_START_CHARS] + "…"
 
 
+def undelivered(rid: int, request: dict[str, Any], was: str, why: str) -> str:
+    """``message 5 was not delivered: 'its start…' (why)``."""
+    text = f"{request.get('type')} {rid} {was} delivered"
+    if isinstance(request.get("text"), str):
+        text += f": {text_start(request['text'])!r}"
+    return f"{text} ({why})"
+
+
 class ClientState(enum.Enum):
     JOINING = "joining"        # the first join is out, no answer yet
     JOINED = "joined"          # in a room

@@ -40,36 +40,14 @@ The rules of the wire (the README's UDP section is the spec):
 - A ``ping`` goes out after ``keepalive_s`` with nothing sent, so the server
   does not time us out. Its ``pong`` is not shown.
 
-Session ids (``udp_sessions`` on the server says why). The welcome gives
-``sid``; every datagram we send carries it from then on, and a datagram
-from the server without it is dropped unacked (counted ``forged``): forged,
-or a new session's sent before its welcome, which the server sends again.
-So is an ``n`` more than ``STREAM_WINDOW`` ahead of the one expected.
+Session ids, and what happens when the server forgets us and opens a new
+session, are ``udp_client_stream``'s: its module comment gives the rules.
 
-A new session. The server forgets us after a restart, a timeout or a
-give-up; our next datagram opens a new session whose welcome names the id
-we had (``forgot``). That welcome, and nothing else, starts a fresh
-``ReorderBuffer`` and makes the core join its room again with ``since``
-(without it after a restart: another ``epoch``, and the old ``seq`` means
-nothing there). The rules that make this exact:
-
-- ``since`` is the last ``seq`` delivered in order. What the old stream
-  holds after a hole is not delivered when the new one starts: a room
-  broadcast comes back with the history, and the hole's with it. (Whispers
-  and replies in it are delivered; if the history no longer covers the
-  absence the server says ``history_gap``.)
-- The request in flight when the server forgot us is sent again with its
-  id; the server keeps the old session's ``DedupWindow`` (tombstones), so
-  if it was applied it is acked and not applied again, and ``not_joined``
-  means it never was. Requests refused with ``not_joined`` are sent again,
-  in order, once we are back in, before anything queued.
-- Any answer to one of our joins completes the rejoin; the rejoin queued
-  behind it is then dropped unsent.
-- A server without session ids (a student's) is still followed by the
-  older rules: a welcome of another ``epoch``, or a reply to a request
-  whose reply we await, behind our stream, starts the new one; a welcome
-  is kept aside (the *stash*) until then; a live broadcast whose ``seq`` is
-  not above the welcome's is a late copy of the old session's, not acked.
+A ``ping`` from the server (``n``, no ``id``) asks whether we are still
+there, as a join asks for our name (``udp_probes``): acked, not shown. So
+``name_taken`` is final, for the first join and for a rejoin alike: the
+server says it only once the name's holder has answered such a probe, so
+someone live has the name, and asking again would get the same answer.
 
 Told the server is shutting down, or with a keepalive unanswered, the core
 rejoins by itself, with the TCP client's back-off between tries, and holds
@@ -88,11 +66,12 @@ from . import commands as cmd
 from . import protocol as p
 from .retransmit import Gap, ReorderBuffer, RetransmitStats
 from .tcp_client_core import Backoff
-from .udp_client_stream import ServerStream
+from .udp_client_stream import RoomSeqs, ServerStream, opens_session, refuses_entry
 from .udp_client_actions import TEXT_START_CHARS as TEXT_START_CHARS
 from .udp_client_actions import text_start as text_start
 from .udp_client_actions import (Acked, Action, ClientState, Deliver, Failed, Joined,
-                                 JoinRefused, Note, SendAck, Transmit, is_count, is_int)
+                                 JoinRefused, Note, SendAck, Transmit, is_count, is_int,
+                                 undelivered)
 from .terminal import escape
 
 MAX_ROUNDS = 3             # extra rounds of retries for a request while the server answers
@@ -105,6 +84,8 @@ REJOIN_BACKOFF = Backoff(base_delay_s=1.0, max_delay_s=30.0, tries=0)   # betwee
 _BIG_ID = 2**53 - 1        # stands in for an id when checking a request's size
 _KEEPALIVE = "_keepalive"  # marks a queued ping as ours; never sent
 _REJOIN = "_rejoin"        # marks a queued join as a rejoin; never sent
+
+
 class UdpClientCore:
     """The UDP client's state machine: datagrams and time in, actions out. Not thread-safe."""
 
@@ -120,7 +101,7 @@ class UdpClientCore:
         self.max_datagram_bytes = max_datagram_bytes
         self.stats = stats if stats is not None else RetransmitStats()
         self.state = ClientState.JOINING
-        self.last_seq: dict[str, int] = {}  # name_key(room) -> highest seq seen there
+        self.seqs = RoomSeqs()              # the highest seq seen in each room: since
         self.epoch: object = None           # the server run those seqs belong to
         self.leave_id: int | None = None
         self.heard_from_server = False
@@ -166,26 +147,16 @@ class UdpClientCore:
     def counters(self) -> dict[str, int]:
         """Receive-side counters, summed over every session's stream."""
         return {"delivered": self.delivered, **self.stream.counters(),
-                "queued": len(self._queue),
-                "acks_sent": self.acks_sent,
-                "bad_datagrams": self.bad_datagrams,
-                "sessions": self.sessions,
-                "keepalives": self.keepalives,
-                "rounds": self.rounds,
-                "stale": self.stale,
+                "queued": len(self._queue), "acks_sent": self.acks_sent,
+                "bad_datagrams": self.bad_datagrams, "sessions": self.sessions,
+                "keepalives": self.keepalives, "rounds": self.rounds, "stale": self.stale,
                 "forged": self.forged}
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` next has work: a gap times out, or a keepalive is due."""
-        deadlines = []
-        gap = self.stream.reorder.next_deadline()
-        if gap is not None:
-            deadlines.append(gap)
-        keepalive = self._keepalive_deadline()
-        if keepalive is not None:
-            deadlines.append(keepalive)
-        deadlines += [t for t in (self._trying_at, self._probe_at) if t is not None]
-        return min(deadlines) if deadlines else None
+        deadlines = (self.stream.reorder.next_deadline(), self._keepalive_deadline(),
+                     self._trying_at, self._probe_at)
+        return min((t for t in deadlines if t is not None), default=None)
 
     # -- requests out ----------------------------------------------------------------------
     def start(self, now: float) -> list[Action]:
@@ -208,8 +179,7 @@ class UdpClientCore:
         if self.state is not ClientState.JOINED or self._joining():
             return [Note("cannot join now: not in a room yet")]
         self._join_queued = True
-        return self._submit(cmd.join_request(room, self.user,
-                                             self.last_seq.get(p.name_key(room))), now)
+        return self._submit(cmd.join_request(room, self.user, self.seqs.since(room)), now)
 
     def leave(self, now: float) -> list[Action]:
         """End the session: the server forgets us when it gets this.
@@ -222,7 +192,7 @@ class UdpClientCore:
         actions: list[Action] = []
         for rid, request in self._unacked.items():
             if rid not in self._keepalive_ids:
-                actions.append(Note(self._undelivered(rid, request, "may not have been",
+                actions.append(Note(undelivered(rid, request, "may not have been",
                                                       "no ack before leaving")))
         if self._queue:
             plural = "s" if len(self._queue) != 1 else ""
@@ -248,10 +218,11 @@ class UdpClientCore:
         except p.ProtocolError as exc:
             self.bad_datagrams += 1
             return [Note(f"ignored a bad datagram from the server: {exc}")]
-        if self._refused_entry(obj):
+        if refuses_entry(obj, self.state is ClientState.JOINING, self._pending_join):
             self.state = ClientState.FAILED
             return [JoinRefused(str(obj.get("code")), str(obj.get("text")))]
-        if self.sid is not None and obj.get("sid") != self.sid and not self._opens(obj):
+        if (self.sid is not None and obj.get("sid") != self.sid
+                and not opens_session(obj, self.sid, self.state is ClientState.JOINING)):
             self.forged += 1                # forged, or a new session's before its welcome:
             return []                       # not acked, so a real one is sent again
         self.heard_from_server = True
@@ -284,23 +255,6 @@ class UdpClientCore:
         actions: list[Action] = [self._ack(n, now)]
         actions += self._stream(n, obj, now)
         return actions + self._pump(now)    # a rejoin queued while handling it goes now
-
-    def _opens(self, obj: dict[str, Any]) -> bool:
-        """Whether a datagram with another session id opens our new session.
-
-        Only a welcome that names the session id we had (``forgot``): proof
-        that the server saw our datagram, which no blind sender can give. While
-        the first join is out, any welcome (we may not have had the first one).
-        """
-        if obj.get("type") != p.MessageType.WELCOME or not isinstance(obj.get("sid"), str):
-            return False
-        return obj.get("forgot") == self.sid or self.state is ClientState.JOINING
-
-    def _refused_entry(self, obj: dict[str, Any]) -> bool:
-        """``server_full`` (it has no ``n``: no session was made) for our first join."""
-        return (self.state is ClientState.JOINING and obj.get("type") == p.MessageType.ERROR
-                and obj.get("code") == p.ErrorCode.SERVER_FULL
-                and self._pending_join is not None and obj.get("id") == self._pending_join[0])
 
     def given_up(self, rid: int, now: float) -> list[Action]:
         """The retransmit timer gave up on request ``rid``: the server never acked it.
@@ -342,17 +296,9 @@ class UdpClientCore:
             self.state = ClientState.REJOINING          # it may be back, under a new run
             return [Note(f"the server is not answering (ping {rid} was not acked); "
                          f"rejoining {self.room}")] + self._queue_join(self.room, now)
-        actions: list[Action] = [Note(self._undelivered(rid, request, "was not",
+        actions: list[Action] = [Note(undelivered(rid, request, "was not",
                                                         "the server did not ack it"))]
         return actions + self._pump(now)
-
-    @staticmethod
-    def _undelivered(rid: int, request: dict[str, Any], was: str, why: str) -> str:
-        """``message 5 was not delivered: 'its start…' (why)``."""
-        text = f"{request.get('type')} {rid} {was} delivered"
-        if isinstance(request.get("text"), str):
-            text += f": {text_start(request['text'])!r}"
-        return f"{text} ({why})"
 
     def _probe_later(self, now: float) -> float:
         """Try rejoining after a back-off (the TCP client's); returns the delay."""
@@ -422,7 +368,7 @@ class UdpClientCore:
         keepalive = bool(request.pop(_KEEPALIVE, False))
         if request.pop(_REJOIN, False):     # since as it is now, not when it was queued
             request = cmd.join_request(self.room, self.user,
-                                       self.last_seq.get(p.name_key(self.room)))
+                                       self.seqs.since(self.room))
         rid = self._next_id
         if is_join:
             self._join_queued = False
@@ -454,7 +400,7 @@ class UdpClientCore:
     def _queue_join(self, room: str, now: float, *, pump: bool = True) -> list[Action]:
         """Join ``room`` before anything else waiting (a first join, or a rejoin)."""
         self._join_queued = True
-        request = cmd.join_request(room, self.user, self.last_seq.get(p.name_key(room)))
+        request = cmd.join_request(room, self.user, self.seqs.since(room))
         return self._submit(request, now, front=True, pump=pump,
                             rejoin=self.state is ClientState.REJOINING)
 
@@ -486,19 +432,12 @@ class UdpClientCore:
     def _stream(self, n: int, message: dict[str, Any], now: float) -> list[Action]:
         expected = self.stream.reorder.expected
         if expected is not None and n < expected:
-            if self._starts_new_session(message):
+            if self.stream.starts_new_session(message, self.epoch, self._awaiting):
                 return self._new_session(n, message, now)
             self.stream.keep_aside(n, message, self.epoch)
             self.stream.reorder.push(n, message, now)     # counted as a duplicate
             return []
         return self._release(self.stream.reorder.push(n, message, now), now)
-
-    def _starts_new_session(self, message: dict[str, Any]) -> bool:
-        """Whether a datagram behind our stream opens a new one; see the module comment."""
-        if message.get("type") == p.MessageType.WELCOME:
-            return self.epoch is not None and message.get("epoch") != self.epoch
-        rid = message.get("id")
-        return is_count(rid) and rid in self._awaiting
 
     def _new_session(self, n: int, message: dict[str, Any], now: float) -> list[Action]:
         """The server has forgotten us and numbers a new stream; see the module comment."""
@@ -511,16 +450,9 @@ class UdpClientCore:
 
     def _retire(self, items: list[dict[str, Any] | Gap], restarted: bool,
                 now: float) -> list[Action]:
-        """What the old stream still holds: everything after a hole that never filled.
-
-        From the same run, its room broadcasts are dropped, not delivered: the
-        rejoin asks for everything after the last ``seq`` delivered in order,
-        and the history brings them back with whatever the hole held (or the
-        server says ``history_gap``). Delivering them would move ``since``
-        past the hole and lose it. Whispers and replies are delivered. After a
-        restart there is no history to ask: everything is delivered, and the
-        holes are reported as lost.
-        """
+        """What the old stream still holds, after a hole that never filled: from the
+        same run, room broadcasts are dropped (``udp_client_stream``: "since"); after
+        a restart, everything is delivered and the holes are reported lost."""
         if restarted:
             return self._release(items, now)
         actions: list[Action] = []
@@ -558,6 +490,8 @@ class UdpClientCore:
         request = self._awaiting.pop(rid, None) if is_count(rid) else None
         if kind == p.MessageType.WELCOME:
             return self._welcome(message, now)
+        if kind == p.MessageType.PING:
+            return []                       # the server asks if we are there: acked, not shown
         if request is not None and rid in self._keepalive_ids:
             self._keepalive_ids.discard(rid)
             if kind == p.MessageType.PONG:
@@ -568,7 +502,7 @@ class UdpClientCore:
                 and request is not None
                 and self.state in (ClientState.JOINED, ClientState.REJOINING)):
             return self._forgotten(request, now)
-        if not self._is_new(message):
+        if not self.seqs.is_new(message):
             return []
         self.delivered += 1
         if (kind == p.MessageType.SYSTEM and message.get("event") == p.SystemEvent.SHUTDOWN
@@ -598,7 +532,7 @@ class UdpClientCore:
         if self.state not in (ClientState.JOINED, ClientState.REJOINING):
             return actions                  # the first session: our join is already out
         if restarted:
-            self.last_seq.clear()
+            self.seqs.clear()
             actions.append(Note("the server has restarted; its history starts afresh"))
         self.state = ClientState.REJOINING
         actions.append(Note(f"the server had forgotten us; rejoining {self.room}"))
@@ -650,7 +584,7 @@ class UdpClientCore:
         rejoined = self.state is ClientState.REJOINING
         self.state = ClientState.JOINED
         self._probes, self._probe_at = 0, None
-        self._is_new(message)               # record its seq
+        self.seqs.is_new(message)           # record its seq
         self.delivered += 1
         actions: list[Action] = [Joined(self.room), Deliver(message)]
         if rejoined:
@@ -661,15 +595,3 @@ class UdpClientCore:
                 actions.append(Note(f"sending {len(resend)} request{plural} again"))
             self._queue.extendleft(reversed(resend))    # first, in their old order
         return actions + self._pump(now)
-
-    def _is_new(self, message: dict[str, Any]) -> bool:
-        """False for a room broadcast already seen; records the seq of a new one."""
-        room, seq = message.get("room"), message.get("seq")
-        if not isinstance(room, str) or not isinstance(seq, int) or isinstance(seq, bool):
-            return True                     # not a room broadcast: replies, whispers...
-        key = p.name_key(room)
-        last = self.last_seq.get(key)
-        if last is not None and seq <= last:
-            return False
-        self.last_seq[key] = seq
-        return True

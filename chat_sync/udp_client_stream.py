@@ -2,9 +2,42 @@
 
 ``udp_client_core.UdpClientCore`` pushes each datagram's ``n`` here. The
 current session's ``ReorderBuffer`` delivers it once, in order; when a new
-session starts (``udp_client_core``: "A new session"), ``retire`` empties
-the old buffer and ``renew`` starts a fresh one, and the counters of every
-buffer retired so far are kept, so that ``counters`` sums all sessions.
+session starts, ``retire`` empties the old buffer and ``renew`` starts a
+fresh one, and the counters of every buffer retired so far are kept, so
+that ``counters`` sums all sessions. ``opens_session`` and
+``refuses_entry`` say which datagrams without our session id still count;
+``RoomSeqs`` keeps the ``seq`` a rejoin asks ``since``.
+
+Session ids (``udp_sessions`` on the server says why). The welcome gives
+``sid``; every datagram we send carries it from then on, and a datagram
+from the server without it is dropped unacked (counted ``forged``): forged,
+or a new session's sent before its welcome, which the server sends again.
+So is an ``n`` more than ``STREAM_WINDOW`` ahead of the one expected.
+
+A new session. The server forgets us after a restart, a timeout or a
+give-up; our next datagram opens a new session whose welcome names the id
+we had (``forgot``). That welcome, and nothing else, starts a fresh
+``ReorderBuffer`` and makes the core join its room again with ``since``
+(without it after a restart: another ``epoch``, and the old ``seq`` means
+nothing there). The rules that make this exact:
+
+- ``since`` is the last ``seq`` delivered in order. What the old stream
+  holds after a hole is not delivered when the new one starts: a room
+  broadcast comes back with the history, and the hole's with it. (Whispers
+  and replies in it are delivered; if the history no longer covers the
+  absence the server says ``history_gap``.)
+- The request in flight when the server forgot us is sent again with its
+  id; the server keeps the old session's ``DedupWindow`` (tombstones), so
+  if it was applied it is acked and not applied again, and ``not_joined``
+  means it never was. Requests refused with ``not_joined`` are sent again,
+  in order, once we are back in, before anything queued.
+- Any answer to one of our joins completes the rejoin; the rejoin queued
+  behind it is then dropped unsent.
+- A server without session ids (a student's) is still followed by the
+  older rules: a welcome of another ``epoch``, or a reply to a request
+  whose reply we await, behind our stream, starts the new one; a welcome
+  is kept aside (the *stash*) until then; a live broadcast whose ``seq`` is
+  not above the welcome's is a late copy of the old session's, not acked.
 
 For a server without session ids the core also needs the older clues,
 kept here: the *stash* of low-numbered datagrams behind our stream that may
@@ -14,11 +47,12 @@ open a new session, and the ``seq`` of the welcome that opened this one
 from __future__ import annotations
 
 import collections
+from collections.abc import Container
 from typing import Any
 
 from . import protocol as p
 from .retransmit import Gap, ReorderBuffer, RetransmitStats
-from .udp_client_actions import is_int
+from .udp_client_actions import is_count, is_int
 
 STASH_MAX_N = 64           # low stream numbers kept aside in case a new session starts
 
@@ -91,6 +125,15 @@ class ServerStream:
         if self.stash and n <= STASH_MAX_N:
             self.stash[n] = message
 
+    @staticmethod
+    def starts_new_session(message: Item, epoch: object, awaiting: Container[object]) -> bool:
+        """Whether a datagram behind our stream opens a new one (a server without
+        session ids): a welcome of another ``epoch``, or a reply we await."""
+        if message.get("type") == p.MessageType.WELCOME:
+            return epoch is not None and message.get("epoch") != epoch
+        rid = message.get("id")
+        return is_count(rid) and rid in awaiting
+
     def from_older_session(self, message: Item) -> bool:
         """A live room broadcast stamped before this stream's welcome: an older session's.
 
@@ -106,3 +149,49 @@ class ServerStream:
 
     def _new_reorder(self) -> ReorderBuffer[Item]:
         return ReorderBuffer(gap_timeout=self.gap_timeout_s, stats=self.stats)
+
+
+def opens_session(obj: Item, sid: str, joining: bool) -> bool:
+    """Whether a datagram with another session id than ``sid`` opens our new session.
+
+    Only a welcome that names the session id we had (``forgot``): proof
+    that the server saw our datagram, which no blind sender can give. While
+    the first join is out (``joining``), any welcome (we may not have had the
+    first one).
+    """
+    if obj.get("type") != p.MessageType.WELCOME or not isinstance(obj.get("sid"), str):
+        return False
+    return obj.get("forgot") == sid or joining
+
+
+def refuses_entry(obj: Item, joining: bool, pending_join: tuple[int, str] | None) -> bool:
+    """``server_full`` (it has no ``n``: no session was made) for our first join."""
+    return (joining and obj.get("type") == p.MessageType.ERROR
+            and obj.get("code") == p.ErrorCode.SERVER_FULL
+            and pending_join is not None and obj.get("id") == pending_join[0])
+
+
+class RoomSeqs:
+    """The highest ``seq`` seen in each room: what a rejoin asks ``since``."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}       # name_key(room) -> highest seq seen there
+
+    def since(self, room: str) -> int | None:
+        return self.last.get(p.name_key(room))
+
+    def clear(self) -> None:
+        """Forget them all: after a server restart, an old ``seq`` means nothing."""
+        self.last.clear()
+
+    def is_new(self, message: Item) -> bool:
+        """False for a room broadcast already seen; records the seq of a new one."""
+        room, seq = message.get("room"), message.get("seq")
+        if not isinstance(room, str) or not is_int(seq):
+            return True                     # not a room broadcast: replies, whispers...
+        key = p.name_key(room)
+        last = self.last.get(key)
+        if last is not None and seq <= last:
+            return False
+        self.last[key] = seq
+        return True

@@ -41,7 +41,7 @@ from .udp_server_core import (MAX_UNACKED, Acked, Action, Cancel, Key, Log, Repo
 from .logs import ChatLog
 from .retransmit import RetransmitError, RetransmitQueue, TimerThread
 from .rooms import ChatCore
-from .serving import ServerHandle, configure, run_in_foreground
+from .serving import ServerHandle, run_program
 from .wakeup import Wakeup
 
 log = logging.getLogger("chat_sync.udp_server")
@@ -104,6 +104,10 @@ class UdpServer:
         """Ask the loop to shut down; safe from any thread or signal handler."""
         self._stop.set()
         self._wakeup.wake()
+
+    def wakeup_fileno(self) -> int:
+        """The wake-up pair's writing end, for ``signal.set_wakeup_fd`` (see serving)."""
+        return self._wakeup.writer.fileno()
 
     def serve_forever(self) -> None:
         log.info("listening on %s:%d (udp)", *self.address)
@@ -215,18 +219,8 @@ def serve(config: cfg.UdpServerConfig = cfg.UdpServerConfig(), **overrides: Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = configure(cfg.UdpServerConfig, argv, prog="chat-sync udp-server",
+    return run_program(cfg.UdpServerConfig, UdpServer, argv, prog="chat-sync udp-server",
                        description="Run the chat_sync UDP chat server.")
-    if config is None:
-        return 2
-    try:
-        server = UdpServer(config)
-    except OSError as exc:
-        print(f"chat-sync: cannot bind {config.host}:{config.port}: {exc.strerror}",
-              file=sys.stderr)
-        return 1
-    return run_in_foreground(server)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,14 +6,8 @@ UDP has no connections, so ``UdpChat`` keeps one ``Peer`` (a session) per
 client, found by its source address ``(host, port)`` or by its session id,
 and hands the chat itself to the same ``ChatCore`` the TCP server uses, with
 the session id as the connection id. Its methods take a datagram (or the
-time) and return actions for the shell:
-
-- ``Send(addr, payload, key)``: send ``payload`` to ``addr``. With a ``key``
-  it is reliable: register it with the retransmit timer first.
-- ``Acked(key)``: the peer acked ``key``; stop retransmitting it.
-- ``Cancel(key)``: the peer was dropped; stop retransmitting ``key`` too.
-- ``Log(room, user, text, ts)``: a room broadcast for the chat log.
-- ``Report(addr, level, text)``: a defence acted on ``addr``; for the log.
+time) and return actions for the shell (``udp_server_actions``): ``Send``,
+``Acked``, ``Cancel``, ``Log``, ``Report``.
 
 The timer decides *when* to retransmit, ``resend`` decides *whether*: the
 shell passes every retransmission through it, because an unverified address
@@ -48,6 +42,9 @@ Rules (the README's UDP section is the spec):
   hears that it left.
   A ``leave`` ends a UDP session: with no connection to close, it is how a
   client says goodbye.
+- A first join for a name another session holds waits until that session
+  answers a ``ping`` (``Probe``) or stays silent ``probe_timeout_s``: then
+  it is dropped and the join applies (``udp_sessions``).
 
 Sessions, session ids and the defences against forged addresses and floods
 are ``udp_sessions``'s: its module comment is the essay.
@@ -56,70 +53,31 @@ from __future__ import annotations
 
 import collections
 import logging
-from dataclasses import dataclass
-from typing import Any, Union, cast
+from typing import Any, cast
 
 from . import protocol as p
 from .guard import TokenBucket
 from .retransmit import DedupWindow, RetransmitStats
 from .rooms import ChatCore, Output, Reply
+# The actions, re-exported ("as"): the shell and the tests import them from here.
+from .udp_server_actions import DROP_REASONS as DROP_REASONS
+from .udp_server_actions import (Acked as Acked, Action as Action, Cancel as Cancel,
+                                 Log as Log, Report as Report, Send as Send)
 from .udp_sessions import AMPLIFICATION_FACTOR as AMPLIFICATION_FACTOR
 from .udp_sessions import MAX_DEFERRED as MAX_DEFERRED
 from .udp_sessions import MAX_UNACKED as MAX_UNACKED
-from .udp_sessions import Address as Address
-from .udp_sessions import Key as Key
+from .udp_server_actions import Address as Address
+from .udp_server_actions import Key as Key
+from .udp_probes import PROBE_TIMEOUT_S, Probe, Probes, holder_of
 from .udp_sessions import (Peer, Tombstone, check_fits, copy_window,
-                           datagram_id, fit, new_session_id, session_id)
+                           datagram_id, defer, fit, new_session_id, server_full,
+                           session_id)
 
 MAX_ROUNDS = 3                   # extra rounds of retries for a datagram to a live peer
-TELL_EVERY_S = 1.0               # say rate_limited (and log a defence) at most this often
+from .udp_sessions import TELL_EVERY_S as TELL_EVERY_S
 DEFAULT_RATE_LIMIT_PER_S = 50.0
 DEFAULT_RATE_BURST = 100
 DEFAULT_UNVERIFIED_TIMEOUT_S = 5.0
-
-# Every reason ``dropped`` counts, present from the start (zero), so another
-# thread may read the counts while the loop thread adds to them.
-DROP_REASONS = tuple(code.value for code in (
-    p.ErrorCode.BAD_UTF8, p.ErrorCode.BAD_JSON, p.ErrorCode.BAD_MESSAGE,
-    p.ErrorCode.DATAGRAM_TOO_LARGE, p.ErrorCode.SERVER_FULL, p.ErrorCode.RATE_LIMITED)) + (
-    "bad_ack", "unknown_ack", "duplicate_ack", "deferred_full", "id_out_of_window",
-    "bad_sid",
-    "not_acking", "unverified_timeout", "unverified_evicted")   # the last three: peers
-
-
-@dataclass(frozen=True)
-class Send:
-    addr: Address
-    payload: bytes
-    key: Key | None = None       # reliable when set
-
-
-@dataclass(frozen=True)
-class Acked:
-    key: Key
-
-
-@dataclass(frozen=True)
-class Log:
-    room: str
-    user: str | None             # None: a system notice
-    text: str
-    ts: float
-
-
-@dataclass(frozen=True)
-class Cancel:
-    key: Key
-
-
-@dataclass(frozen=True)
-class Report:
-    addr: Address
-    level: int                   # a ``logging`` level
-    text: str
-
-
-Action = Union[Send, Acked, Cancel, Log, Report]
 
 
 class UdpChat:
@@ -130,6 +88,7 @@ class UdpChat:
                  rate_limit_per_s: float = DEFAULT_RATE_LIMIT_PER_S,
                  rate_burst: int = DEFAULT_RATE_BURST, anti_amplification: bool = True,
                  unverified_timeout_s: float = DEFAULT_UNVERIFIED_TIMEOUT_S,
+                 probe_timeout_s: float = PROBE_TIMEOUT_S,
                  stats: RetransmitStats | None = None) -> None:
         self.core = core
         if max_datagram_bytes < p.MIN_DATAGRAM_BYTES:
@@ -158,6 +117,7 @@ class UdpChat:
         self.rounds = 0                       # datagrams sent again after a give-up
         self._doomed: set[Peer] = set()       # stopped acking: dropped when the step ends
         self._touched: set[Peer] = set()      # unverified, with something new to release
+        self.probes = Probes(probe_timeout_s)  # holders asked whether they are still there
 
     # -- datagrams in ------------------------------------------------------------
     def receive(self, addr: Address, data: bytes, now: float, wall: float) -> list[Action]:
@@ -174,9 +134,9 @@ class UdpChat:
         peer = self.peers.get(key[0])
         if peer is None or key[1] not in peer.unacked:
             return []
-        send = Send(peer.addr, payload)
-        if self._fits(peer, send):
-            return self._spend(peer, send)
+        if peer.fits(len(payload)):
+            peer.spend(len(payload), self.amplification)
+            return [Send(peer.addr, payload)]
         self.amplification["skipped"] += 1
         return []
 
@@ -213,6 +173,7 @@ class UdpChat:
             if now - quietest.last_heard < self.client_timeout_s:
                 break
             actions += self._drop(quietest, wall, tombstone=False)
+        self.probes.expire(now)
         while self.tombstones:
             tombstone = next(iter(self.tombstones.values()))
             if now - tombstone.last_heard < self.client_timeout_s:
@@ -221,14 +182,15 @@ class UdpChat:
         return self._finish(actions, wall)
 
     def next_expiry(self) -> float | None:
-        """When ``expire`` next has work; None with no peers."""
+        """When ``expire`` next has work; None with no peers and no probe out."""
         deadlines = []
         if self.peers:
             deadlines.append(next(iter(self.peers.values())).last_heard + self.client_timeout_s)
         if self.unverified:
             deadlines.append(next(iter(self.unverified.values())).first_heard
                              + self.unverified_timeout_s)
-        return min(deadlines) if deadlines else None
+        probe = self.probes.next_deadline()
+        return min(deadlines + ([] if probe is None else [probe]), default=None)
 
     def shutdown(self, wall: float) -> list[Action]:
         """Tell every peer the server is stopping (reliably; within budget if unverified)."""
@@ -259,7 +221,7 @@ class UdpChat:
             if peer is None:
                 self.dropped[exc.code.value] += 1
                 return []
-            if not self._take_token(peer, now):
+            if not peer.take_token(now):
                 return self._over_limit(peer, now)
             self._heard(peer, now)
             return self._reply(peer, exc.to_message())
@@ -269,28 +231,36 @@ class UdpChat:
             # A late copy of a request the session applied before its leave:
             # acked (never longer than the request), with no new session for it.
             return [Send(addr, p.encode_datagram({"type": p.MessageType.ACK.value, "id": rid}))]
+        opened = peer is None                     # this datagram opens the session
         if peer is None:
             if len(self.peers) >= self.max_clients:
                 if not self.unverified:
-                    return self._server_full(addr, data, rid)
+                    self.dropped[p.ErrorCode.SERVER_FULL.value] += 1
+                    return list(server_full(addr, data, rid, self.max_clients,
+                                            self.anti_amplification))
                 oldest = next(iter(self.unverified.values()))
                 actions += self._forget_unverified(oldest, "unverified_evicted", wall)
             peer = self._connect(addr, len(data), now, rid)
             peer.forgot = session_id(obj)
             actions += self._perform(self.core.connect(peer.sid))     # the welcome
-        elif not self._take_token(peer, now):
+        elif not peer.take_token(now):
             return self._over_limit(peer, now)
-        if peer.verified and session_id(obj) not in (peer.sid, peer.forgot):
+        sids = (peer.sid, peer.forgot or peer.sid)    # ours, or the one it had before us
+        if peer.verified and not opened and session_id(obj) not in sids:
             return self._without_session(peer, rid)
         self._heard(peer, now)
+        if peer.verified:
+            self.probes.settle(peer, alive=True)  # a probe it owes is answered
         if not peer.dedup.in_window(rid):
             return actions + self._out_of_window(peer, rid)
-        if not peer.verified:
-            return actions + self._unverified_request(peer, rid, obj, now, wall)
-        actions.insert(0, self._send_ack(peer, rid))
+        if not peer.verified or peer.probe is not None:
+            return actions + self._defer(peer, rid, obj, now)
         if peer.dedup.seen(rid):
-            return actions            # acked again, applied once
-        return actions + self._request(peer, obj, wall)
+            return [self._send_ack(peer, rid)] + actions   # acked again, applied once
+        applied = self._apply(peer, rid, obj, wall, now)
+        if peer.probe is not None:
+            return actions + applied              # it waits, unacked
+        return applied[:1] + actions + applied[1:]    # the ack first, then any welcome
 
     def _connect(self, addr: Address, size: int, now: float, rid: int) -> Peer:
         bucket = (TokenBucket(self.rate_limit_per_s, self.rate_burst, now)
@@ -322,9 +292,6 @@ class UdpChat:
     def _heard(self, peer: Peer, now: float) -> None:
         peer.last_heard = now
         self.peers.move_to_end(peer.addr)      # keeps the dict ordered by silence
-
-    def _take_token(self, peer: Peer, now: float) -> bool:
-        return peer.bucket is None or peer.bucket.take(now)
 
     def _over_limit(self, peer: Peer, now: float) -> list[Action]:
         """A datagram the bucket refused: dropped; a verified peer is told, now and then."""
@@ -360,8 +327,8 @@ class UdpChat:
         self.peers.pop(old, None)
         peer.addr = addr
         self.peers[addr] = peer
-        actions: list[Action] = [Report(addr, logging.INFO, f"session moved from "
-                                                            f"{old[0]}:{old[1]}")]
+        actions: list[Action] = [Report(addr, logging.INFO,
+                                        f"session moved from {old[0]}:{old[1]}")]
         unsent = peer.first_unsent()
         for n in sorted(peer.unacked):
             if n < unsent and n in peer.sent:
@@ -369,11 +336,8 @@ class UdpChat:
         return actions
 
     def _without_session(self, peer: Peer, rid: int) -> list[Action]:
-        """A request from a verified peer's address without its session id.
-
-        An id it already used is acked again (an ack tells nothing and changes
-        nothing); anything else may be forged and is dropped, counted.
-        """
+        """A request from a verified peer's address without its session id: an id it
+        used is acked again (that tells and changes nothing); others may be forged."""
         if peer.dedup.has(rid):
             return [self._send_ack(peer, rid)]
         self.dropped["bad_sid"] += 1
@@ -387,39 +351,22 @@ class UdpChat:
             f"{peer.dedup.floor}, the highest id with none missing below it", field="id",
             id=rid))
 
-    def _server_full(self, addr: Address, data: bytes, rid: int) -> list[Action]:
-        """Refuse a new address, once, unreliably, and never with more bytes than 3x its own."""
-        self.dropped[p.ErrorCode.SERVER_FULL.value] += 1
-        payload = p.encode_datagram(p.error(p.ErrorCode.SERVER_FULL,
-                                            f"server full: {self.max_clients} clients", id=rid))
-        if self.anti_amplification and len(payload) > AMPLIFICATION_FACTOR * len(data):
-            return []
-        return [Send(addr, payload)]
-
-    def _unverified_request(self, peer: Peer, rid: int, obj: dict[str, Any], now: float,
-                            wall: float) -> list[Action]:
-        """A request from an address not verified yet: see "Anti-amplification"."""
-        waiting = any(deferred_id == rid for deferred_id, _ in peer.deferred)
-        if not waiting and len(peer.deferred) >= MAX_DEFERRED:
+    def _defer(self, peer: Peer, rid: int, obj: dict[str, Any], now: float) -> list[Action]:
+        """A request that must wait, unacked: until its address is verified (see
+        "Anti-amplification"), or until a probe decides its join (``udp_probes``).
+        Every one waits, ping and leave too, so that all apply in id order."""
+        outcome = defer(peer, rid, obj)
+        if outcome == "ack":
+            return [self._send_ack(peer, rid)]    # the old session's: acked, not applied
+        if outcome == "again" and not peer.verified:
+            return list(peer.rewelcome(self.amplification))   # the welcome may be lost
+        if outcome == "full":
             self.dropped["deferred_full"] += 1    # not marked seen: it may come again
             return self._report(peer, "deferred_full", now, logging.INFO,
-                                f"{MAX_DEFERRED} requests already wait for verification; "
+                                f"{MAX_DEFERRED} requests already wait for "
+                                f"{'a probe' if peer.verified else 'verification'}; "
                                 f"dropped one")
-        if peer.dedup.seen(rid):
-            if waiting:                           # a retransmission: the welcome again
-                return self._rewelcome(peer)
-            return [self._send_ack(peer, rid)]    # the old session's: acked, not applied
-        # Every request waits, ping and leave too, so that all apply in id order
-        # once verified: a leave applied first would end the session under them.
-        peer.deferred.append((rid, obj))          # unacked: the client will send it again
         return []
-
-    def _rewelcome(self, peer: Peer) -> list[Action]:
-        """Answer a retransmitted request with the welcome again, if it was lost."""
-        if not peer.welcome or 1 not in peer.unacked:
-            return []                             # not sent yet (held), or acked
-        send = Send(peer.addr, peer.welcome)
-        return self._spend(peer, send) if self._fits(peer, send) else []
 
     def _ack(self, peer: Peer | None, obj: dict[str, Any], now: float,
              wall: float) -> list[Action]:
@@ -438,15 +385,17 @@ class UdpChat:
             peer.sent.pop(n, None)
             peer.rounds.pop(n, None)
             peer.highest_acked = max(peer.highest_acked, n)
+            self.probes.settle(peer, alive=True)
             actions: list[Action] = [Acked((peer.addr, n))]
             if not peer.verified:
-                actions += self._verify(peer, wall)
+                actions += self._verify(peer, now, wall)
             return actions
-        if not self._take_token(peer, now):
+        if not peer.take_token(now):
             return self._over_limit(peer, now)
         if sent:
             self.dropped["duplicate_ack"] += 1    # its first ack came; a sign of life
             self._heard(peer, now)
+            self.probes.settle(peer, alive=True)
             peer.highest_acked = max(peer.highest_acked, n)
             return []
         self.dropped["unknown_ack"] += 1          # never sent: proves nothing, changes nothing
@@ -455,7 +404,7 @@ class UdpChat:
         return self._report(peer, "unknown_ack", now, logging.INFO,
                             f"ignored an ack for n={n}: never sent to it ({which})")
 
-    def _verify(self, peer: Peer, wall: float) -> list[Action]:
+    def _verify(self, peer: Peer, now: float, wall: float) -> list[Action]:
         """``peer`` acked a datagram it was sent: release what waited, apply its requests."""
         peer.verified = True
         peer.inherited = None                     # its own window is the one now
@@ -467,8 +416,58 @@ class UdpChat:
         for rid, obj in deferred:
             if peer.addr not in self.peers:
                 break
-            actions.append(self._send_ack(peer, rid))
-            actions += self._request(peer, obj, wall)
+            actions += self._apply(peer, rid, obj, wall, now)
+        return actions
+
+    # -- a name's holder is probed (see udp_probes) ----------------------------------
+    def _apply(self, peer: Peer, rid: int, obj: dict[str, Any], wall: float,
+               now: float | None) -> list[Action]:
+        """Ack and apply a new request of a verified peer, in id order.
+
+        With ``now``, a first join asking for a name another session holds
+        waits, unacked, with all after it, until that session answers a probe.
+        """
+        holder = holder_of(self.core, self.sessions, peer, obj) if now is not None else None
+        if peer.probe is None and holder is None:
+            return [self._send_ack(peer, rid)] + self._request(peer, obj, wall)
+        peer.deferred.append((rid, obj))          # unacked: the client sends it again
+        if peer.probe is not None or holder is None or now is None:
+            return []
+        return self._probe(holder, peer, now)
+
+    def _probe(self, holder: Peer, peer: Peer, now: float) -> list[Action]:
+        """Ask ``holder`` whether it is there (``ping``, reliable); ``peer`` waits on it."""
+        probe = self.probes.out.get(holder.sid)
+        actions: list[Action] = []
+        if probe is None:
+            actions = self._stamp(holder, p.encode_datagram({"type": p.MessageType.PING.value}))
+            probe = self.probes.start(holder, holder.next_n - 1 if actions else 0, now)
+            actions.append(Report(holder.addr, logging.INFO,
+                                  f"probed: {peer.addr[0]}:{peer.addr[1]} asks for its name"))
+        self.probes.wait(probe, peer)
+        return actions
+
+    def _settle(self, probe: Probe, wall: float) -> list[Action]:
+        """The holder answered (the waiting joins get ``name_taken``), or did not: it
+        is dropped, its room hears it leave, and the joins apply."""
+        holder = probe.holder
+        self.probes.close(probe)
+        actions: list[Action] = []
+        if not probe.alive and self.sessions.get(holder.sid) is holder:
+            self.dropped["probe_unanswered"] += 1
+            actions.append(Report(holder.addr, logging.INFO,
+                                  f"dropped: no answer to a probe within "
+                                  f"{self.probes.timeout_s:g} s; its name goes to another"))
+            actions += self._drop(holder, wall, tombstone=True)
+        for peer in probe.waiting:
+            if peer.probe is not probe or self.sessions.get(peer.sid) is not peer:
+                continue
+            peer.probe = None
+            deferred, peer.deferred = peer.deferred, []
+            for rid, obj in deferred:              # probed once: no second probe
+                if peer.addr not in self.peers:
+                    break
+                actions += self._apply(peer, rid, obj, wall, None)
         return actions
 
     def _send_ack(self, peer: Peer, rid: int) -> Send:
@@ -513,6 +512,7 @@ class UdpChat:
         self.sessions.pop(peer.sid, None)
         self.unverified.pop(peer.addr, None)
         self._touched.discard(peer)
+        self.probes.settle(peer, alive=False)     # gone: the name is free
         kept = peer.dedup if peer.verified else (
             peer.inherited.dedup if peer.inherited is not None else None)
         if tombstone and kept is not None:
@@ -537,36 +537,25 @@ class UdpChat:
     def _report(self, peer: Peer, what: str, now: float, level: int,
                 text: str) -> list[Action]:
         """A ``Report`` about ``peer``, at most once per ``TELL_EVERY_S`` for each ``what``."""
-        last = peer.told.get(what)
-        if last is not None and now - last < TELL_EVERY_S:
-            return []
-        peer.told[what] = now
-        return [Report(peer.addr, level, text)]
+        return [Report(peer.addr, level, text)] if peer.due(what, now) else []
 
     def _finish(self, actions: list[Action], wall: float) -> list[Action]:
         """End a step: drop the peers that stopped acking (their rooms hear that they
-        left), then send unverified peers what their budgets now allow."""
-        while self._doomed:
-            peer = self._doomed.pop()
-            if peer.addr in self.peers:
-                self.dropped["not_acking"] += 1
-                actions += self._drop(peer, wall, tombstone=True)
+        left), settle the probes answered or given up, then send unverified peers
+        what their budgets now allow."""
+        while self._doomed or self.probes.settled:
+            while self._doomed:
+                peer = self._doomed.pop()
+                if peer.addr in self.peers:
+                    self.dropped["not_acking"] += 1
+                    actions += self._drop(peer, wall, tombstone=True)
+            while self.probes.settled:
+                actions += self._settle(self.probes.settled.pop(0), wall)
         while self._touched:
-            actions += self._release(self._touched.pop())
+            actions += self._touched.pop().release(self.amplification)
         return actions
 
     # -- datagrams out ---------------------------------------------------------------
-    def _fits(self, peer: Peer, send: Send) -> bool:
-        return peer.fits(len(send.payload))
-
-    def _spend(self, peer: Peer, send: Send) -> list[Action]:
-        """Send ``send`` now, counting it against an unverified peer's budget."""
-        peer.spend(len(send.payload), self.amplification)
-        return [send]
-
-    def _release(self, peer: Peer) -> list[Action]:
-        return list(peer.release(self.amplification))
-
     def _perform(self, outputs: list[Output], drop: Peer | None = None) -> list[Action]:
         if drop is not None:
             self.peers.pop(drop.addr, None)
@@ -604,14 +593,9 @@ class UdpChat:
         if len(peer.unacked) >= MAX_UNACKED:
             self._doomed.add(peer)   # dropped once the current step is done
             return []
-        n = peer.next_n
-        peer.next_n += 1
-        peer.unacked.add(n)
-        send = Send(peer.addr, body[:-1] + b',"sid":"%s","n":%d}' % (peer.sid.encode(), n),
-                    (peer.addr, n))
-        peer.sent[n] = send.payload               # the timer's bytes, not a copy
+        send = peer.stamp(body)
         if peer.verified:
             return [send]
-        peer.held.append(send)                    # _release sends it when it fits
+        peer.held.append(send)                    # _finish sends it when it fits
         self._touched.add(peer)
         return []

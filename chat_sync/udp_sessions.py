@@ -92,6 +92,9 @@ So:
   before it is acked from it, with no new session (it would be applied
   after the leave). Silence leaves none: it lasted ``client_timeout_s``.
 
+A first join for a name another session holds waits for that session to
+answer a probe: ``udp_probes``.
+
 Trade-off: the very first welcome can be raced by an off-path forger who
 guesses the moment a client starts (the client takes the first welcome it
 gets); a stateless cookie exchange before any state (DTLS
@@ -103,22 +106,25 @@ import collections
 import copy
 import secrets
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import protocol as p
 from .guard import TokenBucket
 from .retransmit import DedupWindow
+from .tcp_server_core import clients
+
+from .udp_server_actions import Address as Address
+from .udp_server_actions import Key as Key
+from .udp_server_actions import Send
 
 if TYPE_CHECKING:
     from .rooms import ChatCore
-    from .udp_server_core import Send   # what ``Peer.held`` holds; the core imports us
-
-Address = tuple[str, int]
-Key = tuple[Address, int]        # (peer address, n): one reliable server datagram
+    from .udp_probes import Probe
 
 MAX_UNACKED = 256                # unacked datagrams one peer may hold before it is dropped
 AMPLIFICATION_FACTOR = 3         # bytes out per byte in, to an unverified address (RFC 9000)
 MAX_DEFERRED = 8                 # requests an unverified address may have waiting
+TELL_EVERY_S = 1.0               # say rate_limited (and log a defence) at most this often
 BIG_N = 2**31                    # stands in for n when measuring a datagram's size
 ANY_SID = "0" * 2 * p.SESSION_ID_BYTES   # ... and for a session id
 BIG_SEQ = 2**53                  # ... and for a seq
@@ -154,7 +160,8 @@ class Peer:
     rounds: collections.Counter[int] = field(default_factory=collections.Counter)
     inherited: Tombstone | None = None   # until verified: the old session's, untouched
     forgot: str | None = None    # the session id its first datagram carried, if unknown
-    # Until verified (see "Anti-amplification"):
+    probe: Probe | None = None   # its requests wait, in ``deferred``, on this probe's answer
+    # Until verified (see "Anti-amplification"), and while a probe decides its join:
     bytes_in: int = 0
     bytes_out: int = 0
     held: collections.deque[Send] = field(default_factory=collections.deque)
@@ -164,6 +171,29 @@ class Peer:
     # Reporting:
     over_limit: int = 0          # datagrams the bucket dropped since the last report
     told: dict[str, float] = field(default_factory=dict)   # what -> when last reported
+
+    def take_token(self, now: float) -> bool:
+        """Whether a datagram may be handled now: under the rate limit, or no limit."""
+        return self.bucket is None or self.bucket.take(now)
+
+    def due(self, what: str, now: float) -> bool:
+        """Whether to report ``what`` now: at most once per ``TELL_EVERY_S`` for each."""
+        last = self.told.get(what)
+        if last is not None and now - last < TELL_EVERY_S:
+            return False
+        self.told[what] = now
+        return True
+
+    def stamp(self, body: bytes) -> Send:
+        """Append this peer's next ``n`` (and its ``sid``) to an encoded object: a
+        reliable Send, remembered until acked."""
+        n = self.next_n
+        self.next_n += 1
+        self.unacked.add(n)
+        send = Send(self.addr, body[:-1] + b',"sid":"%s","n":%d}' % (self.sid.encode(), n),
+                    (self.addr, n))
+        self.sent[n] = send.payload               # the timer's bytes, not a copy
+        return send
 
     def first_unsent(self) -> int:
         """The lowest ``n`` not sent yet: every ``n`` below it has gone out."""
@@ -180,6 +210,13 @@ class Peer:
             self.bytes_out += size
             figures["bytes_out"] += size
 
+    def rewelcome(self, figures: collections.Counter[str]) -> list[Send]:
+        """The welcome again, for a retransmitted request, if it was lost and fits."""
+        if not self.welcome or 1 not in self.unacked or not self.fits(len(self.welcome)):
+            return []                             # not sent yet (held), acked, or too big
+        self.spend(len(self.welcome), figures)
+        return [Send(self.addr, self.welcome)]
+
     def release(self, figures: collections.Counter[str]) -> list[Send]:
         """The held datagrams that now fit, in ``n`` order, spent; ``figures`` counts
         the ones that newly wait (``held``)."""
@@ -194,6 +231,25 @@ class Peer:
         figures["held"] += len(self.held) - self.counted
         self.counted = len(self.held)
         return released
+
+
+def defer(peer: Peer, rid: int, obj: dict[str, Any]) -> Literal["again", "ack", "full",
+                                                                "waits"]:
+    """Keep a request in ``peer.deferred``, to apply later in id order: ``waits``.
+
+    ``again``: a retransmission of one that waits; ``ack``: one already
+    applied (by the session whose ids it inherited, or before a probe);
+    ``full``: ``MAX_DEFERRED`` already wait, and it is not marked seen.
+    """
+    if any(deferred_id == rid for deferred_id, _ in peer.deferred):
+        return "again"
+    if peer.dedup.has(rid):
+        return "ack"
+    if len(peer.deferred) >= MAX_DEFERRED:
+        return "full"
+    peer.dedup.seen(rid)
+    peer.deferred.append((rid, obj))
+    return "waits"
 
 
 def copy_window(window: DedupWindow) -> DedupWindow:
@@ -233,6 +289,16 @@ def fit(message: dict[str, Any], limit: int) -> dict[str, Any]:
     if not left_out:
         return message
     return {**message, key: items, "more": left_out}
+
+
+def server_full(addr: Address, data: bytes, rid: int, max_clients: int,
+                anti_amplification: bool) -> list[Send]:
+    """Refuse a new address, once, unreliably, and never with more bytes than 3x its own."""
+    payload = p.encode_datagram(p.error(p.ErrorCode.SERVER_FULL,
+                                        f"server full: {clients(max_clients)}", id=rid))
+    if anti_amplification and len(payload) > AMPLIFICATION_FACTOR * len(data):
+        return []
+    return [Send(addr, payload)]
 
 
 def check_fits(core: ChatCore, sid: str, request: p.Request, wall: float, limit: int) -> None:

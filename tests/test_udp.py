@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from helpers import StreamLines, wait_for
 
 from chat_sync import protocol as p
 from chat_sync import udp_client
-from chat_sync.config import UdpClientConfig
+from chat_sync.config import UdpClientConfig, UdpServerConfig
 from chat_sync.faultrelay import (
     Action,
     Direction,
@@ -54,7 +55,7 @@ from chat_sync.udp_client import (
     UdpChatClient,
     UdpClientCore,
 )
-from chat_sync.udp_server import serve
+from chat_sync.udp_server import UdpServer, serve
 
 REPO = Path(__file__).resolve().parent.parent
 UP, DOWN = Direction.UPSTREAM, Direction.DOWNSTREAM
@@ -851,15 +852,9 @@ def test_subprocess_client_chats_and_exits_0_on_eof(servers: Servers,
                                                     clients: Clients) -> None:
     server = servers.start()
     bob = clients.connect(address(server), "bob")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chat_sync.udp_client", "--plain", "--user", "x",
-         "--port", str(server.port), "--base-delay", "0.03", "--min-rto", "0.03"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, encoding="utf-8", env=env, cwd=REPO)
+    proc, out = client_process(server.port, "x")
     try:
-        assert proc.stdin is not None and proc.stdout is not None
-        out = StreamLines(proc.stdout)
+        assert proc.stdin is not None
         out.wait_for_line(lambda line: line == "[lobby] * x joined\n")
         proc.stdin.write("hello from x\n")
         proc.stdin.flush()
@@ -875,11 +870,123 @@ def test_subprocess_client_chats_and_exits_0_on_eof(servers: Servers,
         assert "\x1b" not in out.rest()
         wait_for(lambda: len(server.server.chat.peers) == 1, what="x's session ended")
     finally:
-        proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        end_process(proc)
+
+
+def udp_server_process(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "chat_sync.udp_server", *args],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_server_program_serves_and_exits_0_on_a_signal(signum: signal.Signals) -> None:
+    proc = udp_server_process("--port", "0")
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = StreamLines(proc.stdout), StreamLines(proc.stderr)
+        line = out.readline()
+        assert line is not None and line.startswith("listening on 127.0.0.1:"), line
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(WAIT)
+            sock.sendto(b'{"type":"join","room":"lobby","user":"a","id":1}',
+                        ("127.0.0.1", int(line.rsplit(":", 1)[1])))
+            assert p.decode(sock.recv(65_535))["type"] == "welcome"
+        proc.send_signal(signum)      # the wake-up fd makes it land even just before select()
+        assert proc.wait(WAIT) == 0
+        assert "Traceback" not in err.rest()
+    finally:
+        end_process(proc)
+
+
+@pytest.mark.timeout(30)
+def test_the_server_program_on_a_port_in_use_exits_1_saying_so() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        proc = udp_server_process("--port", str(port))
+        try:
+            assert proc.wait(WAIT) == 1
+            assert proc.stderr is not None
+            err = proc.stderr.read()
+            assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+        finally:
+            end_process(proc)
+
+
+def test_the_server_offers_its_wake_up_pair_for_signals() -> None:
+    server = UdpServer(UdpServerConfig(port=0))
+    try:
+        assert server.wakeup_fileno() == server._wakeup.writer.fileno()
+    finally:
+        server.stop()
+        server.serve_forever()        # stops at once, closing the socket and the pair
+
+
+# == Issue 8 item 6: a restarted client is back in its room; a live name stays taken ======
+
+@pytest.mark.timeout(10)
+def test_core_acks_a_probe_from_the_server_and_shows_nothing() -> None:
+    core = session_core()
+    probe = b'{"type":"ping","sid":"%s","n":3}' % SID.encode()
+    assert core.receive(probe, 1.0) == [SendAck(3, b'{"type":"ack","n":3,"sid":"%s"}'
+                                                % SID.encode())]
+    assert core.receive(probe, 1.5) == [SendAck(3, b'{"type":"ack","n":3,"sid":"%s"}'
+                                                % SID.encode())]    # a retransmission
+    assert core.state is ClientState.JOINED and core.counters()["delivered"] == 2
+
+
+def client_process(port: int, user: str) -> tuple[subprocess.Popen[str], StreamLines]:
+    """``chat-sync udp-client`` as its own process, on its own socket."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chat_sync.udp_client", "--plain", "--user", user,
+         "--port", str(port), "--base-delay", "0.03", "--min-rto", "0.03"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, encoding="utf-8", env=env, cwd=REPO)
+    assert proc.stdout is not None
+    return proc, StreamLines(proc.stdout)
+
+
+def end_process(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_client_restarted_is_back_in_its_room_and_a_live_name_stays_taken(
+        servers: Servers, clients: Clients) -> None:
+    server = servers.start()                      # client_timeout_s: 60 s, as by default
+    bob = clients.connect(address(server), "bob")
+    first, out = client_process(server.port, "alice")
+    try:
+        out.wait_for_line(lambda line: line == "[lobby] * alice joined\n")
+        until(bob, system("join", "alice"))
+    finally:
+        end_process(first)                        # SIGKILL: no leave, the session lingers
+    again, out = client_process(server.port, "alice")   # a new socket: a new address
+    try:
+        out.wait_for_line(lambda line: line == "[lobby] * alice joined\n", timeout=WAIT)
+        events = until(bob, system("join", "alice"))
+        presence = [(e.message["event"], e.message["user"]) for e in events
+                    if isinstance(e, Received) and e.message.get("type") == "system"]
+        assert presence == [("leave", "alice"), ("join", "alice")]  # one leave, one join
+        assert server.server.chat.dropped["probe_unanswered"] == 1
+        # Alice's second process is alive: it acks the probe, and keeps its name.
+        with pytest.raises(JoinError) as refused:
+            clients.connect(address(server), "alice")
+        assert refused.value.code == "name_taken"
+        assert server.server.chat.dropped["probe_unanswered"] == 1
+        bob.say("still there?")
+        out.wait_for_line(lambda line: line == "[lobby] bob: still there?\n")
+        assert "ping" not in "".join(out.seen)    # the probe was acked, never shown
+    finally:
+        end_process(again)
 
 
 # == Issue 8 items 4 and 7, issue 11 item 4: the client core trusts only its session ====
@@ -917,8 +1024,8 @@ def test_core_server_full_refuses_the_first_join() -> None:
     core = UdpClientCore("alice", "lobby")
     core.start(0.0)
     actions = core.receive(b'{"type":"error","code":"server_full","text":"server full: '
-                           b'1 clients","id":1}', 0.1)
-    assert actions == [udp_client.JoinRefused("server_full", "server full: 1 clients")]
+                           b'1 client","id":1}', 0.1)
+    assert actions == [udp_client.JoinRefused("server_full", "server full: 1 client")]
     assert core.state is ClientState.FAILED
 
 

@@ -249,7 +249,8 @@ def test_an_ack_from_an_unknown_address_is_dropped() -> None:
 ])
 def test_garbage_from_a_known_peer_gets_a_typed_error(datagram: bytes, code: str) -> None:
     net = joined_pair()
-    actions = net.send_raw(ALICE, datagram)
+    sid = b'"sid":"%s",' % str(net.sid(ALICE)).encode()
+    actions = net.send_raw(ALICE, datagram.replace(b'"id":9', sid + b'"id":9'))
     errors = of_type("error", to(ALICE, actions))
     assert [e["code"] for e in errors] == [code]
     assert reliable(ALICE, actions), "an error is reliable, like every server datagram"
@@ -444,7 +445,8 @@ def test_leave_ends_the_session_and_the_address_is_forgotten() -> None:
 def test_leave_outside_a_room_also_ends_the_session() -> None:
     net = Net()
     net.ack_all(ALICE, net.join(ALICE, "alice"))
-    refused = net.join(BOB, "ALICE")                           # name taken: no room
+    [ping] = of_type("ping", to(ALICE, net.join(BOB, "ALICE")))   # alice is probed...
+    refused = net.ack(ALICE, ping["n"])                 # ... and answers: no room for bob
     assert of_type("error", to(BOB, refused))[0]["code"] == "name_taken"
     actions = net.send(BOB, type="leave")
     assert to(BOB, actions) == [{"type": "ack", "id": 2}]
@@ -608,11 +610,14 @@ def test_an_unverified_address_has_at_most_max_deferred_requests_waiting() -> No
     peer = net.chat.peers[FORGED]
     assert [rid for rid, _ in peer.deferred] == list(range(1, MAX_DEFERRED + 1))
     assert net.chat.dropped["deferred_full"] == 4
-    # A dropped one was not marked seen: once verified, its retransmission is applied.
+    # A dropped one was not marked seen: once verified, sent again with the session
+    # id the welcome gave, it is applied (without it, it might be forged: bad_sid).
     applied = net.ack(FORGED, 1)
     assert [m["id"] for m in of_type("ack", to(FORGED, applied))] == list(
         range(1, MAX_DEFERRED + 1))
     late = net.send_raw(FORGED, json.dumps({"type": "who", "id": MAX_DEFERRED + 1}).encode())
+    assert late == [] and net.chat.dropped["bad_sid"] == 1
+    late = net.send(FORGED, type="who", id=MAX_DEFERRED + 1)
     assert [m["type"] for m in to(FORGED, late)] == ["ack", "error"]
 
 
@@ -822,3 +827,103 @@ def test_a_session_follows_its_id_to_a_new_address() -> None:
     assert (ALICE, 3) in cancelled and all(key[0] == ALICE for key in cancelled)
     forged = net.send_raw(ALICE, b'{"type":"message","text":"forged","id":3}')
     assert to(BOB, forged) == []                             # the old address is nobody now
+
+
+# == Issue 8 item 6: a restarted client gets its name back; a live one keeps it ==========
+
+RESTARTED: Address = ("127.0.0.1", 41002)      # alice's client again: new process, new port
+
+
+def probed(net: Net) -> tuple[list[Action], dict[str, Any]]:
+    """Alice's client restarts: a new address joins as alice. Its actions, and the ping
+    the server sends the old session to ask whether it is still there."""
+    actions = net.join(RESTARTED, "alice")
+    [ping] = with_sid(ALICE, actions)
+    return actions, ping
+
+
+@pytest.mark.timeout(10)
+def test_a_join_for_a_held_name_probes_the_holder_and_waits_unacked() -> None:
+    net = joined_pair()
+    actions, ping = probed(net)
+    assert ping == {"type": "ping", "sid": net.sid(ALICE), "n": ping["n"]}
+    assert (ALICE, ping["n"]) in keys(ALICE, actions)              # reliable: retransmitted
+    assert of_type("ack", to(RESTARTED, actions)) == []            # the join waits, unacked
+    assert to(BOB, actions) == []
+    again = net.send(RESTARTED, type="join", room="lobby", user="alice", id=1)
+    assert again == []                                             # still waiting
+    assert net.chat.next_expiry() == pytest.approx(net.now + 2.0)  # the probe's budget
+
+
+@pytest.mark.timeout(10)
+def test_a_silent_holder_is_dropped_after_the_probe_and_the_join_applies() -> None:
+    net = joined_pair()
+    actions, ping = probed(net)
+    net.now += 1.9
+    assert net.chat.expire(net.now, WALL) == []
+    net.now += 0.1
+    settled = net.chat.expire(net.now, WALL)
+    room = [(m["event"], m["user"]) for m in of_type("system", to(BOB, settled))]
+    assert room == [("leave", "alice"), ("join", "alice")]        # one leave, one join
+    back = to(RESTARTED, settled)
+    assert back[0] == {"type": "ack", "id": 1}
+    assert (back[-1]["event"], back[-1]["user"], back[-1]["id"]) == ("join", "alice", 1)
+    assert [m.get("history") for m in back[1:-1]] == [True] * 3    # the room's history
+    assert ALICE not in net.chat.peers and RESTARTED in net.chat.peers
+    assert Cancel((ALICE, ping["n"])) in settled                  # no more pings to it
+    assert net.chat.dropped["probe_unanswered"] == 1
+
+
+@pytest.mark.timeout(10)
+def test_a_holder_that_acks_the_probe_keeps_its_name() -> None:
+    net = joined_pair()
+    _, ping = probed(net)
+    answered = net.ack(ALICE, ping["n"])
+    assert to(RESTARTED, answered)[0] == {"type": "ack", "id": 1}
+    assert of_type("error", to(RESTARTED, answered))[0]["code"] == "name_taken"
+    assert to(BOB, answered) == [] and ALICE in net.chat.peers
+    net.now += 5.0
+    assert to(BOB, net.chat.expire(net.now, WALL)) == []           # the probe is over
+    assert net.chat.dropped["probe_unanswered"] == 0
+
+
+@pytest.mark.timeout(10)
+def test_any_datagram_of_the_holder_with_its_session_id_answers_the_probe() -> None:
+    net = joined_pair()
+    probed(net)
+    answered = net.send(ALICE, type="ping")                        # its keepalive, say
+    assert of_type("error", to(RESTARTED, answered))[0]["code"] == "name_taken"
+    forged = joined_pair()
+    probed(forged)
+    assert forged.send(ALICE, type="ping", sid=None) == []         # no sid: proves nothing
+    forged.now += 2.0
+    room = of_type("system", to(BOB, forged.chat.expire(forged.now, WALL)))
+    assert [(m["event"], m["user"]) for m in room] == [("leave", "alice"), ("join", "alice")]
+
+
+@pytest.mark.timeout(10)
+def test_requests_behind_a_waiting_join_wait_too_and_apply_in_id_order() -> None:
+    net = joined_pair()
+    probed(net)
+    assert net.send(RESTARTED, type="message", text="back") == []  # id 2: waits, unacked
+    net.now += 2.0
+    settled = net.chat.expire(net.now, WALL)
+    assert [m["id"] for m in of_type("ack", to(RESTARTED, settled))] == [1, 2]
+    broadcast = [m.get("text") for m in to(BOB, settled)]
+    assert broadcast == ["alice left", "alice joined", "back"]
+
+
+@pytest.mark.timeout(10)
+def test_a_holder_that_leaves_during_the_probe_frees_the_name_at_once() -> None:
+    net = joined_pair()
+    probed(net)
+    actions = net.send(ALICE, type="leave")
+    assert of_type("ack", to(RESTARTED, actions)) == [{"type": "ack", "id": 1}]
+    assert net.chat.core.user_named("alice") == "alice" and not net.chat.probes.out
+
+
+@pytest.mark.timeout(10)
+def test_a_request_without_the_session_id_from_a_verified_address_is_dropped() -> None:
+    net = joined_pair()
+    forged = net.send(ALICE, type="message", text="forged", sid=None)
+    assert forged == [] and net.chat.dropped["bad_sid"] == 1
