@@ -308,7 +308,5 @@ def test_the_readme_section_runs_as_written(readme_servers: dict[str, int]) -> N
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="chat_sync's UDP server applies a datagram without "
-                   "a sid (see KNOWN_VIOLATIONS in test_check_udp.py)")
 def test_the_readme_udp_commands_run_as_written(readme_servers: dict[str, int]) -> None:
     assert run_readme_commands(readme_servers, udp=True) >= 2

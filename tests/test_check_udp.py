@@ -4,7 +4,7 @@ As for TCP (``test_check.py``), three kinds of server meet the checker:
 
 - chat_sync's own UDP server, in-process: every rule passes, but those in
   ``KNOWN_VIOLATIONS``, promises of the README the server does not keep yet
-  (strict xfail: once it does, that test fails and the entry must go).
+  (none today).
 - ``broken_udp_server.BrokenUdpServer``: the same server with a switch per
   promise; each switch makes the rules of its promise fail, and no others.
   The runs are slow only where rules wait out their deadline, so they run
@@ -33,11 +33,10 @@ from chat_sync.udp_server import serve
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 1.5                # each rule's deadline here (udp-acks.retransmit needs ~0.7 s)
 IDS = [rule.id for rule in r.UDP_RULES]
-# Promises chat_sync's UDP server breaks today, and why. udp_server_core._receive
-# drops a verified session's datagram only if its sid is not in (peer.sid,
-# peer.forgot); forgot is None for a session opened without a sid, the usual
-# case, so a datagram with no sid passes (the README: it is dropped, bad_sid).
-KNOWN_VIOLATIONS = {"udp-session.no-sid": "a datagram without a sid is applied"}
+# Promises of the README that chat_sync's UDP server does not keep, rule id -> why
+# (none now: udp-session.no-sid was one until the server dropped a verified
+# session's datagram without its sid). A rule listed here may fail below.
+KNOWN_VIOLATIONS: dict[str, str] = {}
 
 
 def check(port: int, timeout: float = TIMEOUT_S) -> list[Outcome]:
@@ -76,17 +75,6 @@ def test_every_rule_passes_on_chat_sync_udp_server() -> None:
         outcomes = check(server.port, timeout=5.0)
     assert failed(outcomes) <= set(KNOWN_VIOLATIONS), report(outcomes)
     assert not [o for o in outcomes if o.result == SKIP], report(outcomes)
-
-
-@pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason="chat_sync's UDP server: "
-                   + "; ".join(KNOWN_VIOLATIONS.values()))
-@pytest.mark.parametrize("rule_id", sorted(KNOWN_VIOLATIONS))
-def test_known_violations_of_chat_sync_udp_server(rule_id: str) -> None:
-    with serve(port=0) as server:
-        (outcome,) = run(select(r.UDP_RULES, r.UDP_STAGES, ids=[rule_id]), "127.0.0.1",
-                         server.port, 5.0, UdpSession)
-    assert outcome.result == PASS, outcome.detail
 
 
 # Each switch, the rules it must fail, and any it may fail as well. Every other
