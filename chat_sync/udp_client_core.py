@@ -64,7 +64,8 @@ from typing import Any
 
 from . import commands as cmd
 from . import protocol as p
-from .retransmit import Gap, ReorderBuffer, RetransmitStats
+from .receiving import Gap, ReorderBuffer
+from .retransmit import RetransmitStats
 from .tcp_client_core import Backoff
 from .udp_client_stream import RoomSeqs, ServerStream, opens_session, refuses_entry
 from .udp_client_actions import TEXT_START_CHARS as TEXT_START_CHARS

@@ -51,7 +51,8 @@ from collections.abc import Container
 from typing import Any
 
 from . import protocol as p
-from .retransmit import Gap, ReorderBuffer, RetransmitStats
+from .receiving import Gap, ReorderBuffer
+from .retransmit import RetransmitStats
 from .udp_client_actions import is_count, is_int
 
 STASH_MAX_N = 64           # low stream numbers kept aside in case a new session starts

@@ -57,7 +57,8 @@ from typing import Any, cast
 
 from . import protocol as p
 from .guard import TokenBucket
-from .retransmit import DedupWindow, RetransmitStats
+from .receiving import DedupWindow
+from .retransmit import RetransmitStats
 from .rooms import ChatCore, Output, Reply
 # The actions, re-exported ("as"): the shell and the tests import them from here.
 from .udp_server_actions import DROP_REASONS as DROP_REASONS

@@ -110,7 +110,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from . import protocol as p
 from .guard import TokenBucket
-from .retransmit import DedupWindow
+from .receiving import DedupWindow
 from .tcp_server_core import clients
 
 from .udp_server_actions import Address as Address

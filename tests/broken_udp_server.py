@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from chat_sync import config as cfg
-from chat_sync.retransmit import DedupWindow
+from chat_sync.receiving import DedupWindow
 from chat_sync.serving import ServerHandle
 from chat_sync.udp_server import UdpServer
 from chat_sync.udp_server_core import Action, Peer, UdpChat

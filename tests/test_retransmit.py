@@ -6,16 +6,14 @@ import threading
 
 import pytest
 
+from chat_sync.receiving import DedupWindow, Gap, ReorderBuffer
 from chat_sync.retransmit import (
     AlreadyStarted,
-    DedupWindow,
-    Gap,
     GiveUp,
     KeyAlreadyPending,
     Resend,
     RetransmitQueue,
     RetransmitStats,
-    ReorderBuffer,
     TimerThread,
     TooManyPending,
 )

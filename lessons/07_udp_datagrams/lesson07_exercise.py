@@ -1,7 +1,7 @@
 """Lesson 07 exercise: duplicate suppression in bounded memory.
 
 The receiver's half of reliable UDP: a request sent again because its ack
-was lost must be acked but applied once. ``chat_sync/retransmit.py`` has
+was lost must be acked but applied once. ``chat_sync/receiving.py`` has
 the package's ``DedupWindow``; write it again here, tested id by id
 against the package. Check your work with:
 

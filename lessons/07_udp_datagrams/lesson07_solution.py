@@ -1,6 +1,6 @@
 """Lesson 07 reference solution: ``DedupWindow``.
 
-The package's version is in ``chat_sync/retransmit.py``: the same, plus a
+The package's version is in ``chat_sync/receiving.py``: the same, plus a
 counter of the duplicates it dropped and ``in_window``, which the server
 asks first so that an id far ahead is refused rather than let drag the
 floor up.

@@ -1,6 +1,6 @@
 """Lesson 07: duplicate suppression, id by id against the package.
 
-The package is the oracle: ``chat_sync.retransmit.DedupWindow`` must answer
+The package is the oracle: ``chat_sync.receiving.DedupWindow`` must answer
 ``seen`` as yours does, and keep the same floor and the same ids above it.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from chat_sync import retransmit
+from chat_sync import receiving
 from lesson_target import load
 
 target = load(__file__)
@@ -46,7 +46,7 @@ def test_an_id_far_ahead_moves_the_floor_and_late_ids_count_as_seen() -> None:
 def test_dedup_window_agrees_with_the_package(seed: int, size: int) -> None:
     rng = random.Random(seed)
     mine = target.DedupWindow(size)
-    package = retransmit.DedupWindow(size)
+    package = receiving.DedupWindow(size)
     highest = 0
     for step in range(500):
         roll = rng.random()
