@@ -37,6 +37,8 @@ from typing import Any, Union
 
 from . import commands as cmd
 from . import protocol as p
+from .client_actions import JoinRefused as JoinRefused, Joined as Joined, Note as Note
+from .client_actions import RoomSeqs
 from .terminal import escape
 
 
@@ -88,27 +90,7 @@ class Send:
 
 
 @dataclasses.dataclass(frozen=True)
-class Joined:
-    room: str
-
-
-@dataclasses.dataclass(frozen=True)
-class JoinRefused:
-    """The join that opens a connection was refused; the connection is useless."""
-
-    code: str
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
 class ServerShutdown:
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Note:
-    """Something the user should know that no server message says."""
-
     text: str
 
 
@@ -122,13 +104,18 @@ class ClientCore:
         self.user = user
         self.room = room                  # the room we are in, or are about to join
         self.state = ClientState.DISCONNECTED
-        self.last_seq: dict[str, int] = {}   # name_key(room) -> highest seq seen there
+        self.seqs = RoomSeqs()               # the highest seq seen in each room: since
         self.epoch: object = None            # the server run those seqs belong to
         self._ids = itertools.count(1)
         self._pending_join: tuple[int, str] | None = None   # (request id, room)
         self._token: str | None = None       # this connection's resume token
         self._ghost_token: str | None = None # the token of the connection that joined last
         self._unconfirmed: dict[int, str] = {}   # request id -> text, awaiting its answer
+
+    @property
+    def last_seq(self) -> dict[str, int]:
+        """name_key(room) -> the highest seq seen there."""
+        return self.seqs.last
 
     def connection_made(self) -> None:
         self.state = ClientState.CONNECTING
@@ -162,7 +149,7 @@ class ClientCore:
         """
         rid = next(self._ids)
         self._pending_join = (rid, room)
-        return cmd.join_request(room, self.user, self.last_seq.get(p.name_key(room)), rid)
+        return cmd.join_request(room, self.user, self.seqs.since(room), rid)
 
     def receive(self, message: dict[str, Any]) -> list[Action]:
         """Act on one decoded server message."""
@@ -179,7 +166,7 @@ class ClientCore:
         pending = self._pending_join
         if pending is not None and message.get("id") == pending[0]:
             return self._join_answer(message)
-        if not self._is_new(message):
+        if not self.seqs.is_new(message):
             return []
         return [Show(message)]
 
@@ -190,7 +177,7 @@ class ClientCore:
                                 f", this client {p.PROTOCOL_VERSION}; expect trouble"))
         epoch = message.get("epoch")
         if self.epoch is not None and epoch != self.epoch:
-            self.last_seq.clear()
+            self.seqs.clear()
             actions.append(Note("the server has restarted; its history starts afresh"))
         self.epoch = epoch
         self.state = ClientState.JOINING
@@ -215,17 +202,5 @@ class ClientCore:
         self.room = room_name if isinstance(room_name, str) else room
         self._ghost_token = self._token     # if this connection dies, it holds the name
         self.state = ClientState.JOINED
-        self._is_new(message)             # record its seq
+        self.seqs.is_new(message)             # record its seq
         return [Joined(self.room), Show(message)]
-
-    def _is_new(self, message: dict[str, Any]) -> bool:
-        """False for a room broadcast we have already seen; records the seq of a new one."""
-        room, seq = message.get("room"), message.get("seq")
-        if not isinstance(room, str) or not isinstance(seq, int) or isinstance(seq, bool):
-            return True                   # not a room broadcast: replies, whispers...
-        key = p.name_key(room)
-        last = self.last_seq.get(key)
-        if last is not None and seq <= last:
-            return False
-        self.last_seq[key] = seq
-        return True

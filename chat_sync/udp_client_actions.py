@@ -8,6 +8,8 @@ import dataclasses
 import enum
 from typing import Any, TypeGuard, Union
 
+from .client_actions import JoinRefused as JoinRefused, Joined as Joined, Note as Note
+
 TEXT_START_CHARS = 30      # how much of an undelivered message the user is shown
 
 def is_int(value: object) -> TypeGuard[int]:
@@ -71,26 +73,6 @@ class Deliver:
     """A server message, in stream order, exactly once: show it."""
 
     message: dict[str, Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class Note:
-    """Something the user should know that no server message says."""
-
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Joined:
-    room: str
-
-
-@dataclasses.dataclass(frozen=True)
-class JoinRefused:
-    """The first join was refused: the client cannot chat."""
-
-    code: str
-    text: str
 
 
 @dataclasses.dataclass(frozen=True)

@@ -67,7 +67,8 @@ from . import protocol as p
 from .receiving import Gap, ReorderBuffer
 from .retransmit import RetransmitStats
 from .tcp_client_core import Backoff
-from .udp_client_stream import RoomSeqs, ServerStream, opens_session, refuses_entry
+from .client_actions import RoomSeqs
+from .udp_client_stream import ServerStream, opens_session, refuses_entry
 from .udp_client_actions import TEXT_START_CHARS as TEXT_START_CHARS
 from .udp_client_actions import text_start as text_start
 from .udp_client_actions import (Acked, Action, ClientState, Deliver, Failed, Joined,

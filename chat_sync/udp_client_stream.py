@@ -6,7 +6,7 @@ session starts, ``retire`` empties the old buffer and ``renew`` starts a
 fresh one, and the counters of every buffer retired so far are kept, so
 that ``counters`` sums all sessions. ``opens_session`` and
 ``refuses_entry`` say which datagrams without our session id still count;
-``RoomSeqs`` keeps the ``seq`` a rejoin asks ``since``.
+``client_actions.RoomSeqs`` keeps the ``seq`` a rejoin asks ``since``.
 
 Session ids (``udp_sessions`` on the server says why). The welcome gives
 ``sid``; every datagram we send carries it from then on, and a datagram
@@ -170,29 +170,3 @@ def refuses_entry(obj: Item, joining: bool, pending_join: tuple[int, str] | None
     return (joining and obj.get("type") == p.MessageType.ERROR
             and obj.get("code") == p.ErrorCode.SERVER_FULL
             and pending_join is not None and obj.get("id") == pending_join[0])
-
-
-class RoomSeqs:
-    """The highest ``seq`` seen in each room: what a rejoin asks ``since``."""
-
-    def __init__(self) -> None:
-        self.last: dict[str, int] = {}       # name_key(room) -> highest seq seen there
-
-    def since(self, room: str) -> int | None:
-        return self.last.get(p.name_key(room))
-
-    def clear(self) -> None:
-        """Forget them all: after a server restart, an old ``seq`` means nothing."""
-        self.last.clear()
-
-    def is_new(self, message: Item) -> bool:
-        """False for a room broadcast already seen; records the seq of a new one."""
-        room, seq = message.get("room"), message.get("seq")
-        if not isinstance(room, str) or not is_int(seq):
-            return True                     # not a room broadcast: replies, whispers...
-        key = p.name_key(room)
-        last = self.last.get(key)
-        if last is not None and seq <= last:
-            return False
-        self.last[key] = seq
-        return True

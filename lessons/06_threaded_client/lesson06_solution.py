@@ -1,7 +1,7 @@
 """Lesson 06 reference solution: ``backoff_delay`` and ``is_new``.
 
-The package's own are ``Backoff.delay`` and ``ClientCore._is_new``, in
-``chat_sync/tcp_client.py``.
+The package's own are ``Backoff.delay`` in ``chat_sync/tcp_client_core.py``
+and ``RoomSeqs.is_new`` in ``chat_sync/client_actions.py``.
 """
 from __future__ import annotations
 
