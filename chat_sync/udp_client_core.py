@@ -51,7 +51,9 @@ someone live has the name, and asking again would get the same answer.
 
 Told the server is shutting down, or with a keepalive unanswered, the core
 rejoins by itself, with the TCP client's back-off between tries, and holds
-what the user says until it is back in. Trade-off: after a restart a
+what the user says until it is back in (a rejoin refused because we are in
+the room already means the server kept our session: that is back in too).
+Trade-off: after a restart a
 request the old run applied and did not ack is applied again by the new
 run (its ``DedupWindow`` died with it).
 """
@@ -68,7 +70,7 @@ from .receiving import Gap, ReorderBuffer
 from .retransmit import RetransmitStats
 from .tcp_client_core import Backoff
 from .client_actions import RoomSeqs
-from .udp_client_stream import ServerStream, opens_session, refuses_entry
+from .udp_client_stream import ServerStream, opens_session, refuses_entry, still_in_room
 from .udp_client_actions import TEXT_START_CHARS as TEXT_START_CHARS
 from .udp_client_actions import text_start as text_start
 from .udp_client_actions import (Acked, Action, ClientState, Deliver, Failed, Joined,
@@ -577,23 +579,34 @@ class UdpClientCore:
             if self.state is ClientState.JOINING:
                 self.state = ClientState.FAILED
                 return [JoinRefused(code, text)]
+            if self.state is ClientState.REJOINING and still_in_room(message):
+                # A long outage, but the server kept our session, and with it our room
+                # (and the stream of what was said there): nothing to rejoin.
+                return self._rejoined([Joined(self.room)], f"still in {self.room}", now)
             if self.state is ClientState.REJOINING:
                 self.state = ClientState.FAILED
                 return [Deliver(message), Failed(f"rejoin refused: error {code}: {text}")]
             return [Deliver(message)]       # a /join refused: we stay where we were
         room_name = message.get("room")
         self.room = room_name if isinstance(room_name, str) else room
-        rejoined = self.state is ClientState.REJOINING
-        self.state = ClientState.JOINED
-        self._probes, self._probe_at = 0, None
         self.seqs.is_new(message)           # record its seq
         self.delivered += 1
         actions: list[Action] = [Joined(self.room), Deliver(message)]
-        if rejoined:
-            actions.append(Note(f"rejoined {self.room}"))
-            resend, self._resend = self._resend, []
-            if resend:
-                plural = "s" if len(resend) != 1 else ""
-                actions.append(Note(f"sending {len(resend)} request{plural} again"))
-            self._queue.extendleft(reversed(resend))    # first, in their old order
+        if self.state is ClientState.REJOINING:
+            return self._rejoined(actions, f"rejoined {self.room}", now)
+        self.state = ClientState.JOINED
+        self._probes, self._probe_at = 0, None
         return actions + self._pump(now)
+
+    def _rejoined(self, actions: list[Action], note: str, now: float) -> list[Action]:
+        """Back in our room after a rejoin: what waited for it goes out first."""
+        self.state = ClientState.JOINED
+        self._probes, self._probe_at = 0, None
+        actions.append(Note(note))
+        resend, self._resend = self._resend, []
+        if resend:
+            plural = "s" if len(resend) != 1 else ""
+            actions.append(Note(f"sending {len(resend)} request{plural} again"))
+        self._queue.extendleft(reversed(resend))    # first, in their old order
+        return actions + self._pump(now)
+

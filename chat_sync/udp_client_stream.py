@@ -170,3 +170,10 @@ def refuses_entry(obj: Item, joining: bool, pending_join: tuple[int, str] | None
     return (joining and obj.get("type") == p.MessageType.ERROR
             and obj.get("code") == p.ErrorCode.SERVER_FULL
             and pending_join is not None and obj.get("id") == pending_join[0])
+
+
+def still_in_room(error: dict[str, Any]) -> bool:
+    """Whether ``error`` refuses our rejoin because we are in that room already: a
+    rejoin names our own room, valid when we first joined it, so a ``bad_message``
+    on its ``room`` can only say that."""
+    return error.get("code") == p.ErrorCode.BAD_MESSAGE and error.get("field") == "room"

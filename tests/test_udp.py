@@ -1079,6 +1079,24 @@ def test_core_an_unanswered_keepalive_starts_a_rejoin() -> None:
             ] == ["join"]
 
 
+@pytest.mark.timeout(10)
+def test_core_a_rejoin_over_a_session_the_server_kept_is_not_fatal() -> None:
+    """A long outage makes the client rejoin; if the server kept its session (and so
+    its room), the join is refused 'already in room': that is a success, not the end."""
+    core = session_core()
+    [ping] = sent(core.handle_timer(10.0))
+    [join] = sent(core.given_up(ping["id"], 22.0))
+    assert join["type"] == "join"
+    refusal = datagram(3, type="error", code="bad_message", field="room",
+                       text="room: already in room 'lobby'", id=join["id"], sid=SID)
+    core.receive(b'{"type":"ack","id":%d,"sid":"%s"}' % (join["id"], SID.encode()), 23.0)
+    actions = core.receive(refusal, 23.0)
+    assert core.state is ClientState.JOINED
+    assert not [a for a in actions if type(a).__name__ == "Failed"]
+    assert any("still in lobby" in text for text in notes(actions))
+    assert sent(core.request({"type": "message", "text": "back"}, 24.0))[0]["text"] == "back"
+
+
 @pytest.mark.timeout(30)
 def test_an_idle_client_rejoins_by_itself_after_the_server_restarts(
         servers: Servers, clients: Clients) -> None:
