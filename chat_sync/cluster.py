@@ -154,8 +154,7 @@ class ClusterChat:
         self._since_snapshot = 0
         self.local: set[int] = set()       # connected here, in the replica or on the way
         self.position = "0-0"              # the last log entry applied
-        self.skipped = 0                   # entries that did not apply (counted, logged)
-        self.bus_up = True
+        self.skipped = 0                   # entries that did not apply, counted
 
     # -- what the server's shell calls ------------------------------------------
     def connect(self, conn: int) -> list[Output]:
@@ -187,8 +186,8 @@ class ClusterChat:
         return [c for c in map(self._mine, self.core.take_ghosts()) if c is not None]
 
     def shutdown_notice(self, now: float) -> Broadcast:
-        message = p.system(None, p.SystemEvent.SHUTDOWN, None, "server shutting down", None, now)
-        return Broadcast(tuple(sorted(self.local)), message, None)
+        """The core's notice, for this server's connections only (the others stay)."""
+        return Broadcast(tuple(sorted(self.local)), self.core.shutdown_notice(now).message, None)
 
     def leave_cluster(self, now: float) -> None:
         """Tell the others this server is gone (a graceful stop), so they need not wait."""
@@ -231,13 +230,8 @@ class ClusterChat:
             self.bus.publish(Entry(Kind.DISCONNECT, self.server, conn))
 
     def _unsent(self, entries: tuple[Entry, ...]) -> list[Output]:
-        outputs: list[Output] = []
-        for entry in entries:
-            if entry.kind == Kind.LINE and entry.conn in self.local:
-                outputs.append(Reply(entry.conn, p.error(
-                    p.ErrorCode.UNAVAILABLE, "the chat bus is unavailable: not sent",
-                    id=p.peek_id(entry.data))))
-        return outputs
+        return [_unavailable(entry.conn, entry.data) for entry in entries
+                if entry.kind == Kind.LINE and entry.conn in self.local]
 
     def _apply(self, entry: Entry) -> list[Output]:
         conn: ConnId = (entry.server, entry.conn)
@@ -265,9 +259,7 @@ class ClusterChat:
         if line is None:
             return [Reply(entry.conn, p.error(p.ErrorCode.UNAVAILABLE,
                                               "the chat bus is unavailable; try again"))]
-        return [Reply(entry.conn, p.error(p.ErrorCode.UNAVAILABLE,
-                                          "the chat bus is unavailable: not sent",
-                                          id=p.peek_id(line)))]
+        return [_unavailable(entry.conn, line)]
 
     def _local(self, outputs: list[Output]) -> list[Output]:
         """Keep what goes to this server's connections, named by their local numbers."""
@@ -308,6 +300,12 @@ class ClusterChat:
             raise ValueError(f"not a snapshot: {exc!r}") from None
         self.core.restore(core, _conn_from_json)
         self.position = position
+
+
+def _unavailable(conn: int, line: bytes) -> Reply:
+    """The answer to a line the bus could not take: not applied, with its id."""
+    return Reply(conn, p.error(p.ErrorCode.UNAVAILABLE, "the chat bus is unavailable: not sent",
+                               id=p.peek_id(line)))
 
 
 def cluster_conn(conn: ConnId) -> tuple[str, int]:
