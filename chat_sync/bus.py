@@ -70,7 +70,7 @@ ALIVE_KEY = PREFIX + "alive:"
 HEARTBEAT_S = 1.0           # how often a server renews its heartbeat
 HEARTBEAT_TTL_MS = 4000     # a server silent this long is gone
 MAX_QUEUED = 10_000         # entries waiting for the writer, at most
-MAX_INBOX = 100_000         # entries read, waiting for the loop, at most
+MAX_INBOX = 100_000         # entries read, waiting for the loop, at most (then the reader waits)
 READ_COUNT = 1000           # entries one XREAD returns, at most
 RECONNECT_MAX_S = 2.0       # the longest wait between reconnect attempts
 SNAPSHOT_WAIT_S = 5.0       # how long a reset waits for the loop's snapshot
@@ -116,9 +116,9 @@ class RedisBus:
         self._servers: set[str] = set()       # others seen in the log, to watch
         self._reported: set[str] = set()      # ... whose gone we appended already
         self._snapshot_offer: bytes | None = None
+        self._pending_snapshot: tuple[bytes, str] | None = None   # for the writer to store
         self._stop = False
         self.up = True
-        self.dropped = 0                      # entries read while the loop's inbox was full
         try:
             self._writer_redis = redis.Redis.from_url(url, socket_connect_timeout=2.0,
                                                       socket_timeout=5.0)
@@ -161,6 +161,7 @@ class RedisBus:
         with self._cond:
             events = list(self._inbox)
             self._inbox.clear()
+            self._cond.notify_all()           # a reader waiting for room may go on
         return events
 
     def offer_snapshot(self, snapshot: bytes) -> None:
@@ -189,8 +190,6 @@ class RedisBus:
         self._writer_redis.connection_pool.disconnect()
 
     # -- the writer thread ------------------------------------------------------------
-    _pending_snapshot: tuple[bytes, str] | None = None
-
     def _write_loop(self) -> None:
         next_beat = time.monotonic() + HEARTBEAT_S
         while True:
@@ -295,10 +294,10 @@ class RedisBus:
                         self._servers.add(entry.server)
                 events.append(Applied(self.position, entry))
         with self._cond:
-            room = MAX_INBOX - len(self._inbox)
-            if room < len(events):
-                self.dropped += len(events) - room
-                events = events[:room]
+            # A replica that misses one entry is no copy: when the loop falls behind,
+            # wait for room (the entries stay in Redis meanwhile), never drop.
+            self._cond.wait_for(lambda: len(self._inbox) + len(events) <= MAX_INBOX
+                                or self._stop)
             self._inbox.extend(events)
         self._wake()
 

@@ -280,3 +280,27 @@ def test_the_readme_cluster_commands_run(redis_server: Redis, tmp_path: Path) ->
         for process in servers:
             process.terminate()
             process.wait(10)
+
+
+def test_a_full_inbox_makes_the_reader_wait_and_loses_nothing(
+        redis_server: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica that missed an entry would no longer be a copy: the reader waits."""
+    from chat_sync import bus as bus_module
+    from chat_sync.cluster import Applied, Entry, Kind
+    monkeypatch.setattr(bus_module, "MAX_INBOX", 3)
+    monkeypatch.setattr(bus_module, "READ_COUNT", 2)
+    reader = bus_module.RedisBus(redis_server.url, "r", "e", lambda: None)
+    writer = bus_module.RedisBus(redis_server.url, "w", "e", lambda: None)
+    try:
+        reader.start("0-0", ())
+        writer.start("0-0", ())
+        for number in range(10):
+            assert writer.publish(Entry(Kind.LINE, "w", number, 0.0, b"x"))
+        got: list[int] = []
+        wait_for(lambda: got.extend(e.entry.conn for e in reader.take()
+                                    if isinstance(e, Applied)) or len(got) >= 10,
+                 timeout=10, what="all ten entries")
+        assert got == list(range(10))
+    finally:
+        reader.stop()
+        writer.stop()
