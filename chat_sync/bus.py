@@ -244,7 +244,7 @@ class RedisBus:
         with self._cond:
             if self.up:
                 self.up = False
-                self._inbox.append(BusDown(reason))
+                self._inbox.append(BusDown(reason, time.time()))
             self._inbox.append(Unsent(tuple(batch)))
         self._wake()
         try:   # the reader finds out too, and its reconnect brings the bus back up
@@ -268,7 +268,7 @@ class RedisBus:
                         return
                     if self.up:
                         self.up = False
-                        self._inbox.append(BusDown(str(exc) or type(exc).__name__))
+                        self._inbox.append(BusDown(str(exc) or type(exc).__name__, time.time()))
                 self._wake()
                 log.warning("bus: lost %s: %s", self.url, exc)
                 time.sleep(delay)   # this thread has nothing else to do meanwhile
@@ -322,7 +322,7 @@ class RedisBus:
             self.position = "0-0"
         with self._cond:
             self.up = True
-            self._inbox.append(BusUp(snapshot))
+            self._inbox.append(BusUp(time.time(), snapshot))
         log.info("bus: back on %s%s", self.url, " with a new log" if snapshot else "")
         self._wake()
 

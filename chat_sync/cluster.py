@@ -105,13 +105,18 @@ class Applied:
 
 @dataclasses.dataclass(frozen=True)
 class BusDown:
+    """The bus is unreachable; ``ts`` is the wall time the bus saw it, for the notice."""
+
     reason: str
+    ts: float
 
 
 @dataclasses.dataclass(frozen=True)
 class BusUp:
-    """The bus is back. ``snapshot`` is set when it had lost the log (a restart)."""
+    """The bus is back at wall time ``ts``. ``snapshot`` is set when it had lost
+    the log (a restart)."""
 
+    ts: float
     snapshot: bytes | None = None
 
 
@@ -199,12 +204,12 @@ class ClusterChat:
         if isinstance(event, BusDown):
             return self._bus_notice(p.SystemEvent.BUS_DOWN,
                                     f"the chat bus is unreachable ({event.reason}); "
-                                    "messages wait until it is back")
+                                    "messages wait until it is back", event.ts)
         if isinstance(event, BusUp):
             if event.snapshot is not None:
                 self.restore(event.snapshot)
                 self.core.seq += SEQ_GAP_AFTER_RESET
-            outputs = self._bus_notice(p.SystemEvent.BUS_UP, "the chat bus is back")
+            outputs = self._bus_notice(p.SystemEvent.BUS_UP, "the chat bus is back", event.ts)
             self._reconcile()
             return outputs
         if isinstance(event, Unsent):
@@ -280,8 +285,8 @@ class ClusterChat:
         server, number = cluster_conn(conn)
         return number if server == self.server and number in self.local else None
 
-    def _bus_notice(self, event: p.SystemEvent, text: str) -> list[Output]:
-        message = p.system(None, event, None, text, None, 0.0)
+    def _bus_notice(self, event: p.SystemEvent, text: str, ts: float) -> list[Output]:
+        message = p.system(None, event, None, text, None, ts)
         return [Broadcast(tuple(sorted(self.local)), message, None)]
 
     # -- snapshots ---------------------------------------------------------------

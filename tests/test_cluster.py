@@ -191,11 +191,12 @@ def test_bus_down_and_up_are_told_and_a_lost_connect_is_sent_again(
     a, _ = pair
     a.bus.log.up = False
     a.connect(1)                               # the bus cannot take it
-    a.deliver(a.chat.apply(BusDown("connection refused")))
+    a.deliver(a.chat.apply(BusDown("connection refused", 1700000000.5)))
     a.bus.log.up = True
-    a.deliver(a.chat.apply(BusUp()))
+    a.deliver(a.chat.apply(BusUp(1700000002.25)))
     a.pump()
     assert a.types(1)[:3] == ["error", "bus_down", "bus_up"]
+    assert [m["ts"] for m in a.inbox[1][1:3]] == [1700000000.5, 1700000002.25]   # not 0.0
     assert a.types(1)[3] == "welcome"          # reconciled: its connect went again
 
 
@@ -210,7 +211,7 @@ def test_a_reset_starts_everyone_from_one_snapshot_with_a_seq_gap(
     a.bus.log.entries.clear()                  # Redis came back empty
     a.bus.read = b.bus.read = 0
     for server in (a, b):
-        server.deliver(server.chat.apply(BusUp(offer)))
+        server.deliver(server.chat.apply(BusUp(1700000000.0, offer)))
     a.send(1, type="message", text="after")
     pump(a, b)
     assert a.inbox[1][-1]["seq"] == 1 + SEQ_GAP_AFTER_RESET + 1
