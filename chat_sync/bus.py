@@ -37,6 +37,9 @@ winner too, restores the winner's (``BusUp(snapshot)``), skipping
 ``SEQ_GAP_AFTER_RESET`` seq numbers so no number is used twice for
 different messages. A server that comes back after the new generation was
 set just restores its snapshot. The ``epoch`` the clients see stays.
+The periodic snapshot that lets the log be trimmed is stored only while
+the log is still the generation it was built from (checked in Redis, by one
+script), so a lagging server cannot put an old replica under a new log.
 """
 from __future__ import annotations
 
@@ -74,6 +77,17 @@ MAX_INBOX = 100_000         # entries read, waiting for the loop, at most (then 
 READ_COUNT = 1000           # entries one XREAD returns, at most
 RECONNECT_MAX_S = 2.0       # the longest wait between reconnect attempts
 SNAPSHOT_WAIT_S = 5.0       # how long a reset waits for the loop's snapshot
+
+# Store a snapshot and trim the log behind it, only if the log is still the
+# generation the snapshot was built from (one script: Redis runs it at once).
+STORE_SNAPSHOT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('SET', KEYS[2], ARGV[2])
+    redis.call('XTRIM', KEYS[3], 'MINID', ARGV[3])
+    return 1
+end
+return 0
+"""
 
 
 def join_cluster(url: str, core: ChatCore, wake: Callable[[], None]
@@ -116,7 +130,8 @@ class RedisBus:
         self._servers: set[str] = set()       # others seen in the log, to watch
         self._reported: set[str] = set()      # ... whose gone we appended already
         self._snapshot_offer: bytes | None = None
-        self._pending_snapshot: tuple[bytes, str] | None = None   # for the writer to store
+        # (snapshot, position, generation) for the writer to store
+        self._pending_snapshot: tuple[bytes, str, str | None] | None = None
         self._stop = False
         self.up = True
         try:
@@ -128,6 +143,8 @@ class RedisBus:
             self.epoch = _text(stored) or epoch
             self._writer_redis.set(GENERATION_KEY, secrets.token_hex(8), nx=True)
             self.generation = _text(self._writer_redis.get(GENERATION_KEY))
+            self._applied_generation = self.generation   # of the entries the loop applies
+            self._store_snapshot = self._writer_redis.register_script(STORE_SNAPSHOT)
             self._writer_redis.set(ALIVE_KEY + server, 1, px=HEARTBEAT_TTL_MS)
             snapshot = self._writer_redis.get(SNAPSHOT_KEY)
             self.snapshot = snapshot if isinstance(snapshot, bytes) else None
@@ -162,6 +179,9 @@ class RedisBus:
             events = list(self._inbox)
             self._inbox.clear()
             self._cond.notify_all()           # a reader waiting for room may go on
+        for event in events:                  # the loop's replica follows the log it reads
+            if isinstance(event, BusUp) and event.generation is not None:
+                self._applied_generation = event.generation
         return events
 
     def offer_snapshot(self, snapshot: bytes) -> None:
@@ -171,9 +191,13 @@ class RedisBus:
             self._cond.notify_all()
 
     def save_snapshot(self, snapshot: bytes, position: str) -> None:
-        """Store a snapshot at ``position`` and trim the log behind it (writer thread)."""
+        """Store a snapshot at ``position`` and trim the log behind it (writer thread).
+
+        Tagged with the generation of the log the replica was built from: a
+        server still applying the old log after a reset must not overwrite the
+        new log's snapshot with its own (the writer checks, in Redis)."""
         with self._cond:
-            self._pending_snapshot = (snapshot, position)
+            self._pending_snapshot = (snapshot, position, self._applied_generation)
             self._cond.notify()
 
     def stop(self, timeout: float = 2.0) -> None:
@@ -213,14 +237,15 @@ class RedisBus:
             if stopping:
                 return
 
-    def _append(self, batch: list[Entry], snapshot: tuple[bytes, str] | None,
+    def _append(self, batch: list[Entry], snapshot: tuple[bytes, str, str | None] | None,
                 beat: bool) -> None:
         pipe = self._writer_redis.pipeline(transaction=False)
         for entry in batch:
             pipe.xadd(LOG_KEY, entry.fields())   # type: ignore[arg-type]
         if snapshot is not None:
-            pipe.set(SNAPSHOT_KEY, snapshot[0])
-            pipe.xtrim(LOG_KEY, minid=snapshot[1])
+            state, position, generation = snapshot
+            self._store_snapshot(keys=[GENERATION_KEY, SNAPSHOT_KEY, LOG_KEY],
+                                 args=[generation or "", state, position], client=pipe)
         watched: list[str] = []
         if beat:
             pipe.set(ALIVE_KEY + self.server, 1, px=HEARTBEAT_TTL_MS)
@@ -322,7 +347,7 @@ class RedisBus:
             self.position = "0-0"
         with self._cond:
             self.up = True
-            self._inbox.append(BusUp(time.time(), snapshot))
+            self._inbox.append(BusUp(time.time(), snapshot, self.generation))
         log.info("bus: back on %s%s", self.url, " with a new log" if snapshot else "")
         self._wake()
 

@@ -114,10 +114,11 @@ class BusDown:
 @dataclasses.dataclass(frozen=True)
 class BusUp:
     """The bus is back at wall time ``ts``. ``snapshot`` is set when it had lost
-    the log (a restart)."""
+    the log (a restart); ``generation`` names the log it is back on."""
 
     ts: float
     snapshot: bytes | None = None
+    generation: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -304,3 +304,32 @@ def test_a_full_inbox_makes_the_reader_wait_and_loses_nothing(
     finally:
         reader.stop()
         writer.stop()
+
+
+def test_a_snapshot_of_an_old_log_does_not_overwrite_the_new_logs(redis_server: Redis) -> None:
+    """After a reset, a server still applying the old log must not store its replica
+    as the new log's snapshot: a server starting from it would be no copy."""
+    import redis
+
+    from chat_sync import bus as bus_module
+    from chat_sync.cluster import Entry, Kind
+    store = redis.Redis.from_url(redis_server.url)
+    bus = bus_module.RedisBus(redis_server.url, "a", "e", lambda: None)
+
+    def save_and_flush(state: bytes, number: int) -> None:
+        bus.save_snapshot(state, "0-0")
+        assert bus.publish(Entry(Kind.LINE, "a", number, 0.0, b"x"))
+        wait_for(lambda: store.xlen(bus_module.LOG_KEY) >= number, timeout=10,
+                 what=f"entry {number} in the log")
+
+    try:
+        bus.start("0-0", ())
+        save_and_flush(b"ours", 1)
+        assert store.get(bus_module.SNAPSHOT_KEY) == b"ours"       # our log: stored
+        store.set(bus_module.GENERATION_KEY, "newer")               # another server reset it
+        store.set(bus_module.SNAPSHOT_KEY, b"theirs")
+        save_and_flush(b"stale", 2)
+        assert store.get(bus_module.SNAPSHOT_KEY) == b"theirs"
+    finally:
+        bus.stop()
+        store.close()
