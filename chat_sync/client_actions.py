@@ -2,7 +2,7 @@
 
 ``tcp_client_core.ClientCore`` and ``udp_client_core.UdpClientCore`` are told
 different things by their servers and answer with actions of their own
-(``Send``, ``Transmit``, ``SendAck`` ...); these three mean the same for both,
+(``Send``, ``Transmit``, ``SendAck`` ...); these four mean the same for both,
 so each shell handles them alike, and they are defined once, here, with the
 table of seqs both keep (``RoomSeqs``).
 """
@@ -12,6 +12,13 @@ import dataclasses
 from typing import Any
 
 from . import protocol as p
+
+
+@dataclasses.dataclass(frozen=True)
+class Show:
+    """A server message for the user, in order and once (UDP: in stream order)."""
+
+    message: dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)

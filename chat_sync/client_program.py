@@ -12,9 +12,9 @@ threads, and needs no more of a client than ``Client`` says:
 - the main thread waits for the client to finish (``run``) and catches
   Ctrl-C: Python runs signal handlers in the main thread only.
 
-Each client's ``main`` is then: ``configure``, open the ``Terminal``, build
-and connect its client (what can go wrong there is its own: TLS, a server
-that does not answer), and ``run``.
+Each client's ``main`` is then ``main`` here: ``configure``,
+``open_console``, the client's own ``start`` (build and connect it: what can
+go wrong there is its own, TLS, a server that does not answer), and ``run``.
 
 In plain mode the input is a pipe, usually a script, which ends before the
 server has answered its last lines. So a ``Script`` counts what is owed:
@@ -26,15 +26,18 @@ if any was an error or never came, so ``set -e`` and ``||`` work.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from . import commands as cmd
 from . import config as cfg
-from .client_events import EXIT_OK, EXIT_REFUSED, ClientEvent, Closed, Notice, Received
+from .client_events import (EXIT_FAILED, EXIT_OK, EXIT_REFUSED, ClientEvent, Closed, JoinError,
+                            Notice, Received)
 from .protocol import MessageType, SystemEvent, name_key
-from .terminal import Terminal, escape, render
+from .terminal import Terminal, escape, main_streams, render
 
 SCRIPT_ANSWER_WAIT_S = 10.0     # how long a script's end of input waits for what it is owed
 
@@ -169,6 +172,18 @@ def show_event(terminal: Terminal, user: str, event: ClientEvent,
         terminal.show("-- " + escape(event.reason))
 
 
+def open_console(config: cfg.TcpClientConfig | cfg.UdpClientConfig
+                 ) -> tuple[Terminal, Script | None, Callable[[ClientEvent], None]]:
+    """The terminal a client program talks on, the Script that paces a pipe (plain
+    mode, else None), and the ``on_event`` that shows each event there."""
+    user = config.user
+    assert user is not None                 # configure made sure of it
+    stdin, stdout = main_streams()
+    terminal = Terminal.open(stdin, stdout, plain=config.plain, environ=os.environ)
+    script = Script(user) if terminal.plain else None   # a pipe: wait for its answers
+    return terminal, script, lambda event: show_event(terminal, user, event, script)
+
+
 def pump_stdin(client: Client, terminal: Terminal) -> None:
     """The stdin thread: each typed line becomes a command; EOF or /quit closes the client."""
     while True:
@@ -201,3 +216,34 @@ def run(client: Client, terminal: Terminal, script: Script | None = None) -> int
     if code == EXIT_OK and script is not None and (script.refused or script.owed):
         return EXIT_REFUSED
     return code
+
+
+class CannotStart(Exception):
+    """The client could not be built or connected; the text says why, for stderr."""
+
+
+def main(cls: type[ClientConfig], argv: list[str] | None, *, prog: str, description: str,
+         start: Callable[[ClientConfig, Callable[[ClientEvent], None]], Client]) -> int:
+    """A client program: its settings, the console, ``start``, then ``run``.
+
+    ``start`` builds and connects the client with the ``on_event`` given; it
+    raises JoinError for a refused join and CannotStart for anything else
+    that stops it (both are printed: exit code EXIT_FAILED).
+    """
+    config = configure(cls, argv, prog=prog, description=description)
+    if config is None:
+        return EXIT_FAILED
+    terminal, script, on_event = open_console(config)
+    try:
+        try:
+            client = start(config, on_event)
+        except (JoinError, CannotStart) as exc:
+            print(f"chat-sync: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            return EXIT_OK
+        code = run(client, terminal, script)
+        client.close()                  # after a failure it may still hold a socket and a thread
+        return code
+    finally:
+        terminal.close()

@@ -32,7 +32,8 @@ None. To run without the chat log a file asks for, edit the file (or call
 To add a setting, add one ``setting(...)`` line to a dataclass (give it a
 ``max``: every number has an upper bound); loading, checking, the flag and
 its ``--help`` line all follow from it. A setting several programs have is
-declared once, in ``_SHARED``, and named in each with ``shared(...)``.
+declared once, in a base class: ``_ServerSettings`` (both servers),
+``_ClientSettings`` (both clients), ``_RetransmitSettings`` (both UDP programs).
 """
 from __future__ import annotations
 
@@ -108,55 +109,33 @@ HOUR_S = 3_600.0
 MILLION = 1_000_000
 GIB = 1024 ** 3
 
-# Settings several programs have, each declared once: name -> setting() arguments.
-_SHARED: dict[str, tuple[Any, str, dict[str, Any]]] = {
-    "log_file": (None, "chat log file (unset = no chat log)", {}),
-    "log_max_bytes": (1_000_000, "rotate the chat log at this size, in bytes",
-                      {"min": 1, "max": 1024 * GIB}),
-    "log_backups": (3, "rotated chat logs to keep (0 = none)", {"min": 0, "max": 1000}),
-    "log_level": ("info", "operational log level on stderr; debug also logs raw bytes "
-                  "per peer", {"choices": LOG_LEVELS}),
-    "history_size": (HISTORY_SIZE, "messages replayed per room on join",
-                     {"min": 0, "max": 100_000}),
-    "max_text_chars": (MAX_TEXT_CHARS, "longest message text", {"min": 1, "max": MILLION}),
-    "max_clients": (MAX_CLIENTS, "clients at most", {"min": 1, "max": MILLION}),
-    "max_rooms": (MAX_ROOMS, "rooms at most", {"min": 1, "max": MILLION}),
-    "user": (None, "your user name (required, here or in the file)", {}),
-    "room": (DEFAULT_ROOM, "room to join first", {}),
-    "plain": (False, "plain output: no colours or cursor tricks", {}),
-    "base_delay": (0.2, "first retransmit delay, doubled per retry",
-                   {"above": 0.0, "max": 60.0, "not_above": "max_delay"}),
-    "max_delay": (3.0, "longest retransmit delay", {"above": 0.0, "max": 600.0}),
-    "max_retries": (6, "retransmits before giving up on a datagram", {"min": 0, "max": 100}),
-    "adaptive_rto": (False, "estimate the retransmit timeout from measured round trips", {}),
-    "min_rto": (0.2, "smallest adaptive retransmit timeout",
-                {"above": 0.0, "max": 60.0, "not_above": "max_delay"}),
-    "max_datagram_bytes": (MAX_DATAGRAM_BYTES, "largest datagram, both ways",
-                           {"min": MIN_DATAGRAM_BYTES, "max": MAX_UDP_PAYLOAD}),
-}
-
-
-def shared(name: str) -> Any:
-    """The setting ``name`` of ``_SHARED``, for one more settings class."""
-    default, help, bounds = _SHARED[name]
-    return setting(default, help, **bounds)
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TcpServerConfig:
-    """Settings of the TCP chat server."""
+class _ServerSettings:
+    """What both servers have. A subclass that declares ``port`` again changes its
+    default and help in place: host and port stay first in ``--help``."""
 
     host: str = setting(DEFAULT_HOST, "address to listen on ('' = all interfaces)")
     port: int = setting(DEFAULT_TCP_PORT, "TCP port to listen on (0 = any free port)",
                         min=0, max=MAX_PORT)
-    log_file: str | None = shared("log_file")
-    log_max_bytes: int = shared("log_max_bytes")
-    log_backups: int = shared("log_backups")
-    log_level: str = shared("log_level")
-    history_size: int = shared("history_size")
+    log_file: str | None = setting(None, "chat log file (unset = no chat log)")
+    log_max_bytes: int = setting(1_000_000, "rotate the chat log at this size, in bytes",
+                                 min=1, max=1024 * GIB)
+    log_backups: int = setting(3, "rotated chat logs to keep (0 = none)", min=0, max=1000)
+    log_level: str = setting("info", "operational log level on stderr; debug also logs raw "
+                             "bytes per peer", choices=LOG_LEVELS)
+    history_size: int = setting(HISTORY_SIZE, "messages replayed per room on join",
+                                min=0, max=100_000)
+    max_text_chars: int = setting(MAX_TEXT_CHARS, "longest message text", min=1, max=MILLION)
+    max_clients: int = setting(MAX_CLIENTS, "clients at most", min=1, max=MILLION)
+    max_rooms: int = setting(MAX_ROOMS, "rooms at most", min=1, max=MILLION)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TcpServerConfig(_ServerSettings):
+    """Settings of the TCP chat server."""
+
     max_line_bytes: int = setting(MAX_LINE_BYTES, "longest line accepted from a client",
                                   min=1, max=16 * 1024 * 1024)
-    max_text_chars: int = shared("max_text_chars")
     max_send_buffer_bytes: int = setting(MAX_SEND_BUFFER_BYTES, "unsent bytes held for "
                                          "one client before it is dropped as slow",
                                          min=1, max=GIB)
@@ -166,10 +145,8 @@ class TcpServerConfig:
                                           min=1, max=GIB)
     slow_reader_grace_s: float = setting(SLOW_READER_GRACE_S, "seconds a client may stay "
                                          "over send_buffer_soft_bytes", min=0.0, max=DAY_S)
-    max_clients: int = shared("max_clients")
     max_clients_per_ip: int = setting(MAX_CLIENTS_PER_IP, "connected clients from one "
                                       "address at most (0 = no limit)", min=0, max=MILLION)
-    max_rooms: int = shared("max_rooms")
     rate_limit_per_s: float = setting(RATE_LIMIT_PER_S, "requests a second one client may "
                                       "send, sustained (0 = no limit)", min=0.0, max=MILLION)
     rate_burst: int = setting(RATE_BURST, "requests one client may send at once",
@@ -202,14 +179,20 @@ class TcpServerConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TcpClientConfig:
-    """Settings of the TCP chat client."""
+class _ClientSettings:
+    """What both clients have; a subclass declares ``port`` again for its own default."""
 
     host: str = setting(DEFAULT_HOST, "server address to connect to")
     port: int = setting(DEFAULT_TCP_PORT, "server TCP port", min=1, max=MAX_PORT)
-    user: str | None = shared("user")
-    room: str = shared("room")
-    plain: bool = shared("plain")
+    user: str | None = setting(None, "your user name (required, here or in the file)")
+    room: str = setting(DEFAULT_ROOM, "room to join first")
+    plain: bool = setting(False, "plain output: no colours or cursor tricks")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TcpClientConfig(_ClientSettings):
+    """Settings of the TCP chat client."""
+
     reconnect_tries: int = setting(8, "reconnect attempts after a lost connection "
                                    "(0 = give up at once)", min=0, max=1000)
     reconnect_base_delay_s: float = setting(0.5, "first reconnect delay, doubled per try",
@@ -226,28 +209,35 @@ class TcpClientConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class UdpServerConfig:
+class _RetransmitSettings:
+    """What both UDP programs have: their retransmit timers and datagram size.
+
+    A UDP settings class lists it first among its bases, so that its fields
+    come after the server's or client's common ones (dataclasses collect the
+    bases' fields in reverse order).
+    """
+
+    max_datagram_bytes: int = setting(MAX_DATAGRAM_BYTES, "largest datagram, both ways",
+                                      min=MIN_DATAGRAM_BYTES, max=MAX_UDP_PAYLOAD)
+    base_delay: float = setting(0.2, "first retransmit delay, doubled per retry",
+                                above=0.0, max=60.0, not_above="max_delay")
+    max_delay: float = setting(3.0, "longest retransmit delay", above=0.0, max=600.0)
+    max_retries: int = setting(6, "retransmits before giving up on a datagram",
+                               min=0, max=100)
+    adaptive_rto: bool = setting(False, "estimate the retransmit timeout from measured "
+                                 "round trips")
+    min_rto: float = setting(0.2, "smallest adaptive retransmit timeout",
+                             above=0.0, max=60.0, not_above="max_delay")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UdpServerConfig(_RetransmitSettings, _ServerSettings):
     """Settings of the UDP chat server."""
 
-    host: str = setting(DEFAULT_HOST, "address to listen on ('' = all interfaces)")
     port: int = setting(DEFAULT_UDP_PORT, "UDP port to listen on (0 = any free port)",
                         min=0, max=MAX_PORT)
-    log_file: str | None = shared("log_file")
-    log_max_bytes: int = shared("log_max_bytes")
-    log_backups: int = shared("log_backups")
-    log_level: str = shared("log_level")
-    history_size: int = shared("history_size")
-    max_text_chars: int = shared("max_text_chars")
-    max_datagram_bytes: int = shared("max_datagram_bytes")
-    max_clients: int = shared("max_clients")
-    max_rooms: int = shared("max_rooms")
     client_timeout_s: float = setting(60.0, "forget a client silent this long",
                                       above=0.0, max=DAY_S)
-    base_delay: float = shared("base_delay")
-    max_delay: float = shared("max_delay")
-    max_retries: int = shared("max_retries")
-    adaptive_rto: bool = shared("adaptive_rto")
-    min_rto: float = shared("min_rto")
     shutdown_grace_s: float = setting(2.0, "seconds to wait for acks of the shutdown "
                                       "notice", min=0.0, max=HOUR_S)
     # Defences (udp_server_core.py): each on by default.
@@ -264,22 +254,12 @@ class UdpServerConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class UdpClientConfig:
+class UdpClientConfig(_RetransmitSettings, _ClientSettings):
     """Settings of the UDP chat client."""
 
-    host: str = setting(DEFAULT_HOST, "server address to send to")
     port: int = setting(DEFAULT_UDP_PORT, "server UDP port", min=1, max=MAX_PORT)
-    user: str | None = shared("user")
-    room: str = shared("room")
-    plain: bool = shared("plain")
     keepalive_s: float = setting(15.0, "ping the server after this long idle",
                                  above=0.0, max=DAY_S)
-    base_delay: float = shared("base_delay")
-    max_delay: float = shared("max_delay")
-    max_retries: int = shared("max_retries")
-    adaptive_rto: bool = shared("adaptive_rto")
-    min_rto: float = shared("min_rto")
-    max_datagram_bytes: int = shared("max_datagram_bytes")
     gap_timeout_s: float = setting(15.0, "report a hole in the server's stream as lost "
                                    "after this long (longer than the server's retries)",
                                    above=0.0, max=DAY_S)

@@ -83,6 +83,7 @@ from .records import (
     lines,
     table,
 )
+from .serving import accepted
 from .wakeup import Wakeup
 
 __all__ = ["CLIENT_TO_SERVER", "DIRECTIONS", "SERVER_TO_CLIENT", "Address", "ConnEvent",
@@ -96,7 +97,6 @@ MAX_BUFFER_BYTES = 256 * 1024    # bytes held per connection and direction
 MAX_CONNECTIONS = 256
 MAX_RECORDS = 100_000
 MAX_RECORD_BYTES = 64 * 1024 * 1024   # data bytes the record holds, at most
-ACCEPTS_PER_TURN = 64
 
 
 # -- The relay's loop ------------------------------------------------------------
@@ -346,14 +346,7 @@ class RecordingRelay:
                 self._update(link)
 
     def _accept(self) -> None:
-        for _ in range(ACCEPTS_PER_TURN):
-            try:
-                sock, addr = self._listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:        # EMFILE and friends: keep relaying the others
-                log.warning("accept failed: %s", exc)
-                return
+        for sock, addr in accepted(self._listener, self._accept_failed):
             sock.setblocking(False)
             client_addr: Address = (str(addr[0]), int(addr[1]))
             with self._control:
@@ -364,6 +357,10 @@ class RecordingRelay:
                 sock.close()                              # too many held: refused
             else:
                 self._link(sock, client_addr)
+
+    @staticmethod
+    def _accept_failed(exc: OSError) -> None:
+        log.warning("accept failed: %s", exc)    # EMFILE and friends: relay the others
 
     def _link(self, sock: socket.socket, client_addr: Address) -> None:
         """Connect an accepted client to the server; it is read once that is done."""

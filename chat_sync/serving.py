@@ -27,12 +27,13 @@ from __future__ import annotations
 import logging
 import resource
 import signal
+import socket
 import ssl
 import sys
 import threading
 from types import TracebackType
-from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
 
 from . import config as cfg
 from .logs import log_to_stderr
@@ -40,6 +41,7 @@ from .logs import log_to_stderr
 log = logging.getLogger("chat_sync.serving")
 
 SPARE_DESCRIPTORS = 64      # beyond one per client: the listener, log files, the wake-up pair
+ACCEPTS_PER_TURN = 64       # bound the time one turn spends on a connection storm
 
 
 class Server(Protocol):
@@ -85,6 +87,23 @@ class ServerHandle(Generic[S]):
 
 
 ServerConfig = TypeVar("ServerConfig", cfg.TcpServerConfig, cfg.UdpServerConfig)
+
+
+def accepted(listener: socket.socket, on_error: Callable[[OSError], None]
+             ) -> Iterator[tuple[socket.socket, Any]]:
+    """The connections waiting on a non-blocking ``listener``: at most
+    ``ACCEPTS_PER_TURN``, so that a storm of connects cannot starve the sockets
+    already open. An accept that fails (EMFILE and friends) goes to ``on_error``
+    and ends the turn's accepting: the caller keeps serving the others."""
+    for _ in range(ACCEPTS_PER_TURN):
+        try:
+            sock, addr = listener.accept()
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            on_error(exc)
+            return
+        yield sock, addr
 
 
 def configure(cls: type[ServerConfig], argv: list[str] | None, *, prog: str,

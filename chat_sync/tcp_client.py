@@ -57,7 +57,6 @@ import dataclasses
 import enum
 import itertools
 import logging
-import os
 import random
 import socket
 import ssl
@@ -71,14 +70,16 @@ from . import commands as cmd
 from . import config as cfg
 from . import protocol as p
 from . import tls
-from .client_events import EXIT_FAILED, EXIT_OK, EventStream
+from .client_events import EXIT_FAILED, EXIT_OK
 # The events, re-exported ("as"): a program that uses ChatClient imports them from here.
 from .client_events import (ClientEvent as ClientEvent, Closed as Closed,
                             JoinError as JoinError, Notice as Notice, Received as Received)
-from .client_program import Script, configure, run, show_event
+from . import client_program as program
+from .client_program import CannotStart
+from .client_shell import ClientShell
 from .framing import LineBuffer
 from .tcp_client_core import (Action, Backoff, ClientCore, ClientState, Joined, JoinRefused, Note, Send, ServerShutdown, Show)
-from .terminal import Terminal, escape, main_streams
+from .terminal import escape
 
 log = logging.getLogger("chat_sync.tcp_client")
 
@@ -90,7 +91,7 @@ class _Lost(Exception):
 
 
 # -- The socket shell ------------------------------------------------------------------
-class ChatClient:
+class ChatClient(ClientShell[ClientCore]):
     """A chat connection with a reader thread, usable without a terminal.
 
     ``on_event`` is called from the reader thread (and from the thread that
@@ -107,12 +108,12 @@ class ChatClient:
                  random: Callable[[], float] = random.random) -> None:
         if config.user is None:
             raise ValueError("TcpClientConfig.user is required")
+        super().__init__(on_event)
         self.config = config
         self.core = ClientCore(config.user, config.room)
         self.backoff = Backoff(config.reconnect_base_delay_s, config.reconnect_max_delay_s,
                                config.reconnect_tries)
         self._random = random
-        self._events = EventStream(on_event)
         self._core_lock = threading.Lock()     # the core is used by the reader and callers
         self._send_lock = threading.Lock()     # one request at a time, so lines never mix
         self._ssl_lock = threading.Lock()      # TLS: one thread at a time inside OpenSSL
@@ -125,19 +126,6 @@ class ChatClient:
         self.peer = f"{config.host}:{config.port}"
 
     # -- public -------------------------------------------------------------------
-    @property
-    def exit_code(self) -> int | None:
-        """EXIT_OK or EXIT_FAILED once the client has finished; None until then."""
-        return self._events.exit_code
-
-    @property
-    def user(self) -> str:
-        return self.core.user
-
-    @property
-    def room(self) -> str:
-        return self.core.room
-
     def connect(self) -> None:
         """Connect, join ``config.room``, then start the reader thread.
 
@@ -152,58 +140,31 @@ class ChatClient:
                                         daemon=True)
         self._reader.start()
 
-    def execute(self, command: cmd.Command) -> bool:
-        """Carry out one parsed command; returns False once the client is closed.
+    def _change_room(self, room: str) -> None:
+        with self._core_lock:
+            joined = self.core.state is ClientState.JOINED
+            request = self.core.join(room) if joined else None
+        if request is None:
+            self._events.emit(Notice("not connected: cannot join now"))
+        else:
+            self._send_or_notice(request)
 
-        Chat text and server commands are sent; ``/help`` and usage hints
-        become a Notice; ``Quit`` closes the client.
-        """
-        if isinstance(command, cmd.Quit):
-            self.close()
-            return False
-        if isinstance(command, cmd.Help):
-            self._events.emit(Notice(cmd.HELP))
-        elif isinstance(command, cmd.Usage):
-            self._events.emit(Notice(command.text))
-        elif isinstance(command, cmd.Say):
-            self.send(cmd.message_request(command.text))
-        elif isinstance(command, cmd.Whisper):
-            self.send(cmd.whisper_request(command.to, command.text))
-        elif isinstance(command, cmd.ListRooms):
-            self.send(cmd.rooms_request())
-        elif isinstance(command, cmd.WhoIsHere):
-            self.send(cmd.who_request())
-        elif isinstance(command, cmd.JoinRoom):
-            with self._core_lock:
-                joined = self.core.state is ClientState.JOINED
-                request = self.core.join(command.room) if joined else None
-            if request is None:
-                self._events.emit(Notice("not connected: cannot join now"))
-            else:
-                self._send_or_notice(request)
-        return not self._events.finished
-
-    def send_line(self, line: str) -> bool:
-        """Parse and carry out one typed line; returns False once the client is closed."""
-        command = cmd.parse_command(line)
-        if command is None:
-            return not self._events.finished
-        return self.execute(command)
-
-    def send(self, request: dict[str, Any]) -> None:
+    def request(self, request: dict[str, Any]) -> bool:
         """Send one request if we are in a room; otherwise say why not (a Notice).
 
         It goes with an ``id``: a line the connection loses before its echo is
-        reported (see ``tcp_client_core``).
+        reported (see ``tcp_client_core``). Returns False if it was not sent.
         """
         if self.core.state is not ClientState.JOINED:
             self._events.emit(Notice("not connected: not sent"))
-            return
+            return False
         with self._core_lock:
             request = self.core.track(request)
         if not self._send_or_notice(request):
             with self._core_lock:
                 self.core.forget(request)
+            return False
+        return True
 
     def close(self, timeout: float = 5.0) -> int:
         """Leave the room, close the connection, wait for the reader thread.
@@ -235,17 +196,6 @@ class ChatClient:
         self._events.finish(EXIT_OK, "closed")
         assert self.exit_code is not None
         return self.exit_code
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        """Wait until the client has finished; returns its exit code, or None on timeout."""
-        return self._events.wait(timeout)
-
-    def next_event(self, timeout: float = 5.0) -> ClientEvent:
-        """The next event from the queue (only without ``on_event``).
-
-        Raises TimeoutError if none arrives within ``timeout`` seconds.
-        """
-        return self._events.next(timeout)
 
     # -- connecting ------------------------------------------------------------------
     def _open(self) -> None:
@@ -450,48 +400,32 @@ class ChatClient:
 
 # -- The terminal program ------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    config = configure(cfg.TcpClientConfig, argv, prog="chat-sync tcp-client",
-                       description="Chat on a chat_sync TCP server.")
-    if config is None:
-        return EXIT_FAILED
-    user = config.user
-    assert user is not None                 # configure made sure of it
-    stdin, stdout = main_streams()
-    terminal = Terminal.open(stdin, stdout, plain=config.plain, environ=os.environ)
-    script = Script(user) if terminal.plain else None   # a pipe: wait for its answers
+    return program.main(cfg.TcpClientConfig, argv, prog="chat-sync tcp-client",
+                        description="Chat on a chat_sync TCP server.", start=_start)
+
+
+def _start(config: cfg.TcpClientConfig, on_event: Callable[[ClientEvent], None]) -> ChatClient:
+    """A connected ChatClient; or CannotStart (or JoinError) saying why not."""
     try:
-        try:
-            client = ChatClient(config, on_event=lambda event: show_event(terminal, user, event,
-                                                                          script))
-        except OSError as exc:              # ssl.SSLError is one
-            print(f"chat-sync: cannot use --cafile {config.cafile}: {exc.strerror or exc}",
-                  file=sys.stderr)
-            return EXIT_FAILED
-        try:
-            client.connect()
-        except JoinError as exc:
-            print(f"chat-sync: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        except ssl.SSLCertVerificationError as exc:
-            hint = ("--host must be a name the certificate holds" if "mismatch" in
-                    str(exc.verify_message) else "--cafile names the CA to trust")
-            print(f"chat-sync: cannot connect to {client.peer}: TLS certificate check failed: "
-                  f"{exc.verify_message} ({hint})", file=sys.stderr)
-            return EXIT_FAILED
-        except ssl.SSLError as exc:
-            print(f"chat-sync: cannot connect to {client.peer}: TLS failed: {exc.reason or exc}"
-                  " (does the server speak TLS?)", file=sys.stderr)
-            return EXIT_FAILED
-        except OSError as exc:
-            print(f"chat-sync: cannot connect to {client.peer}: {exc.strerror or exc}",
-                  file=sys.stderr)
-            return EXIT_FAILED
-        except KeyboardInterrupt:
-            client.close()
-            return EXIT_OK
-        return run(client, terminal, script)
-    finally:
-        terminal.close()
+        client = ChatClient(config, on_event=on_event)
+    except OSError as exc:              # ssl.SSLError is one
+        raise CannotStart(f"cannot use --cafile {config.cafile}: {exc.strerror or exc}") from None
+    try:
+        client.connect()
+    except ssl.SSLCertVerificationError as exc:
+        hint = ("--host must be a name the certificate holds" if "mismatch" in
+                str(exc.verify_message) else "--cafile names the CA to trust")
+        raise CannotStart(f"cannot connect to {client.peer}: TLS certificate check failed: "
+                          f"{exc.verify_message} ({hint})") from None
+    except ssl.SSLError as exc:
+        raise CannotStart(f"cannot connect to {client.peer}: TLS failed: {exc.reason or exc}"
+                          " (does the server speak TLS?)") from None
+    except OSError as exc:
+        raise CannotStart(f"cannot connect to {client.peer}: {exc.strerror or exc}") from None
+    except BaseException:               # JoinError, Ctrl-C: nothing is left running
+        client.close()
+        raise
+    return client
 
 
 if __name__ == "__main__":

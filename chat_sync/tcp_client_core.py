@@ -37,7 +37,8 @@ from typing import Any, Union
 
 from . import commands as cmd
 from . import protocol as p
-from .client_actions import JoinRefused as JoinRefused, Joined as Joined, Note as Note
+from .client_actions import (JoinRefused as JoinRefused, Joined as Joined, Note as Note,
+                             Show as Show)
 from .client_actions import RoomSeqs
 from .terminal import escape
 
@@ -73,13 +74,6 @@ class ClientState(enum.Enum):
     CONNECTING = "connecting"    # socket open, waiting for the welcome
     JOINING = "joining"          # this connection's first join sent, waiting for its answer
     JOINED = "joined"            # in a room; chat and commands may be sent
-
-
-@dataclasses.dataclass(frozen=True)
-class Show:
-    """Show this server message to the user."""
-
-    message: dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,19 +55,19 @@ from .framing import LineTooLong
 from .guard import Breach, Guard
 from .logs import ChatLog
 from .rooms import ChatCore, ConnId, Output, Reply
-from .serving import ServerHandle, fit_descriptor_limit, run_in_foreground, run_program
+from .serving import (ServerHandle, accepted, fit_descriptor_limit, run_in_foreground,
+                      run_program)
 from .tcp_server_core import (CLOSING_S, LINGER_BYTES, LINGER_S, AcceptGate, Connection,
                               Connections, ErrorReply, Phase, TimerHeap, check_settings,
                               guard_limits, socket_options)
-from .wakeup import Wakeup
+from .wakeup import Stoppable
 
 log = logging.getLogger("chat_sync.tcp_server")
 
 RECV_BYTES = 64 * 1024
-ACCEPTS_PER_TURN = 64        # bound the time one turn spends on a connection storm
 IOV_MAX = 1024               # chunks one sendmsg() may take (Linux's limit)
 
-class TcpServer:
+class TcpServer(Stoppable):
     """A chat server bound at construction, so ``address`` is known before serving.
 
     Raises ConfigError if ``tls_key`` is set without ``tls_cert``; OSError if
@@ -76,13 +76,13 @@ class TcpServer:
     """
 
     def __init__(self, config: cfg.TcpServerConfig = cfg.TcpServerConfig()) -> None:
+        super().__init__()
         self.config = config
         check_settings(config)
         limits = p.Limits(max_line_bytes=config.max_line_bytes,
                           max_text_chars=config.max_text_chars)
         self.core: ChatCore | ClusterChat = ChatCore(limits, config.history_size,
                                                      config.max_rooms, resume=True)
-        self._wakeup = Wakeup()
         self.bus: RedisBus | None = None
         if config.bus_url:
             self.core, self.bus = join_cluster(config.bus_url, self.core, self._wakeup.wake)
@@ -119,7 +119,6 @@ class TcpServer:
         self._timers = TimerHeap()
         self._gate = AcceptGate()                   # accept paused while descriptors run out
         self._socket_options = socket_options(config)
-        self._stop = threading.Event()
         self.stopped = threading.Event()
 
     def _bus_events(self) -> None:
@@ -129,15 +128,6 @@ class TcpServer:
             self._dispatch(self.core.apply(event))
 
     # -- public ------------------------------------------------------------------
-    def stop(self) -> None:
-        """Ask the loop to shut down gracefully; safe from any thread or signal handler."""
-        self._stop.set()
-        self._wakeup.wake()
-
-    def wakeup_fileno(self) -> int:
-        """The wake-up pair's writing end, for ``signal.set_wakeup_fd`` (see serving)."""
-        return self._wakeup.writer.fileno()
-
     def serve_forever(self) -> None:
         """Run the loop until ``stop``; then say goodbye to every client and close."""
         log.info("listening on %s:%d%s", *self.address, " (TLS)" if self.tls else "")
@@ -174,14 +164,7 @@ class TcpServer:
             self.chat_log.flush()           # this turn's entries, to the writer in one go
 
     def _accept(self) -> None:
-        for _ in range(ACCEPTS_PER_TURN):
-            try:
-                sock, addr = self.listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:      # EMFILE and friends: keep serving the others
-                self._pause_accepting(exc)
-                return
+        for sock, addr in accepted(self.listener, self._pause_accepting):
             if failures := self._gate.accepted():
                 log.warning("accepting again, after %d failed accepts", failures)
             try:

@@ -22,7 +22,6 @@ Closing: ``close`` waits up to ``CLOSE_WAIT_S`` for requests in flight, sends
 from __future__ import annotations
 
 import logging
-import os
 import selectors
 import socket
 import sys
@@ -33,16 +32,17 @@ from typing import Any
 
 from . import commands as cmd
 from . import config as cfg
-from .client_events import EXIT_FAILED, EXIT_OK, EventStream
+from .client_events import EXIT_FAILED, EXIT_OK
 # The events, re-exported ("as"): a program that uses UdpChatClient imports them from here.
 from .client_events import (ClientEvent as ClientEvent, Closed as Closed,
                             JoinError as JoinError, Notice as Notice, Received as Received)
-from .client_program import Script, configure, run, show_event
+from . import client_program as program
+from .client_program import CannotStart
+from .client_shell import ClientShell
 from .retransmit import RetransmitQueue, TimerThread
 from .retransmit import TooManyPending
-from .terminal import Terminal, main_streams
-from .udp_client_actions import (Acked, Action, ClientState, Deliver, Failed, JoinRefused,
-                                 Note, SendAck, Transmit)
+from .udp_client_actions import (Acked, Action, ClientState, Failed, JoinRefused,
+                                 Note, SendAck, Show, Transmit)
 from .udp_client_core import UdpClientCore
 from .wakeup import Wakeup
 
@@ -56,7 +56,7 @@ HELP = cmd.HELP.replace("  /quit", STATS_HELP + "\n  /quit", 1)
 
 
 # -- The socket shell -------------------------------------------------------------------
-class UdpChatClient:
+class UdpChatClient(ClientShell[UdpClientCore]):
     """A UDP chat session with its reader and timer threads, usable without a terminal.
 
     ``on_event`` is called with each ``ClientEvent`` from whichever thread
@@ -66,10 +66,13 @@ class UdpChatClient:
     release the socket and stop the timer thread.
     """
 
+    help_text = HELP
+
     def __init__(self, config: cfg.UdpClientConfig, *,
                  on_event: Callable[[ClientEvent], None] | None = None) -> None:
         if config.user is None:
             raise ValueError("UdpClientConfig.user is required")
+        super().__init__(on_event)
         self.config = config
         self.peer = f"{config.host}:{config.port}"
         retransmit = RetransmitQueue(base_delay=config.base_delay, max_delay=config.max_delay,
@@ -85,7 +88,6 @@ class UdpChatClient:
         self.send_errors = 0                # sends refused (e.g. ICMP: nobody listening)
         self._lock = threading.Lock()       # guards the core
         self._changed = threading.Condition(self._lock)   # notified after each step
-        self._events = EventStream(on_event)
         self._sock: socket.socket | None = None
         self._selector: selectors.BaseSelector | None = None
         self._wakeup: Wakeup | None = None
@@ -98,19 +100,6 @@ class UdpChatClient:
         self._closed = False
 
     # -- public ---------------------------------------------------------------------------
-    @property
-    def exit_code(self) -> int | None:
-        """EXIT_OK or EXIT_FAILED once the client has finished; None until then."""
-        return self._events.exit_code
-
-    @property
-    def user(self) -> str:
-        return self.core.user
-
-    @property
-    def room(self) -> str:
-        return self.core.room
-
     @property
     def state(self) -> ClientState:
         return self.core.state
@@ -192,42 +181,17 @@ class UdpChatClient:
             raise failure
         raise ConnectionError(f"no answer from {self.peer} within {timeout} s")
 
-    def execute(self, command: cmd.Command) -> bool:
-        """Carry out one parsed command; returns False once the client is closed."""
-        if isinstance(command, cmd.Quit):
-            self.close()
-            return False
-        if isinstance(command, cmd.Help):
-            self._events.emit(Notice(HELP))
-        elif isinstance(command, cmd.Usage):
-            self._events.emit(Notice(command.text))
-        elif isinstance(command, cmd.Say):
-            self.request(cmd.message_request(command.text))
-        elif isinstance(command, cmd.Whisper):
-            self.request(cmd.whisper_request(command.to, command.text))
-        elif isinstance(command, cmd.ListRooms):
-            self.request(cmd.rooms_request())
-        elif isinstance(command, cmd.WhoIsHere):
-            self.request(cmd.who_request())
-        elif isinstance(command, cmd.JoinRoom):
-            with self._lock:
-                actions = self.core.join(command.room, time.monotonic())
-            self._perform(actions)
-        return not self._events.finished
+    def _change_room(self, room: str) -> None:
+        with self._lock:
+            actions = self.core.join(room, time.monotonic())
+        self._perform(actions)
 
     def send_line(self, line: str) -> bool:
         """Parse and carry out one typed line (``/stats`` included); False once closed."""
         if line.strip().lower() == "/stats":
             self._events.emit(Notice(self.describe_stats()))
             return not self._events.finished
-        command = cmd.parse_command(line)
-        if command is None:
-            return not self._events.finished
-        return self.execute(command)
-
-    def say(self, text: str) -> bool:
-        """Send chat text to the room; False if it will not be sent (a Notice says why)."""
-        return self.request(cmd.message_request(text))
+        return super().send_line(line)
 
     def request(self, request: dict[str, Any]) -> bool:
         """Send one request (from ``commands``, without ``id``) reliably, in turn.
@@ -250,17 +214,6 @@ class UdpChatClient:
             return self._changed.wait_for(
                 lambda: self.core.in_flight <= max_in_flight or self._stopping.is_set(),
                 timeout) and self.core.in_flight <= max_in_flight
-
-    def next_event(self, timeout: float = 5.0) -> ClientEvent:
-        """The next event from the queue (only without ``on_event``).
-
-        Raises TimeoutError if none arrives within ``timeout`` seconds.
-        """
-        return self._events.next(timeout)
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        """Wait until the client has finished; its exit code, or None on timeout."""
-        return self._events.wait(timeout)
 
     def close(self) -> int:
         """Say goodbye (see the module comment), stop both threads, close the socket.
@@ -367,7 +320,7 @@ class UdpChatClient:
                 self.timer.ack(action.rid)
                 if action.rid == self.core.leave_id:
                     self._leave_acked.set()
-            elif isinstance(action, Deliver):
+            elif isinstance(action, Show):
                 self._events.emit(Received(action.message))
             elif isinstance(action, Note):
                 self._events.emit(Notice(action.text))
@@ -405,35 +358,22 @@ class UdpChatClient:
 
 # -- The terminal program ----------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    config = configure(cfg.UdpClientConfig, argv, prog="chat-sync udp-client",
-                       description="Chat on a chat_sync UDP server.")
-    if config is None:
-        return EXIT_FAILED
-    user = config.user
-    assert user is not None                 # configure made sure of it
-    stdin, stdout = main_streams()
-    terminal = Terminal.open(stdin, stdout, plain=config.plain, environ=os.environ)
-    script = Script(user) if terminal.plain else None   # a pipe: wait for its answers
-    client = UdpChatClient(config, on_event=lambda event: show_event(terminal, user, event,
-                                                                     script))
+    return program.main(cfg.UdpClientConfig, argv, prog="chat-sync udp-client",
+                        description="Chat on a chat_sync UDP server.", start=_start)
+
+
+def _start(config: cfg.UdpClientConfig,
+           on_event: Callable[[ClientEvent], None]) -> UdpChatClient:
+    """A joined UdpChatClient; or CannotStart (or JoinError) saying why not."""
+    client = UdpChatClient(config, on_event=on_event)
     try:
-        try:
-            client.connect()
-        except JoinError as exc:
-            print(f"chat-sync: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        except OSError as exc:
-            print(f"chat-sync: cannot reach {client.peer}: {exc.strerror or exc}",
-                  file=sys.stderr)
-            return EXIT_FAILED
-        except KeyboardInterrupt:
-            client.close()
-            return EXIT_OK
-        code = run(client, terminal, script)
-        client.close()                  # after a failure it still holds a socket and a thread
-        return code
-    finally:
-        terminal.close()
+        client.connect()
+    except OSError as exc:
+        raise CannotStart(f"cannot reach {client.peer}: {exc.strerror or exc}") from None
+    except BaseException:               # JoinError, Ctrl-C: nothing is left running
+        client.close()
+        raise
+    return client
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import dataclasses
 import enum
 from typing import Any, TypeGuard, Union
 
-from .client_actions import JoinRefused as JoinRefused, Joined as Joined, Note as Note
+from .client_actions import (JoinRefused as JoinRefused, Joined as Joined, Note as Note,
+                             Show as Show)
 
 TEXT_START_CHARS = 30      # how much of an undelivered message the user is shown
 
@@ -69,17 +70,10 @@ class Acked:
 
 
 @dataclasses.dataclass(frozen=True)
-class Deliver:
-    """A server message, in stream order, exactly once: show it."""
-
-    message: dict[str, Any]
-
-
-@dataclasses.dataclass(frozen=True)
 class Failed:
     """The client cannot go on: no answer to the first join, or a rejoin refused."""
 
     reason: str
 
 
-Action = Union[Transmit, SendAck, Acked, Deliver, Note, Joined, JoinRefused, Failed]
+Action = Union[Transmit, SendAck, Acked, Show, Note, Joined, JoinRefused, Failed]

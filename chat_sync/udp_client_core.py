@@ -6,7 +6,7 @@ Theory of operation
 (``receive``), each give-up of the retransmit timer (``given_up``) and the
 time (``handle_timer`` when ``next_deadline`` has passed); it answers with
 actions: ``Transmit`` (a reliable request: hand it to the timer, then send
-it), ``SendAck``, ``Acked``, ``Deliver``, ``Note``, ``Joined``,
+it), ``SendAck``, ``Acked``, ``Show``, ``Note``, ``Joined``,
 ``JoinRefused``, ``Failed``. ``udp_client`` is the shell that moves its
 datagrams.
 
@@ -73,8 +73,8 @@ from .client_actions import RoomSeqs
 from .udp_client_stream import ServerStream, opens_session, refuses_entry, still_in_room
 from .udp_client_actions import TEXT_START_CHARS as TEXT_START_CHARS
 from .udp_client_actions import text_start as text_start
-from .udp_client_actions import (Acked, Action, ClientState, Deliver, Failed, Joined,
-                                 JoinRefused, Note, SendAck, Transmit, is_count, is_int,
+from .udp_client_actions import (Acked, Action, ClientState, Failed, Joined,
+                                 JoinRefused, Note, SendAck, Show, Transmit, is_count, is_int,
                                  undelivered)
 from .terminal import escape
 
@@ -511,8 +511,8 @@ class UdpClientCore:
         self.delivered += 1
         if (kind == p.MessageType.SYSTEM and message.get("event") == p.SystemEvent.SHUTDOWN
                 and self.state is ClientState.JOINED):
-            return [Deliver(message)] + self._server_away(now)
-        return [Deliver(message)]
+            return [Show(message)] + self._server_away(now)
+        return [Show(message)]
 
     def _server_away(self, now: float) -> list[Action]:
         """The server said it is stopping: rejoin by ourselves once it may be back."""
@@ -524,7 +524,7 @@ class UdpClientCore:
 
     def _welcome(self, message: dict[str, Any], now: float) -> list[Action]:
         self.delivered += 1
-        actions: list[Action] = [Deliver(message)]
+        actions: list[Action] = [Show(message)]
         if message.get("protocol") != p.PROTOCOL_VERSION:
             actions.append(Note(f"the server speaks protocol {escape(str(message.get('protocol')))}"
                                 f", this client {p.PROTOCOL_VERSION}; expect trouble"))
@@ -585,13 +585,13 @@ class UdpClientCore:
                 return self._rejoined([Joined(self.room)], f"still in {self.room}", now)
             if self.state is ClientState.REJOINING:
                 self.state = ClientState.FAILED
-                return [Deliver(message), Failed(f"rejoin refused: error {code}: {text}")]
-            return [Deliver(message)]       # a /join refused: we stay where we were
+                return [Show(message), Failed(f"rejoin refused: error {code}: {text}")]
+            return [Show(message)]       # a /join refused: we stay where we were
         room_name = message.get("room")
         self.room = room_name if isinstance(room_name, str) else room
         self.seqs.is_new(message)           # record its seq
         self.delivered += 1
-        actions: list[Action] = [Joined(self.room), Deliver(message)]
+        actions: list[Action] = [Joined(self.room), Show(message)]
         if self.state is ClientState.REJOINING:
             return self._rejoined(actions, f"rejoined {self.room}", now)
         self.state = ClientState.JOINED

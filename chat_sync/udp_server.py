@@ -30,7 +30,6 @@ import queue
 import selectors
 import socket
 import sys
-import threading
 import time
 from typing import Any
 
@@ -42,7 +41,7 @@ from .logs import ChatLog
 from .retransmit import RetransmitError, RetransmitQueue, TimerThread
 from .rooms import ChatCore
 from .serving import ServerHandle, run_program
-from .wakeup import Wakeup
+from .wakeup import Stoppable
 
 log = logging.getLogger("chat_sync.udp_server")
 
@@ -51,10 +50,11 @@ RECEIVE_BYTES = 65_535       # the largest UDP payload: a datagram is read whole
                              # real size is known (and reported) even when it is refused
 
 
-class UdpServer:
+class UdpServer(Stoppable):
     """A UDP chat server, bound at construction so ``address`` is known before serving."""
 
     def __init__(self, config: cfg.UdpServerConfig = cfg.UdpServerConfig()) -> None:
+        super().__init__()
         self.config = config
         core = ChatCore(p.Limits(max_text_chars=config.max_text_chars), config.history_size,
                         config.max_rooms)
@@ -79,14 +79,12 @@ class UdpServer:
         self.timer = TimerThread(self._transmit, self._on_give_up, queue=retransmit,
                                  name="udp-server-timer")
         self.selector = selectors.DefaultSelector()
-        self._wakeup = Wakeup()
         self.selector.register(self.sock, selectors.EVENT_READ, "socket")
         self.selector.register(self._wakeup.reader, selectors.EVENT_READ, "wakeup")
         self._given_up: queue.SimpleQueue[Key] = queue.SimpleQueue()
         self._resends: queue.SimpleQueue[tuple[Key, bytes]] = queue.SimpleQueue()
         self.chat_log = (ChatLog(config.log_file, config.log_max_bytes, config.log_backups)
                          if config.log_file else None)
-        self._stop = threading.Event()
         self.send_errors = 0
         self.shed = 0                # reliable datagrams the timer had no room for (a bug)
 
@@ -99,15 +97,6 @@ class UdpServer:
         return {**self.timer.stats.as_dict(), "dropped": sum(dropped.values()),
                 "rate_limited": dropped["rate_limited"],
                 **{f"unverified_{name}": value for name, value in amplification.items()}}
-
-    def stop(self) -> None:
-        """Ask the loop to shut down; safe from any thread or signal handler."""
-        self._stop.set()
-        self._wakeup.wake()
-
-    def wakeup_fileno(self) -> int:
-        """The wake-up pair's writing end, for ``signal.set_wakeup_fd`` (see serving)."""
-        return self._wakeup.writer.fileno()
 
     def serve_forever(self) -> None:
         log.info("listening on %s:%d (udp)", *self.address)

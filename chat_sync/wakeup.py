@@ -11,6 +11,7 @@ blocks would hang the process). This is trio's ``WakeupSocketpair`` in small.
 from __future__ import annotations
 
 import socket
+import threading
 
 
 class Wakeup:
@@ -37,3 +38,24 @@ class Wakeup:
     def close(self) -> None:
         self.reader.close()
         self.writer.close()
+
+
+class Stoppable:
+    """A loop that any thread or a signal handler may stop (both servers are one).
+
+    The loop sleeps in ``select()`` with ``_wakeup.reader`` registered and
+    checks ``_stop`` each turn: ``stop`` sets the flag, then wakes it.
+    """
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._wakeup = Wakeup()
+
+    def stop(self) -> None:
+        """Ask the loop to shut down gracefully; safe from any thread or signal handler."""
+        self._stop.set()
+        self._wakeup.wake()
+
+    def wakeup_fileno(self) -> int:
+        """The wake-up pair's writing end, for ``signal.set_wakeup_fd`` (see serving)."""
+        return self._wakeup.writer.fileno()

@@ -320,7 +320,7 @@ def test_unknown_command_is_a_local_hint_and_nothing_is_sent(server: ServerHandl
     help_event = alice.next_event(TIMEOUT_S)
     assert isinstance(help_event, Notice) and "/msg USER TEXT" in help_event.text
     # Had "/jion dev" reached the server, its reply (or echo) would come before this pong.
-    alice.send(cmd.ping_request())
+    alice.request(cmd.ping_request())
     assert alice.next_event(TIMEOUT_S) == Received({"type": "pong"})
 
 

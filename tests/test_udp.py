@@ -45,7 +45,7 @@ from chat_sync.udp_client import (
     ClientEvent,
     ClientState,
     Closed,
-    Deliver,
+    Show,
     JoinError,
     Note,
     Notice,
@@ -95,7 +95,7 @@ def sent(actions: list[Any]) -> list[dict[str, Any]]:
 
 
 def delivered(actions: list[Any]) -> list[dict[str, Any]]:
-    return [a.message for a in actions if isinstance(a, Deliver)]
+    return [a.message for a in actions if isinstance(a, Show)]
 
 
 def notes(actions: list[Any]) -> list[str]:

@@ -50,7 +50,7 @@ from chat_sync.rooms import ChatCore
 from chat_sync.serving import ServerHandle
 from chat_sync.udp_client import ClientEvent, Notice, Received, UdpChatClient
 from chat_sync.udp_server import serve
-from chat_sync.udp_client_actions import (Acked, ClientState, Deliver, Note, SendAck,
+from chat_sync.udp_client_actions import (Acked, ClientState, Show, Note, SendAck,
                                           Transmit)
 from chat_sync.udp_client_core import MAX_ROUNDS, UdpClientCore
 
@@ -97,7 +97,7 @@ def sent(actions: list[Any]) -> list[dict[str, Any]]:
 def texts(actions: list[Any]) -> list[str]:
     """What the actions deliver: each message's text, or its type if it has none."""
     return [str(a.message.get("text", a.message.get("type")))
-            for a in actions if isinstance(a, Deliver)]
+            for a in actions if isinstance(a, Show)]
 
 
 def notes(actions: list[Any]) -> list[str]:
