@@ -13,8 +13,9 @@ threads, and needs no more of a client than ``Client`` says:
   Ctrl-C: Python runs signal handlers in the main thread only.
 
 Each client's ``main`` is then ``main`` here: ``configure``,
-``open_console``, the client's own ``start`` (build and connect it: what can
-go wrong there is its own, TLS, a server that does not answer), and ``run``.
+``open_console``, build and connect the client (what can go wrong there is
+its own: a TLS file, a server that does not answer, so it explains it,
+``ClientShell.why_not``), and ``run``.
 
 In plain mode the input is a pipe, usually a script, which ends before the
 server has answered its last lines. So a ``Script`` counts what is owed:
@@ -36,6 +37,7 @@ from . import commands as cmd
 from . import config as cfg
 from .client_events import (EXIT_FAILED, EXIT_OK, EXIT_REFUSED, ClientEvent, Closed, JoinError,
                             Notice, Received)
+from .client_shell import ClientShell
 from .protocol import MessageType, SystemEvent, name_key
 from .terminal import Terminal, escape, main_streams, render
 
@@ -223,12 +225,12 @@ class CannotStart(Exception):
 
 
 def main(cls: type[ClientConfig], argv: list[str] | None, *, prog: str, description: str,
-         start: Callable[[ClientConfig, Callable[[ClientEvent], None]], Client]) -> int:
-    """A client program: its settings, the console, ``start``, then ``run``.
+         build: Callable[[ClientConfig, Callable[[ClientEvent], None]], ClientShell[Any]]
+         ) -> int:
+    """A client program: its settings, the console, the client ``build`` makes, then ``run``.
 
-    ``start`` builds and connects the client with the ``on_event`` given; it
-    raises JoinError for a refused join and CannotStart for anything else
-    that stops it (both are printed: exit code EXIT_FAILED).
+    ``build`` raises CannotStart with what to print if it cannot make the
+    client; what stops ``connect`` is printed as the client explains it.
     """
     config = configure(cls, argv, prog=prog, description=description)
     if config is None:
@@ -236,11 +238,19 @@ def main(cls: type[ClientConfig], argv: list[str] | None, *, prog: str, descript
     terminal, script, on_event = open_console(config)
     try:
         try:
-            client = start(config, on_event)
-        except (JoinError, CannotStart) as exc:
+            client = build(config, on_event)
+        except CannotStart as exc:
             print(f"chat-sync: {exc}", file=sys.stderr)
             return EXIT_FAILED
+        try:
+            client.connect()
+        except (JoinError, OSError) as exc:
+            why = client.why_not(exc) if isinstance(exc, OSError) else str(exc)
+            print(f"chat-sync: {why}", file=sys.stderr)
+            client.close()
+            return EXIT_FAILED
         except KeyboardInterrupt:
+            client.close()
             return EXIT_OK
         code = run(client, terminal, script)
         client.close()                  # after a failure it may still hold a socket and a thread

@@ -3,8 +3,8 @@
 ``tcp_client.ChatClient`` and ``udp_client.UdpChatClient`` move bytes
 differently but take the same commands and give the same events. This base
 class holds that common part once; a subclass says how one request reaches
-its server (``request``), how it changes room (``_change_room``) and how it
-closes (``close``).
+its server (``connect``, ``request``), how it changes room (``_change_room``)
+and how it closes (``close``).
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ class ClientShell(Generic[CoreT]):
 
     help_text = cmd.HELP     # what /help shows; the UDP client adds /stats
     core: CoreT              # the sans-IO client core, which the subclass makes
+    peer: str                # the server, as HOST:PORT
 
     def __init__(self, on_event: Callable[[ClientEvent], None] | None) -> None:
         self._events = EventStream(on_event)
@@ -89,6 +90,14 @@ class ClientShell(Generic[CoreT]):
     def say(self, text: str) -> bool:
         """Send chat text to the room; False if it will not be sent (a Notice says why)."""
         return self.request(cmd.message_request(text))
+
+    def connect(self) -> None:
+        """Reach the server and join ``config.room``; raises JoinError or OSError."""
+        raise NotImplementedError
+
+    def why_not(self, exc: OSError) -> str:
+        """What to tell the user when ``connect`` raised ``exc``."""
+        return f"cannot reach {self.peer}: {exc.strerror or exc}"
 
     def request(self, request: dict[str, Any]) -> bool:
         """Send one request (from ``commands``, without ``id``); False if it will not be."""

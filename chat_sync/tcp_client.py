@@ -197,6 +197,18 @@ class ChatClient(ClientShell[ClientCore]):
         assert self.exit_code is not None
         return self.exit_code
 
+    def why_not(self, exc: OSError) -> str:
+        """What to tell the user when ``connect`` raised ``exc``."""
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            hint = ("--host must be a name the certificate holds" if "mismatch" in
+                    str(exc.verify_message) else "--cafile names the CA to trust")
+            return (f"cannot connect to {self.peer}: TLS certificate check failed: "
+                    f"{exc.verify_message} ({hint})")
+        if isinstance(exc, ssl.SSLError):
+            return (f"cannot connect to {self.peer}: TLS failed: {exc.reason or exc}"
+                    " (does the server speak TLS?)")
+        return f"cannot connect to {self.peer}: {exc.strerror or exc}"
+
     # -- connecting ------------------------------------------------------------------
     def _open(self) -> None:
         """Connect and join, in the calling thread. Raises OSError or JoinError."""
@@ -401,31 +413,14 @@ class ChatClient(ClientShell[ClientCore]):
 # -- The terminal program ------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     return program.main(cfg.TcpClientConfig, argv, prog="chat-sync tcp-client",
-                        description="Chat on a chat_sync TCP server.", start=_start)
+                        description="Chat on a chat_sync TCP server.", build=_build)
 
 
-def _start(config: cfg.TcpClientConfig, on_event: Callable[[ClientEvent], None]) -> ChatClient:
-    """A connected ChatClient; or CannotStart (or JoinError) saying why not."""
+def _build(config: cfg.TcpClientConfig, on_event: Callable[[ClientEvent], None]) -> ChatClient:
     try:
-        client = ChatClient(config, on_event=on_event)
+        return ChatClient(config, on_event=on_event)
     except OSError as exc:              # ssl.SSLError is one
         raise CannotStart(f"cannot use --cafile {config.cafile}: {exc.strerror or exc}") from None
-    try:
-        client.connect()
-    except ssl.SSLCertVerificationError as exc:
-        hint = ("--host must be a name the certificate holds" if "mismatch" in
-                str(exc.verify_message) else "--cafile names the CA to trust")
-        raise CannotStart(f"cannot connect to {client.peer}: TLS certificate check failed: "
-                          f"{exc.verify_message} ({hint})") from None
-    except ssl.SSLError as exc:
-        raise CannotStart(f"cannot connect to {client.peer}: TLS failed: {exc.reason or exc}"
-                          " (does the server speak TLS?)") from None
-    except OSError as exc:
-        raise CannotStart(f"cannot connect to {client.peer}: {exc.strerror or exc}") from None
-    except BaseException:               # JoinError, Ctrl-C: nothing is left running
-        client.close()
-        raise
-    return client
 
 
 if __name__ == "__main__":

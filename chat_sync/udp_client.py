@@ -37,7 +37,6 @@ from .client_events import EXIT_FAILED, EXIT_OK
 from .client_events import (ClientEvent as ClientEvent, Closed as Closed,
                             JoinError as JoinError, Notice as Notice, Received as Received)
 from . import client_program as program
-from .client_program import CannotStart
 from .client_shell import ClientShell
 from .retransmit import RetransmitQueue, TimerThread
 from .retransmit import TooManyPending
@@ -359,21 +358,8 @@ class UdpChatClient(ClientShell[UdpClientCore]):
 # -- The terminal program ----------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     return program.main(cfg.UdpClientConfig, argv, prog="chat-sync udp-client",
-                        description="Chat on a chat_sync UDP server.", start=_start)
-
-
-def _start(config: cfg.UdpClientConfig,
-           on_event: Callable[[ClientEvent], None]) -> UdpChatClient:
-    """A joined UdpChatClient; or CannotStart (or JoinError) saying why not."""
-    client = UdpChatClient(config, on_event=on_event)
-    try:
-        client.connect()
-    except OSError as exc:
-        raise CannotStart(f"cannot reach {client.peer}: {exc.strerror or exc}") from None
-    except BaseException:               # JoinError, Ctrl-C: nothing is left running
-        client.close()
-        raise
-    return client
+                        description="Chat on a chat_sync UDP server.",
+                        build=lambda config, on_event: UdpChatClient(config, on_event=on_event))
 
 
 if __name__ == "__main__":
