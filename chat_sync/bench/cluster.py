@@ -40,7 +40,7 @@ from . import designs
 from .fanout import closed_loop
 from .latency import open_loop
 from .load import LoadGenerator, ServerAbsent, join_all
-from .measure import Pinning, ServerProcess, cpu_seconds, progress, ratio, spread
+from .measure import Pinning, add_run_arguments, ServerProcess, cpu_seconds, progress, ratio, spread
 
 Figures = dict[str, Any]
 DESIGNS = {"alone": 0, "bus1": 1, "bus2": 2}       # design -> servers on the bus (0: none)
@@ -176,9 +176,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of the open loop")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds, each running alone, bus1 and bus2")
-    parser.add_argument("--no-log", action="store_true", help="run without the chat log")
-    parser.add_argument("--no-pin", action="store_true",
-                        help="do not pin the servers and the generator to CPUs of their own")
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> Figures:

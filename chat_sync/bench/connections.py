@@ -7,7 +7,7 @@ from typing import Any
 
 from . import designs
 from .load import LoadClient, LoadGenerator, join_all, ping_all
-from .measure import Pinning, progress, raise_file_limit
+from .measure import Pinning, add_run_arguments, progress, raise_file_limit
 
 SPARE_FILES = 64        # open files a process needs beside its clients' sockets
 
@@ -17,8 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--room-size", type=int, default=1000, help="members of each room")
     parser.add_argument("--design", choices=[d for d in designs.DESIGNS if d != "raw"],
                         default="chat_sync", help="the server to measure")
-    parser.add_argument("--no-pin", action="store_true",
-                        help="do not pin the server and the generator to CPUs of their own")
+    add_run_arguments(parser, log=False)
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="seconds each phase (connect, join, the message) may take")
 

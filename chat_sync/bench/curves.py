@@ -22,7 +22,7 @@ from . import designs
 from .connections import SPARE_FILES
 from .fanout import one_run
 from .load import LoadGenerator, join_all, ping_all, sync_raw
-from .measure import Pinning, progress, raise_file_limit
+from .measure import Pinning, add_run_arguments, progress, raise_file_limit
 
 Figures = dict[str, Any]
 NOTES = ["kib_per_client: (server RSS with the clients - RSS before) / clients;",
@@ -77,10 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--designs", nargs="+", choices=designs.DESIGNS,
                         default=list(designs.DESIGNS), help="servers to measure")
     parser.add_argument("--plot", metavar="FILE", help="draw the curves into this image")
-    parser.add_argument("--no-log", action="store_true",
-                        help="run chat_sync without its chat log")
-    parser.add_argument("--no-pin", action="store_true",
-                        help="do not pin the server and the generator to CPUs of their own")
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> Figures:

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from . import designs
 from .load import LoadClient, LoadGenerator, join_all, sync_raw, wait_for_server
-from .measure import Pinning, percentile, progress, ratio, spread
+from .measure import Pinning, add_run_arguments, percentile, progress, ratio, spread
 
 Figures = dict[str, Any]
 PER_RUN = ("server_cpu_us_per_delivery", "deliveries_per_s", "latency_ms_p50",
@@ -190,10 +190,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "on asyncio streams), nolog (chat_sync without its chat log)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds, each running chat_sync then every baseline")
-    parser.add_argument("--no-log", action="store_true",
-                        help="run chat_sync without its chat log")
-    parser.add_argument("--no-pin", action="store_true",
-                        help="do not pin the server and the generator to CPUs of their own")
+    add_run_arguments(parser)
     parser.add_argument("--server", metavar="HOST:PORT",
                         help="drive a server already running there (e.g. under a profiler) "
                         "once, instead of starting one")

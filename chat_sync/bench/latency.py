@@ -18,7 +18,7 @@ from typing import Any, Callable
 from . import designs
 from .fanout import closed_loop, connect_room
 from .load import LoadClient, LoadGenerator
-from .measure import Pinning, percentile, progress
+from .measure import Pinning, add_run_arguments, percentile, progress
 
 Figures = dict[str, Any]
 
@@ -96,10 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each load")
     parser.add_argument("--design", choices=designs.DESIGNS, default="chat_sync",
                         help="the server to measure")
-    parser.add_argument("--no-log", action="store_true",
-                        help="run chat_sync without its chat log")
-    parser.add_argument("--no-pin", action="store_true",
-                        help="do not pin the server and the generator to CPUs of their own")
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> Figures:

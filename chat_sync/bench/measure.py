@@ -9,6 +9,7 @@ live as long as they do.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import glob
 import os
@@ -148,6 +149,16 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
 
 
 # -- where the processes run ------------------------------------------------------
+def add_run_arguments(parser: argparse.ArgumentParser, *, log: bool = True) -> None:
+    """The flags of every pinned scenario: ``--no-pin``, and ``--no-log`` where
+    chat_sync runs with its chat log (as a real server does) unless told."""
+    if log:
+        parser.add_argument("--no-log", action="store_true",
+                            help="run chat_sync without its chat log")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin the server and the generator to CPUs of their own")
+
+
 @dataclasses.dataclass
 class Pinning:
     """Which CPU the generator (this thread) and the server under test run on.

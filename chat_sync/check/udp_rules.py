@@ -35,6 +35,15 @@ def say(peer: UdpPeer, text: str) -> Message:
     return peer.expect(f"{peer.user}'s own copy of {text!r}", chat(text, peer.room))
 
 
+def said(peer: UdpPeer, text: str) -> tuple[int, bytes]:
+    """Say ``text`` and wait for the peer's own copy; returns the request's id and
+    the datagram that carried it, for a rule to send again."""
+    rid = peer.send(type="message", text=text)
+    copy = peer.last_sent
+    peer.expect(f"{peer.user}'s own copy of {text!r}", chat(text, peer.room))
+    return rid, copy
+
+
 def error(code: E, rid: int | None = None) -> Match:
     """An error with ``code`` (and the request's id, when given)."""
     return lambda m: (m.get("type") == T.ERROR and m.get("code") == code
@@ -316,9 +325,7 @@ def dedup_once(s: UdpSession) -> None:
     room = s.name("r")
     a, b = s.join(room), s.join(room)
     text = f"once from {a.user}"
-    rid = a.send(type="message", text=text)
-    copy = a.last_sent
-    a.expect("the sender's own copy", chat(text, room))
+    rid, copy = said(a, text)
     a.send_bytes(copy)
     a.until(f"a second ack of {rid}, for the copy", acks_of(rid))
     heard_once([a, b], chat(text), repr(text), f"sent {shorten(copy)} twice")
@@ -329,9 +336,7 @@ def dedup_late(s: UdpSession) -> None:
     room = s.name("r")
     a, b = s.join(room), s.join(room)
     text = f"late copy from {a.user}"
-    a.send(type="message", text=text)
-    copy = a.last_sent
-    a.expect("the sender's own copy", chat(text, room))
+    _, copy = said(a, text)
     say(a, "a later line")
     a.send_bytes(copy)
     heard_once([a, b], chat(text), repr(text), f"sent {shorten(copy)} again, late")
@@ -355,9 +360,7 @@ def after_leave(s: UdpSession) -> None:
     room = s.name("r")
     a, b = s.join(room), s.join(room)
     text = f"before leaving, {a.user}"
-    rid = a.send(type="message", text=text)
-    copy = a.last_sent
-    a.expect("the sender's own copy", chat(text, room))
+    rid, copy = said(a, text)
     a.send(type="leave")
     a.left = True
     b.expect(f"{a.user}'s leave notice", notice("leave", a.user, room))
