@@ -68,6 +68,7 @@ from .protocol import (
     MAX_TEXT_CHARS,
     MIN_DATAGRAM_BYTES,
     PARTIAL_LINE_TIMEOUT_S,
+    PRESENCE_LIMIT,
     RATE_ABUSE_LIMIT,
     RATE_BURST,
     RATE_LIMIT_PER_S,
@@ -125,6 +126,9 @@ class _ServerSettings:
                              "bytes per peer", choices=LOG_LEVELS)
     history_size: int = setting(HISTORY_SIZE, "messages replayed per room on join",
                                 min=0, max=100_000)
+    presence_limit: int = setting(PRESENCE_LIMIT, "members above which a room's joins and "
+                                  "leaves are told only to whoever joins or leaves",
+                                  min=0, max=MILLION)
     max_text_chars: int = setting(MAX_TEXT_CHARS, "longest message text", min=1, max=MILLION)
     max_clients: int = setting(MAX_CLIENTS, "clients at most", min=1, max=MILLION)
     max_rooms: int = setting(MAX_ROOMS, "rooms at most", min=1, max=MILLION)

@@ -49,6 +49,7 @@ MAX_DATAGRAM_BYTES = 1200           # one UDP datagram, both ways
 MIN_DATAGRAM_BYTES = 576            # the least a limit may be: every IPv4 host takes 576,
                                     # and the longest join notice fits in it
 HISTORY_SIZE = 20                   # broadcasts replayed per room on join
+PRESENCE_LIMIT = 100                # members above which joins and leaves go unannounced
 SESSION_ID_BYTES = 8                # UDP: a session's random id, sent as 16 hex digits
 MAX_SEND_BUFFER_BYTES = 1024 * 1024 # unsent bytes held for one TCP client
 MAX_CLIENTS = 1000
@@ -146,12 +147,14 @@ class Limits:
     max_text_chars: int = MAX_TEXT_CHARS
     max_user_chars: int = MAX_USER_CHARS
     max_room_chars: int = MAX_ROOM_CHARS
+    presence_limit: int = PRESENCE_LIMIT  # not a size: rooms above it are quiet (see rooms)
 
     def to_dict(self) -> dict[str, int]:
         return {"max_line_bytes": self.max_line_bytes,
                 "max_text_chars": self.max_text_chars,
                 "max_user_chars": self.max_user_chars,
-                "max_room_chars": self.max_room_chars}
+                "max_room_chars": self.max_room_chars,
+                "presence_limit": self.presence_limit}
 
 
 # -- Requests (client -> server), validated when built ----------------------

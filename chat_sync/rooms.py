@@ -19,6 +19,12 @@ Invariants:
 - A user name is fixed at the first join of a connection and unique on the
   server, compared with ``protocol.name_key`` (case-folded NFKC); nor may it
   look like a connected one (a ``protocol.skeletons`` in common, UTS #39).
+- A room of more than ``limits.presence_limit`` members (counting the one
+  who joins or leaves) is quiet: a join or leave notice goes only to that
+  member, with its seq, and history does not keep it. Below, the room hears
+  every one. (Announcing each join to every member makes filling a room of
+  n members n**2/2 deliveries; Twitch's chat stops sending joins and parts
+  above 1,000 members, for the same reason.)
 - A room keeps its last ``history_size`` broadcasts. A join replays those
   after ``since`` (marked ``"history": true``) to the joiner, then announces
   the join, so a client that reconnects with ``since`` = the last seq it
@@ -275,7 +281,10 @@ class ChatCore:
         member.room = room
         notice = p.system(room.name, p.SystemEvent.JOIN, member.user,
                           f"{member.user} joined", self._next_seq(), now)
-        outputs += self._broadcast(room, notice, member.conn, request.id)
+        if self._announced(room):
+            outputs += self._broadcast(room, notice, member.conn, request.id)
+        else:
+            outputs.append(self._quiet(room, notice, member.conn, request.id))
         return outputs
 
     def _reclaim(self, member: Member, request: p.Join, now: float) -> list[Output]:
@@ -379,13 +388,18 @@ class ChatCore:
             return []
         room = member.room
         assert member.user is not None
-        notice = p.system(room.name, p.SystemEvent.LEAVE, member.user,
-                          f"{member.user} left", self._next_seq(), now)
-        if notify_self:
-            outputs = self._broadcast(room, notice, member.conn, rid)
-        else:
-            del room.members[member.conn]
-            outputs = self._broadcast(room, notice, None, None)
+        announced = self._announced(room)         # it counts the leaver, still in the room
+        outputs: list[Output] = []
+        if announced or notify_self:
+            notice = p.system(room.name, p.SystemEvent.LEAVE, member.user,
+                              f"{member.user} left", self._next_seq(), now)
+            if not announced:
+                outputs = [self._quiet(room, notice, member.conn, rid)]
+            elif notify_self:
+                outputs = self._broadcast(room, notice, member.conn, rid)
+            else:
+                del room.members[member.conn]
+                outputs = self._broadcast(room, notice, None, None)
         room.members.pop(member.conn, None)
         member.room = None
         return outputs
@@ -399,6 +413,22 @@ class ChatCore:
     def _next_seq(self) -> int:
         self.seq += 1
         return self.seq
+
+    def _announced(self, room: Room) -> bool:
+        """Whether the room hears joins and leaves: not above ``presence_limit``
+        members, counting the one who joins or leaves."""
+        return len(room.members) <= self.limits.presence_limit
+
+    def _quiet(self, room: Room, notice: dict[str, Any], actor: ConnId,
+               rid: p.RequestId) -> Reply:
+        """A join or leave notice in a room over ``presence_limit``: only the member
+        who joins or leaves is told, and history does not keep it. (A notice to
+        every member for every join makes filling a room of n members n**2/2
+        deliveries.)"""
+        # (Short: the longest join notice must still fit in MIN_DATAGRAM_BYTES.)
+        quiet = {**notice, "text": f"{notice['text']} (over {self.limits.presence_limit} "
+                                   "members: not announced)"}
+        return Reply(actor, quiet if rid is None else {**quiet, "id": rid})
 
     def _broadcast(self, room: Room, message: dict[str, Any], sender: ConnId | None,
                    rid: p.RequestId) -> list[Output]:

@@ -80,7 +80,8 @@ class TcpServer(Stoppable):
         self.config = config
         check_settings(config)
         limits = p.Limits(max_line_bytes=config.max_line_bytes,
-                          max_text_chars=config.max_text_chars)
+                          max_text_chars=config.max_text_chars,
+                          presence_limit=config.presence_limit)
         self.core: ChatCore | ClusterChat = ChatCore(limits, config.history_size,
                                                      config.max_rooms, resume=True)
         self.bus: RedisBus | None = None

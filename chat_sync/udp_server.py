@@ -56,7 +56,8 @@ class UdpServer(Stoppable):
     def __init__(self, config: cfg.UdpServerConfig = cfg.UdpServerConfig()) -> None:
         super().__init__()
         self.config = config
-        core = ChatCore(p.Limits(max_text_chars=config.max_text_chars), config.history_size,
+        core = ChatCore(p.Limits(max_text_chars=config.max_text_chars,
+                                 presence_limit=config.presence_limit), config.history_size,
                         config.max_rooms)
         retransmit = RetransmitQueue(base_delay=config.base_delay, max_delay=config.max_delay,
                                      max_retries=config.max_retries,

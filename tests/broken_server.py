@@ -42,6 +42,7 @@ FLAGS = {
     "no_line_limit": "reads lines of any length",
     "silent_hangup": "tells a room nothing when a member hangs up",
     "tight_burst": "answers only 10 pings per connection, then rate_limited",
+    "loud_rooms": "announces every join and leave to the room, past presence_limit too",
 }
 MODES = ("chat", "echo", "close", "hang", "flood", "garbage", "hostile")
 # hostile: JSON the checker must survive, in every key it reads.
@@ -56,13 +57,21 @@ HOSTILE = [b'{"type":"welcome","limits":{"max_line_bytes":10,"max_text_chars":1e
            b'{"type":"whisper","from":5,"to":[],"text":{}}']
 MAX_LINE = p.MAX_LINE_BYTES
 PING_ALLOWANCE = 10            # tight_burst
+LIMITS = p.Limits(presence_limit=3)   # small enough for the checker to test it
+
+
+class LoudRooms(ChatCore):
+    """loud_rooms: every room hears every join and leave, as before presence_limit."""
+
+    def _announced(self, room: Room) -> bool:
+        return True
 
 
 class PerRoomSeq(ChatCore):
     """seq_per_room: each room numbers its broadcasts from 1."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(LIMITS)
         self.room_seqs: dict[str, int] = {}
 
     def _broadcast(self, room: Room, message: dict[str, Any], sender: Any,
@@ -77,7 +86,8 @@ class BrokenServer:
         if unknown or mode not in MODES:
             raise ValueError(f"unknown flags {sorted(unknown)} or mode {mode!r}")
         self.flags, self.mode = frozenset(flags), mode
-        self.core = PerRoomSeq() if "seq_per_room" in self.flags else ChatCore()
+        self.core = (PerRoomSeq() if "seq_per_room" in self.flags else
+                     LoudRooms(LIMITS) if "loud_rooms" in self.flags else ChatCore(LIMITS))
         self.lock = threading.Lock()          # the core, and every send, one at a time
         self.socks: dict[int, socket.socket] = {}
         self.listener = socket.create_server(("127.0.0.1", 0))

@@ -79,7 +79,7 @@ def test_every_error_code_the_brief_names_has_a_rule() -> None:
 
 @pytest.mark.timeout(60)
 def test_every_rule_passes_on_chat_sync_server() -> None:
-    with serve(port=0) as server:
+    with serve(port=0, presence_limit=3) as server:     # 100 is past what the checker fills
         outcomes = check(server.port, timeout=5.0)
     assert [o.result for o in outcomes] == [PASS] * len(IDS), report(outcomes)
 
@@ -111,6 +111,7 @@ BROKEN: dict[str, tuple[set[str], set[str]]] = {
     "no_line_limit": ({"errors.line-too-long"}, set()),
     "silent_hangup": ({"rooms.hangup"}, set()),
     "tight_burst": ({"limits.burst"}, set()),
+    "loud_rooms": ({"rooms.presence"}, set()),
 }
 
 

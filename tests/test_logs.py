@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import unicodedata
@@ -178,7 +179,11 @@ def test_the_operational_log_never_blocks_and_counts_what_it_dropped() -> None:
         logger.removeHandler(handler)
     assert handler.dropped > 0
     assert len(written) <= 13
-    assert any(f"dropped {handler.dropped} log records" in text for text in written)
+    # Each drop is told once, in the next record that gets through: the writer may
+    # take one mid-burst, so the drops can come in more than one notice.
+    told = [int(m.group(1)) for text in written
+            if (m := re.match(r"dropped (\d+) log records", text))]
+    assert told and sum(told) == handler.dropped, written
     assert written[-1] == "after"
 
 

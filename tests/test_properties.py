@@ -593,9 +593,10 @@ def test_udp_chat_survives_any_datagrams_and_every_reply_fits(
         run.step(op, addr, data)
 
 
-def verified_run(max_datagram_bytes: int, *addresses: Address) -> UdpRun:
+def verified_run(max_datagram_bytes: int, *addresses: Address,
+                 limits: p.Limits = p.Limits()) -> UdpRun:
     """A UdpChat whose ``addresses`` have each acked what they were sent: no byte budget."""
-    run = UdpRun(UdpChat(ChatCore(epoch="e"), max_datagram_bytes=max_datagram_bytes))
+    run = UdpRun(UdpChat(ChatCore(limits, epoch="e"), max_datagram_bytes=max_datagram_bytes))
     for addr in addresses:
         for _ in range(5):
             run.step("request", addr, {"type": "ping"})
@@ -621,11 +622,14 @@ def test_udp_whisper_to_a_longer_spelling_of_a_name_fits() -> None:
 
 
 @pytest.mark.timeout(TIMEOUT_S)
-def test_udp_join_notice_fits_the_smallest_datagram_limit() -> None:
-    """Names of 4-byte letters at their length limits: the longest join notice fits."""
+@pytest.mark.parametrize("presence_limit", [p.PRESENCE_LIMIT, 0], ids=["announced", "quiet"])
+def test_udp_join_notice_fits_the_smallest_datagram_limit(presence_limit: int) -> None:
+    """Names of 4-byte letters at their length limits: the longest join notice fits
+    (a quiet room's, which says so, is the longest)."""
     with pytest.raises(ValueError):
         UdpChat(ChatCore(epoch="e"), max_datagram_bytes=p.MIN_DATAGRAM_BYTES - 1)
     addr: Address = ("127.0.0.1", 40001)
-    run = verified_run(p.MIN_DATAGRAM_BYTES, addr)
+    run = verified_run(p.MIN_DATAGRAM_BYTES, addr,
+                       limits=p.Limits(presence_limit=presence_limit))
     run.step("request", addr, {"type": "join", "room": "\U00020001" * 32,
                                "user": "\U00020000" * 24})

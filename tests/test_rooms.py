@@ -132,6 +132,25 @@ def test_moving_leaves_the_old_room_then_joins_the_new() -> None:
     assert who["users"] == ["bob"]
 
 
+def test_past_presence_limit_a_join_and_a_leave_reach_their_member_alone() -> None:
+    chat = chat_with("alice", "bob", limits=p.Limits(presence_limit=2))
+    chat.connect(3)
+    got = chat.join(3, "lobby", "carol", id=7)                # a room of 3: quiet
+    own = only(live(got[3]))
+    assert (own["event"], own["user"], own["id"]) == ("join", "carol", 7)
+    assert own["seq"] == 3 and "not announced" in own["text"]
+    assert set(got) == {3}                                    # nobody else heard it
+    assert not chat.outputs[-1].message.get("history")
+    chat.connect(4)
+    replay = chat.join(4, "lobby", "dave")[4]
+    assert [m["user"] for m in replay if m.get("history")] == ["alice", "bob"]  # not carol
+    assert set(chat.disconnect(4)) == set()                   # a hangup in a quiet room
+    got = chat.send(3, type="leave")                          # carol leaves a room of 3
+    assert set(got) == {3} and only(got[3])["event"] == "leave"
+    got = chat.send(2, type="leave")                          # bob leaves a room of 2: heard
+    assert set(got) == {1, 2} and got[1] == got[2]
+
+
 def test_rooms_are_matched_like_names() -> None:
     chat = chat_with("alice")
     chat.connect(2)

@@ -89,6 +89,8 @@ TCP_RULES: tuple[Rule[Session], ...] = (
          t.move),
     Rule("rooms.leave", "leave sends a leave notice; the leaver stays connected, in no room",
          t.leave),
+    Rule("rooms.presence", "past presence_limit members a join or leave reaches its member "
+         "alone", t.presence),
     Rule("rooms.name-fixed", "a later join must give the connection's first name", t.name_fixed),
     Rule("rooms.rooms", "rooms lists the rooms with people in them, and how many", t.rooms_list),
     Rule("rooms.who", "who lists the users in your room", t.who),

@@ -3,7 +3,9 @@
 Each rule runs in a fresh ``Session`` with its own deadline (``--timeout``),
 one after another. A rule ends in one of three ways: it returns (PASS),
 raises ``Failed`` (FAIL, with what was sent and what came back), or is not
-run because a rule it needs did not pass (SKIP, with which). Any other
+run because a rule it needs did not pass (SKIP, with which), or finds the
+server's settings beyond what it can check, raising ``NotChecked`` (SKIP,
+with how to run the server so that it can). Any other
 exception is the checker's own bug: it is reported as a FAIL that says so,
 and the run goes on.
 
@@ -31,7 +33,7 @@ from .. import protocol as p
 from . import udp_wire
 from .rules import S, TCP_RULES, TCP_STAGES, UDP_RULES, UDP_STAGES, Rule
 from .udp_wire import UdpSession
-from .wire import Failed, Session, shorten
+from .wire import Failed, NotChecked, Session, shorten
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 DEFAULT_TIMEOUT_S = 3.0
@@ -117,6 +119,8 @@ def run_rule(rule: Rule[S], host: str, port: int, timeout: float,
         result, detail = PASS, ""
     except Failed as exc:
         result, detail = FAIL, str(exc)
+    except NotChecked as exc:
+        result, detail = SKIP, str(exc)
     except Exception as exc:     # the checker's bug, not the server's: say so, go on
         result, detail = FAIL, f"the checker itself failed ({type(exc).__name__}: {exc})"
     finally:

@@ -12,8 +12,8 @@ rules of the errors and limits stages are in ``tcp_error_rules.py``.
 from __future__ import annotations
 
 from .. import protocol as p
-from .wire import (FLOOR_LIMITS, Failed, Message, Peer, Session, chat, is_seq, notice,
-                   of_type, pong, same_name, shorten)
+from .wire import (FLOOR_LIMITS, Failed, Message, NotChecked, Peer, Session, chat, is_seq,
+                   notice, of_type, pong, same_name, shorten)
 
 T = p.MessageType
 
@@ -265,6 +265,45 @@ def join_id(s: Session) -> None:
     a = s.join(s.name("r"), id="join-1")
     if a.joined.get("id") != "join-1":
         raise Failed(f"expected the join notice to carry id 'join-1'\n{a.exchange(a.joined)}")
+
+
+PRESENCE_CHECKED = 8   # the largest presence_limit the checker fills a room past
+
+
+def presence(s: Session) -> None:
+    """Past presence_limit members a room is quiet: a join or leave reaches that member alone;
+    back at the limit, a leave is heard again."""
+    limits = (s.connect().welcome or {}).get("limits") or {}
+    limit = limits.get("presence_limit")
+    if not is_seq(limit):
+        raise Failed(f"expected a whole number presence_limit in the welcome's limits\n"
+                     f"got limits {shorten(limits)}")
+    if limit > PRESENCE_CHECKED:
+        raise NotChecked(f"presence_limit is {limit}: the checker opens at most "
+                         f"{PRESENCE_CHECKED + 1} connections to a room; run the server "
+                         f"with --presence-limit 3 to check this rule")
+    room = s.name("r")
+    members = [s.join(room) for _ in range(limit)]
+    quiet = s.join(room, id="quiet-join")        # one past the limit
+    if quiet.joined.get("id") != "quiet-join":
+        raise Failed(f"expected the joiner's own join notice, with id 'quiet-join'\n"
+                     f"{quiet.exchange(quiet.joined)}")
+    quiet.send(type="leave", id="quiet-leave")
+    own = quiet.expect(f"{quiet.user}'s own leave notice", notice("leave", quiet.user, room))
+    if own.get("id") != "quiet-leave":
+        raise Failed(f"expected the leaver's notice to carry id 'quiet-leave'\n"
+                     f"{quiet.exchange(own)}")
+    for peer in members:
+        heard = [m for m in peer.ping() if m.get("type") == T.SYSTEM
+                 and same_name(m.get("user"), quiet.user)]
+        if heard:
+            raise Failed(f"{quiet.user} joined and left a room of {limit + 1} (presence_limit "
+                         f"{limit}); {peer.user} was told\ngot {shorten(heard[0])}")
+    if len(members) >= 2:
+        last = members[-1]
+        last.send(type="leave")
+        members[0].expect(f"{last.user}'s leave notice in a room of {limit}",
+                          notice("leave", last.user, room))
 
 
 def move(s: Session) -> None:

@@ -20,8 +20,10 @@ from __future__ import annotations
 def main(argv: list[str] | None = None) -> int:
     """Run the chat server until SIGTERM or Ctrl-C; return the exit status, 0.
 
-    Options: ``--host`` (default 127.0.0.1) and ``--port`` (default 7420;
-    0 picks any free port). When the server is ready, print
+    Options: ``--host`` (default 127.0.0.1), ``--port`` (default 7420;
+    0 picks any free port) and ``--presence-limit`` (default 100: members
+    above which a room's joins and leaves go only to whoever joins or
+    leaves; the tests give 3). When the server is ready, print
     ``listening on HOST:PORT`` (the real port) on stdout, and flush it: the
     tests wait for that line. On SIGTERM, close every connection and exit 0.
     """

@@ -43,7 +43,8 @@ class Checked:
 
 
 def start_and_check() -> tuple[Checked, subprocess.Popen[str] | None]:
-    argv = [sys.executable, str(Path(target.__file__)), "--port", "0"]
+    # presence_limit 3: the checker fills a room past it (at 100 it could not)
+    argv = [sys.executable, str(Path(target.__file__)), "--port", "0", "--presence-limit", "3"]
     env = lesson_snippets.environment()
     try:
         process = subprocess.Popen(argv, cwd=lesson_snippets.ROOT, env=env, text=True,
