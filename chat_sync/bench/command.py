@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Callable, Iterator
 
 from .. import protocol as p
@@ -24,24 +25,16 @@ class Scenario:
     notes: tuple[str, ...] = ()
 
 
-SCENARIOS = {
-    "fanout": Scenario("N clients in one room, each sending M messages",
-                       fanout.add_arguments, fanout.run),
-    "latency": Scenario("delivery time below saturation (at 25, 50, 90 percent of it)",
-                        latency.add_arguments, latency.run),
-    "curves": Scenario("cost against room size and against clients connected, drawn",
-                       curves.add_arguments, curves.run, tuple(curves.NOTES)),
-    "connections": Scenario("many clients held at once",
-                            connections.add_arguments, connections.run),
-    "cluster": Scenario("two servers on a Redis bus against one alone",
-                        cluster.add_arguments, cluster.run),
-    "udp": Scenario("UDP clients through a lossy relay, exactly once",
-                    udp.add_arguments, udp.run, tuple(udp.NOTES)),
-    "idle": Scenario("CPU and wake-ups of idle servers and client",
-                     idle.add_arguments, idle.run, tuple(idle.NOTES)),
-    "soak": Scenario("abuse the TCP server while well-behaved clients check",
-                     soak.add_arguments, soak.run, tuple(soak.NOTES)),
-}
+def _scenario(module: ModuleType) -> Scenario:
+    """A scenario module's: its summary is the first line of its docstring
+    (after "``name``: "), and it has ``add_arguments``, ``run`` and maybe ``NOTES``."""
+    summary = (module.__doc__ or "").splitlines()[0].split(": ", 1)[-1].rstrip(".")
+    return Scenario(summary, module.add_arguments, module.run,
+                    tuple(getattr(module, "NOTES", ())))
+
+
+SCENARIOS = {module.__name__.rsplit(".", 1)[1]: _scenario(module)
+             for module in (fanout, latency, curves, connections, cluster, udp, idle, soak)}
 
 
 def shown(value: Any) -> str:

@@ -357,22 +357,26 @@ def slow_read(index: int, address: tuple[str, int], room: str, counts: SoakCount
         stop.wait(0.5)
 
 
+# Who takes part, and how many by default: one place for the flags, the progress
+# line and the figures.
+CROWD = {
+    "well_behaved": (3, "checking clients"),
+    "churners": (4, "clients that join, talk a little and go (a quarter by RST)"),
+    "flooders": (2, "clients that send as fast as the socket takes it"),
+    "garbage": (2, "garbage senders"),
+    "slow_readers": (3, "clients with a tiny receive buffer that never read"),
+    "lingerers": (2, "connections that never join, or stop mid-line"),
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the abuse lasts")
     parser.add_argument("--seed", type=int, default=1,
                         help="seed of the attackers' choices")
-    parser.add_argument("--well-behaved", type=int, default=3, help="checking clients")
     parser.add_argument("--rate", type=float, default=2.0,
                         help="messages per second of each well-behaved client")
-    parser.add_argument("--churners", type=int, default=4,
-                        help="clients that join, talk a little and go (a quarter by RST)")
-    parser.add_argument("--flooders", type=int, default=2,
-                        help="clients that send as fast as the socket takes it")
-    parser.add_argument("--garbage", type=int, default=2, help="garbage senders")
-    parser.add_argument("--slow-readers", type=int, default=3,
-                        help="clients with a tiny receive buffer that never read")
-    parser.add_argument("--lingerers", type=int, default=2,
-                        help="connections that never join, or stop mid-line")
+    for name, (default, help) in CROWD.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=default, help=help)
 
 
 NOTES = ["every well-behaved message must reach every well-behaved client:",
@@ -381,9 +385,10 @@ NOTES = ["every well-behaved message must reach every well-behaved client:",
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
-    progress(f"soak: {args.seconds} s; {args.well_behaved} well-behaved, {args.churners} "
-             f"churners, {args.flooders} flooders, {args.garbage} garbage senders, "
-             f"{args.slow_readers} slow readers, {args.lingerers} lingerers (seed {args.seed})")
+    crowd = {name: getattr(args, name) for name in CROWD}
+    progress(f"soak: {args.seconds} s; " + ", ".join(
+        f"{count} {name.replace('_', ' ')}" for name, count in crowd.items())
+        + f" (seed {args.seed})")
     with tempfile.TemporaryDirectory() as tmp:
         server = ServerProcess("chat_sync.tcp_server", "--log-level", "info",
                                stderr_path=os.path.join(tmp, "server.log"))
@@ -452,9 +457,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     counted = dict(counts.counts)
     return {
         "scenario": "soak", "seconds": round(elapsed, 1), "seed": args.seed,
-        "well_behaved": args.well_behaved, "rate": args.rate, "churners": args.churners,
-        "flooders": args.flooders, "garbage": args.garbage,
-        "slow_readers": args.slow_readers, "lingerers": args.lingerers,
+        "rate": args.rate, **crowd,
         "passed": (delivered == sent * len(chatters) and not counts.problems
                    and still_serving and not tracebacks),
         "wb_sent": sent, "wb_expected": sent * len(chatters), "wb_delivered": delivered,

@@ -8,6 +8,7 @@ the connection stayed open, as the README's error table says it does.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from .. import protocol as p
@@ -23,33 +24,35 @@ def padded(message: dict[str, Any], length: int) -> bytes:
     return p.encode({**message, "pad": "x" * (length - bare)})
 
 
+def refused_each(s: Session, lines: Iterable[bytes], code: E) -> None:
+    """Each of ``lines``, one after another on one connection, gets a ``code`` error."""
+    peer = s.connect()
+    for line in lines:
+        peer.refused(line + b"\n", code)
+
+
 # -- errors -------------------------------------------------------------------------
 def bad_json(s: Session) -> None:
     """Broken JSON lines each get bad_json."""
-    peer = s.connect()
-    for line in (b'{"type": "ping", "id": 1', b'{type: "ping"}', b'{"type":"ping"}}', b"hello"):
-        peer.refused(line + b"\n", E.BAD_JSON)
+    refused_each(s, (b'{"type": "ping", "id": 1', b'{type: "ping"}', b'{"type":"ping"}}',
+                     b"hello"), E.BAD_JSON)
 
 
 def not_object(s: Session) -> None:
     """JSON that is not an object (an array, a string, a number, null) gets bad_json."""
-    peer = s.connect()
-    for line in (b'[{"type": "ping"}]', b'"ping"', b"42", b"null"):
-        peer.refused(line + b"\n", E.BAD_JSON)
+    refused_each(s, (b'[{"type": "ping"}]', b'"ping"', b"42", b"null"), E.BAD_JSON)
 
 
 def nan(s: Session) -> None:
     """NaN, Infinity and -Infinity are not JSON: bad_json."""
-    peer = s.connect()
-    for constant in (b"NaN", b"Infinity", b"-Infinity"):
-        peer.refused(b'{"type":"ping","x":' + constant + b"}\n", E.BAD_JSON)
+    refused_each(s, (b'{"type":"ping","x":' + constant + b"}"
+                     for constant in (b"NaN", b"Infinity", b"-Infinity")), E.BAD_JSON)
 
 
 def duplicate_keys(s: Session) -> None:
     """An object that names a key twice gets bad_json."""
-    peer = s.connect()
-    for line in (b'{"type":"ping","type":"ping"}', b'{"type":"ping","id":1,"id":2}'):
-        peer.refused(line + b"\n", E.BAD_JSON)
+    refused_each(s, (b'{"type":"ping","type":"ping"}', b'{"type":"ping","id":1,"id":2}'),
+                 E.BAD_JSON)
 
 
 def deep_nesting(s: Session) -> None:
@@ -82,9 +85,8 @@ def lone_surrogate(s: Session) -> None:
 
 def bad_utf8(s: Session) -> None:
     """Lines that are not UTF-8 (a stray 0xff, an overlong '/', a surrogate) get bad_utf8."""
-    peer = s.connect()
-    for junk in (b"\xff", b"\xc0\xaf", b"\xed\xa0\x80"):
-        peer.refused(b'{"type":"ping","id":"' + junk + b'"}\n', E.BAD_UTF8)
+    refused_each(s, (b'{"type":"ping","id":"' + junk + b'"}'
+                     for junk in (b"\xff", b"\xc0\xaf", b"\xed\xa0\x80")), E.BAD_UTF8)
 
 
 def unknown_type(s: Session) -> None:

@@ -28,7 +28,6 @@ earlier datagram caused was sent before the pong.
 """
 from __future__ import annotations
 
-import itertools
 import socket
 import time
 from collections import deque
@@ -89,22 +88,14 @@ class UdpPeer(Conversation):
     """One client address talking to the server under test; every wait ends at the deadline."""
 
     def __init__(self, session: UdpSession, label: str) -> None:
+        super().__init__(label)
         self.session = session
-        self.label = label
-        self.user = ""
-        self.room = ""
         self.sid: str | None = None           # from the welcome
-        self.welcome: Message = {}
         self.join_id = 0
-        self.joined: Message = {}             # its own join notice
-        self.replay: list[Message] = []       # what came before it
         self.auto_ack = True
         self.left = False                     # it sent a leave: its session is over
-        self.received: deque[Message] = deque(maxlen=KEPT_MESSAGES)
         self.stream: deque[int] = deque(maxlen=KEPT_MESSAGES)   # each n, as it came
         self.largest = 0                      # bytes of the largest datagram received
-        self.last_sent = b""
-        self._ids = itertools.count(1)
         try:
             family, kind, proto, _, address = socket.getaddrinfo(
                 session.host, session.port, type=socket.SOCK_DGRAM)[0]

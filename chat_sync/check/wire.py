@@ -155,7 +155,16 @@ class Conversation:
     """What a TCP connection and a UDP peer share: waiting for the message a rule
     expects, and saying in a FAIL report what was sent and what came back."""
 
-    last_sent = b""
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.user = ""
+        self.room = ""
+        self.welcome: Message = {}
+        self.joined: Message = {}             # its own join notice
+        self.replay: list[Message] = []       # what came before it
+        self.received: deque[Message] = deque(maxlen=KEPT_MESSAGES)
+        self.last_sent = b""
+        self._ids = itertools.count(1)
 
     def next_message(self) -> Message:
         """The next message; Failed if none comes by the deadline. Each transport's own."""
@@ -204,19 +213,11 @@ class Peer(Conversation):
     """One connection to the server under test; every wait ends at the session's deadline."""
 
     def __init__(self, session: Session, label: str) -> None:
+        super().__init__(label)
         self.session = session
-        self.label = label
-        self.user = ""
-        self.room = ""
-        self.welcome: Message = {}
-        self.joined: Message = {}             # its own join notice
-        self.replay: list[Message] = []       # what came before it
-        self.received: deque[Message] = deque(maxlen=KEPT_MESSAGES)
-        self.last_sent = b""
         self.eof = False
         self._lines = LineBuffer(MAX_SERVER_LINE)
         self._inbox: deque[bytes] = deque()
-        self._ids = itertools.count(1)
         try:
             self.sock = socket.create_connection((session.host, session.port),
                                                  timeout=max(session.remaining(), 0.01))
