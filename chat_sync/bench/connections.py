@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from typing import Any
 
 from . import designs
 from .load import LoadClient, LoadGenerator, join_all, ping_all
-from .measure import Pinning, add_run_arguments, progress, raise_file_limit
+from .measure import Pinning, ServerProcess, add_run_arguments, progress, raise_file_limit
 
 SPARE_FILES = 64        # open files a process needs beside its clients' sockets
+TIMED_MESSAGES = 20     # messages to room0, one at a time, for the server's CPU per message
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +59,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             load.run_until(lambda: len(got) == len(members), on_line, args.timeout)
             reach_ms = (time.monotonic() - sent_at) * 1000
             reader_ms = (time.process_time() - cpu_at) * 1000
+            server_ms = server_ms_per_message(load, server, members, args.timeout)
         finally:
             load.close()
     return {
@@ -67,10 +70,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rss_kib_after": rss_after,
         "kib_per_client": round((rss_after - rss_before) / args.clients, 2),
         # Connected, not joined yet: the connection itself, without what the
-        # storm of join notices (each to a whole room) left in the allocator.
+        # joins (names, rooms, each joiner's history replay) added.
         "kib_per_client_connected": round((rss_connected - rss_before) / args.clients, 2),
         "one_message_to_room_ms": round(reach_ms, 2),
         # Part of that is this process reading the 1,000 sockets, one at a time.
         "generator_cpu_ms": round(reader_ms, 2),
+        # The server's own: from reading the line to the last member's copy handed
+        # to the kernel, as CPU time of an otherwise idle server (median of 20).
+        "server_cpu_ms_per_message_to_room": server_ms,
     }
+
+
+def server_ms_per_message(load: LoadGenerator, server: ServerProcess, members: list[LoadClient],
+                          timeout: float) -> float:
+    """The server's CPU time for one message to ``members``: the median over
+    ``TIMED_MESSAGES``, each sent once the one before has reached every member."""
+    times: list[float] = []
+    for k in range(TIMED_MESSAGES):
+        marker = f"timed {k} {time.monotonic()}".encode()
+        got: set[int] = set()
+
+        def on_line(client: LoadClient, line: bytes) -> None:
+            if marker in line:
+                got.add(client.index)
+
+        before = server.cpu_seconds()
+        load.send(members[0], {"type": "message", "text": marker.decode()})
+        load.run_until(lambda: len(got) == len(members), on_line, timeout)
+        times.append(server.cpu_seconds() - before)
+    return round(statistics.median(times) * 1000, 2)
 
