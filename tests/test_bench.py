@@ -130,6 +130,7 @@ def test_connections_held_and_one_message_to_a_room(capsys: pytest.CaptureFixtur
     figures = run(capsys, "connections", "--clients", "200", "--room-size", "50")
     assert figures["rooms"] == 4 and figures["room_size"] == 50
     assert figures["rss_kib_after"] > 0 and figures["one_message_to_room_ms"] > 0
+    assert figures["server_cpu_ms_per_message_to_room"] > 0     # it did the work, measured
 
 
 @pytest.mark.timeout(60)
