@@ -58,7 +58,7 @@ from .rooms import ChatCore, ConnId, Output, Reply
 from .serving import (ServerHandle, accepted, fit_descriptor_limit, run_in_foreground,
                       run_program)
 from .tcp_server_core import (CLOSING_S, LINGER_BYTES, LINGER_S, AcceptGate, Connection,
-                              Connections, ErrorReply, Phase, TimerHeap, check_settings,
+                              Connections, ErrorReply, Phase, Replays, TimerHeap, check_settings,
                               guard_limits, socket_options)
 from .wakeup import Stoppable
 
@@ -121,6 +121,7 @@ class TcpServer(Stoppable):
         self._gate = AcceptGate()                   # accept paused while descriptors run out
         self._socket_options = socket_options(config)
         self.stopped = threading.Event()
+        self._replays = Replays()                   # history lines, encoded once
 
     def _bus_events(self) -> None:
         """Apply what the bus brought: the loop's share of the cluster's work."""
@@ -287,13 +288,15 @@ class TcpServer(Stoppable):
             if target is not None:
                 self._doom(target, "its user resumed on another connection")
         for output in outputs:
-            data = p.encode(output.message)     # once, for every member
+            message = output.message
             if isinstance(output, Reply):
+                data = (self._replays.encode(message) if message.get("history") is True
+                        else p.encode(message))     # a replay: once, for every joiner
                 self._queue(data, (output.to,))
                 continue
+            data = p.encode(message)            # once, for every member
             self._queue(data, output.to)
             if self.chat_log is not None and output.room is not None:
-                message = output.message
                 self.chat_log.add(message["ts"], output.room,
                                   message["user"] if message["type"] == "message" else None,
                                   message["text"])

@@ -21,10 +21,11 @@ from typing import Any
 import pytest
 from helpers import LineClient, StreamLines, connect, wait_for
 
+from chat_sync import protocol as p
 from chat_sync.config import TcpServerConfig
 from chat_sync.guard import Guard
 from chat_sync.tcp_server import serve
-from chat_sync.tcp_server_core import Connection, Phase, guard_limits
+from chat_sync.tcp_server_core import Connection, Phase, Replays, guard_limits
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -479,3 +480,19 @@ def test_accepting_follows_the_phase_and_the_doom() -> None:
     assert not closing.accepting and closing.phase is Phase.CLOSING
     for conn in (hello, closing):
         conn.sock.close()
+
+
+@pytest.mark.timeout(10)
+def test_a_history_line_is_encoded_once_for_every_joiner_and_the_cache_is_bounded() -> None:
+    replays = Replays(max_bytes=1000)
+    line = {"type": "message", "room": "r", "user": "u", "text": "hi", "seq": 7, "ts": 1.0,
+            "history": True}
+    first = replays.encode(line)
+    assert first == p.encode(line)
+    assert replays.encode(dict(line)) is first              # an equal copy: the same bytes
+    other = {**line, "text": "another run's seq 7"}           # a seq counted again
+    assert replays.encode(other) == p.encode(other) and replays.encode(other) is not first
+    for seq in range(100, 200):                              # far more than 1,000 bytes
+        replays.encode({**line, "seq": seq})
+    assert replays._bytes <= 1000 and len(replays._lines) < 20
+    assert replays.encode(line) == first                     # dropped: encoded again
