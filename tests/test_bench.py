@@ -133,6 +133,18 @@ def test_connections_held_and_one_message_to_a_room(capsys: pytest.CaptureFixtur
     assert figures["server_cpu_ms_per_message_to_room"] > 0     # it did the work, measured
 
 
+@pytest.mark.timeout(120)
+def test_connections_in_rounds_against_asyncio_gives_medians_and_ratios(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    figures = run(capsys, "connections", "--clients", "100", "--room-size", "50",
+                  "--baseline", "asyncio", "--rounds", "2")
+    for key in ("connect_and_join_s", "kib_per_client", "server_cpu_ms_per_message_to_room"):
+        for name in (key, f"asyncio_{key}", f"{key}_to_asyncio"):
+            spread = figures[name]
+            assert spread["min"] <= spread["median"] <= spread["max"], name
+            assert spread["min"] > 0, name
+
+
 @pytest.mark.timeout(60)
 def test_udp_through_a_lossy_relay_is_exactly_once(capsys: pytest.CaptureFixture[str]
                                                    ) -> None:

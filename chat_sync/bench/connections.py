@@ -8,7 +8,8 @@ from typing import Any
 
 from . import designs
 from .load import LoadClient, LoadGenerator, join_all, ping_all
-from .measure import Pinning, ServerProcess, add_run_arguments, progress, raise_file_limit
+from .measure import (Pinning, ServerProcess, add_run_arguments, progress, raise_file_limit,
+                      ratio, spread)
 
 SPARE_FILES = 64        # open files a process needs beside its clients' sockets
 TIMED_MESSAGES = 20     # messages to room0, one at a time, for the server's CPU per message
@@ -17,21 +18,62 @@ TIMED_MESSAGES = 20     # messages to room0, one at a time, for the server's CPU
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=10_000, help="connections held at once")
     parser.add_argument("--room-size", type=int, default=1000, help="members of each room")
-    parser.add_argument("--design", choices=[d for d in designs.DESIGNS if d != "raw"],
-                        default="chat_sync", help="the server to measure")
+    chats = [d for d in designs.DESIGNS if d != "raw"]       # raw has no rooms
+    parser.add_argument("--design", choices=chats, default="chat_sync",
+                        help="the server to measure")
+    parser.add_argument("--baseline", nargs="*", choices=chats, default=[],
+                        help="designs measured in the same rounds, for ratios")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds, each running --design then every baseline")
     add_run_arguments(parser, log=False)
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="seconds each phase (connect, join, the message) may take")
 
 
+# Figures compared across designs, round by round, in --rounds runs.
+COMPARED = ("connect_and_join_s", "kib_per_client", "server_cpu_ms_per_message_to_room")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Raises FileLimit when the open-file limit cannot be raised far enough."""
-    rooms = max(1, args.clients // args.room_size)
+    """One run of ``--design``; with ``--baseline`` or ``--rounds`` over 1, rounds of
+    each design in turn (A B A B ...), with the median and range of each figure and
+    of its ratio to the baseline's within a round.
+
+    Raises FileLimit when the open-file limit cannot be raised far enough.
+    """
     file_limit = raise_file_limit(args.clients + SPARE_FILES)
     pinning = Pinning.choose(not args.no_pin)
+    order = [args.design, *(b for b in args.baseline if b != args.design)]
+    with pinning:
+        if len(order) == 1 and args.rounds == 1:
+            return {**one_run(args, args.design, pinning), "open_file_limit": file_limit}
+        runs: dict[str, list[dict[str, Any]]] = {design: [] for design in order}
+        for _ in range(args.rounds):
+            for design in order:
+                runs[design].append(one_run(args, design, pinning))
+    first = runs[args.design][0]
+    figures: dict[str, Any] = {
+        "scenario": "connections", "design": args.design, "pinning": pinning.describe(),
+        "open_file_limit": file_limit, "clients": args.clients, "rooms": first["rooms"],
+        "room_size": first["room_size"], "rounds": args.rounds}
+    for design, rounds in runs.items():
+        prefix = "" if design == args.design else f"{design}_"
+        for key in COMPARED:
+            figures[prefix + key] = spread([r[key] for r in rounds], 2)
+    for baseline in order[1:]:
+        for key in COMPARED:
+            figures[f"{key}_to_{baseline}"] = spread(
+                [x for a, b in zip(runs[args.design], runs[baseline])
+                 if (x := ratio(a[key], b[key])) is not None])
+    return figures
+
+
+def one_run(args: argparse.Namespace, design: str, pinning: Pinning) -> dict[str, Any]:
+    """Connect and join ``args.clients`` to a fresh server of ``design``, then the message."""
+    rooms = max(1, args.clients // args.room_size)
     progress(f"connections: {args.clients} clients in {rooms} rooms of {args.room_size} "
-             f"({args.design}); {pinning.describe()}")
-    with pinning, designs.start(args.design, args.clients + 10, pinning) as server:
+             f"({design}); {pinning.describe()}")
+    with designs.start(design, args.clients + 10, pinning) as server:
         rss_before = server.rss_kib()
         load = LoadGenerator()
         try:
@@ -63,9 +105,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             load.close()
     return {
-        "scenario": "connections", "design": args.design, "pinning": pinning.describe(),
-        "open_file_limit": file_limit, "clients": args.clients, "rooms": rooms,
-        "room_size": len(members), "connect_and_join_s": round(joined_s, 2),
+        "scenario": "connections", "design": design, "pinning": pinning.describe(),
+        "clients": args.clients, "rooms": rooms, "room_size": len(members),
+        "connect_and_join_s": round(joined_s, 2),
         "rss_kib_before": rss_before, "rss_kib_connected": rss_connected,
         "rss_kib_after": rss_after,
         "kib_per_client": round((rss_after - rss_before) / args.clients, 2),
