@@ -88,17 +88,9 @@ def one_run(args: argparse.Namespace, design: str, pinning: Pinning) -> dict[str
             rss_after = server.rss_kib()
             progress(f"all joined in {joined_s:.1f} s; one message to room0")
             members = [c for c in load.clients if c.index % rooms == 0]
-            marker = f"marker {time.monotonic()}"
-            got: set[int] = set()
-
-            def on_line(client: LoadClient, line: bytes) -> None:
-                if marker.encode() in line:
-                    got.add(client.index)
-
             sent_at = time.monotonic()
             cpu_at = time.process_time()
-            load.send(members[0], {"type": "message", "text": marker})
-            load.run_until(lambda: len(got) == len(members), on_line, args.timeout)
+            reach_all(load, members, "marker", args.timeout)
             reach_ms = (time.monotonic() - sent_at) * 1000
             reader_ms = (time.process_time() - cpu_at) * 1000
             server_ms = server_ms_per_message(load, server, members, args.timeout)
@@ -123,22 +115,28 @@ def one_run(args: argparse.Namespace, design: str, pinning: Pinning) -> dict[str
     }
 
 
+def reach_all(load: LoadGenerator, members: list[LoadClient], text: str,
+              timeout: float) -> None:
+    """Send one message (``text`` and the time, to tell it apart) from the first of
+    ``members`` and return once every one of them has it."""
+    marker = f"{text} {time.monotonic()}"
+    got: set[int] = set()
+
+    def on_line(client: LoadClient, line: bytes) -> None:
+        if marker.encode() in line:
+            got.add(client.index)
+
+    load.send(members[0], {"type": "message", "text": marker})
+    load.run_until(lambda: len(got) == len(members), on_line, timeout)
+
+
 def server_ms_per_message(load: LoadGenerator, server: ServerProcess, members: list[LoadClient],
                           timeout: float) -> float:
     """The server's CPU time for one message to ``members``: the median over
     ``TIMED_MESSAGES``, each sent once the one before has reached every member."""
     times: list[float] = []
     for k in range(TIMED_MESSAGES):
-        marker = f"timed {k} {time.monotonic()}".encode()
-        got: set[int] = set()
-
-        def on_line(client: LoadClient, line: bytes) -> None:
-            if marker in line:
-                got.add(client.index)
-
         before = server.cpu_seconds()
-        load.send(members[0], {"type": "message", "text": marker.decode()})
-        load.run_until(lambda: len(got) == len(members), on_line, timeout)
+        reach_all(load, members, f"timed {k}", timeout)
         times.append(server.cpu_seconds() - before)
     return round(statistics.median(times) * 1000, 2)
-
