@@ -244,9 +244,12 @@ def main(cls: type[ClientConfig], argv: list[str] | None, *, prog: str, descript
             return EXIT_FAILED
         try:
             client.connect()
-        except (JoinError, OSError) as exc:
-            why = client.why_not(exc) if isinstance(exc, OSError) else str(exc)
-            print(f"chat-sync: {why}", file=sys.stderr)
+        except JoinError as exc:
+            print(f"chat-sync: {exc}", file=sys.stderr)
+            client.close()
+            return EXIT_FAILED
+        except OSError as exc:
+            print(f"chat-sync: {client.why_not(exc)}", file=sys.stderr)
             client.close()
             return EXIT_FAILED
         except KeyboardInterrupt:
