@@ -333,7 +333,8 @@ class TcpServer(Stoppable):
     def _flush_dirty(self) -> None:
         while self._dirty:
             self._flush(self._dirty.pop())
-            self._reap()
+            if self._doomed:
+                self._reap()
 
     def _flush(self, conn: Connection) -> None:
         if conn.closed:

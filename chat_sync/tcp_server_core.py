@@ -170,6 +170,11 @@ class Connection:
     def consume(self, sent: int, offered: int) -> bool:
         """Drop ``sent`` bytes from the front of the queue; True if the
         ``offered`` chunks all went whole."""
+        if sent == self.out_bytes and offered == len(self.out):   # all of it: the usual case
+            self.out.clear()
+            self.out_bytes = 0
+            self.started = False
+            return True
         self.out_bytes -= sent
         done = 0                                # chunks sent whole
         for chunk in self.out:

@@ -137,12 +137,17 @@ def test_connections_held_and_one_message_to_a_room(capsys: pytest.CaptureFixtur
 def test_connections_in_rounds_against_asyncio_gives_medians_and_ratios(
         capsys: pytest.CaptureFixture[str]) -> None:
     figures = run(capsys, "connections", "--clients", "100", "--room-size", "50",
-                  "--baseline", "asyncio", "--rounds", "2")
+                  "--baseline", "asyncio", "raw", "--rounds", "2")
     for key in ("connect_and_join_s", "kib_per_client", "server_cpu_ms_per_message_to_room"):
         for name in (key, f"asyncio_{key}", f"{key}_to_asyncio"):
             spread = figures[name]
             assert spread["min"] <= spread["median"] <= spread["max"], name
             assert spread["min"] > 0, name
+    # The relay holds one room's worth of clients and joins nothing: one figure, the floor.
+    for name in ("raw_server_cpu_ms_per_message_to_room",
+                 "server_cpu_ms_per_message_to_room_to_raw"):
+        assert figures[name]["min"] > 0, name
+    assert "raw_connect_and_join_s" not in figures and "raw_kib_per_client" not in figures
 
 
 @pytest.mark.timeout(60)

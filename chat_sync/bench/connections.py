@@ -1,4 +1,10 @@
-"""``connections``: many clients held at once, joined to rooms; RSS and one message to a room."""
+"""``connections``: many clients held at once, joined to rooms; RSS and one message to a room.
+
+``--baseline raw`` adds the floor: the relay that copies bytes sends every
+line to every client, so it gets one room's worth of clients (``--room-size``)
+and its one figure is the server CPU for one message to that many sockets.
+It joins nothing, so its connect-and-join time and RSS are not compared.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +13,7 @@ import time
 from typing import Any
 
 from . import designs
-from .load import LoadClient, LoadGenerator, join_all, ping_all
+from .load import LoadClient, LoadGenerator, join_all, ping_all, sync_raw
 from .measure import (Pinning, ServerProcess, add_run_arguments, progress, raise_file_limit,
                       ratio, spread)
 
@@ -21,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     chats = [d for d in designs.DESIGNS if d != "raw"]       # raw has no rooms
     parser.add_argument("--design", choices=chats, default="chat_sync",
                         help="the server to measure")
-    parser.add_argument("--baseline", nargs="*", choices=chats, default=[],
-                        help="designs measured in the same rounds, for ratios")
+    parser.add_argument("--baseline", nargs="*", choices=designs.DESIGNS, default=[],
+                        help="designs measured in the same rounds, for ratios (raw: the "
+                             "floor for one message to --room-size sockets)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="rounds, each running --design then every baseline")
     add_run_arguments(parser, log=False)
@@ -59,17 +66,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for design, rounds in runs.items():
         prefix = "" if design == args.design else f"{design}_"
         for key in COMPARED:
-            figures[prefix + key] = spread([r[key] for r in rounds], 2)
+            values = [r[key] for r in rounds if r[key] is not None]     # raw: one figure
+            if values:
+                figures[prefix + key] = spread(values, 2)
     for baseline in order[1:]:
         for key in COMPARED:
-            figures[f"{key}_to_{baseline}"] = spread(
-                [x for a, b in zip(runs[args.design], runs[baseline])
-                 if (x := ratio(a[key], b[key])) is not None])
+            ratios = [x for a, b in zip(runs[args.design], runs[baseline])
+                      if (x := ratio(a[key], b[key])) is not None]
+            if ratios:
+                figures[f"{key}_to_{baseline}"] = spread(ratios)
     return figures
 
 
 def one_run(args: argparse.Namespace, design: str, pinning: Pinning) -> dict[str, Any]:
     """Connect and join ``args.clients`` to a fresh server of ``design``, then the message."""
+    if design == "raw":
+        return raw_floor(args, pinning)
     rooms = max(1, args.clients // args.room_size)
     progress(f"connections: {args.clients} clients in {rooms} rooms of {args.room_size} "
              f"({design}); {pinning.describe()}")
@@ -113,6 +125,24 @@ def one_run(args: argparse.Namespace, design: str, pinning: Pinning) -> dict[str
         # to the kernel, as CPU time of an otherwise idle server (median of 20).
         "server_cpu_ms_per_message_to_room": server_ms,
     }
+
+
+def raw_floor(args: argparse.Namespace, pinning: Pinning) -> dict[str, Any]:
+    """The relay's CPU for one message to ``args.room_size`` clients, all it holds."""
+    progress(f"connections: {args.room_size} clients (raw, every line to all); "
+             f"{pinning.describe()}")
+    with designs.start("raw", args.room_size, pinning) as server:
+        load = LoadGenerator()
+        try:
+            load.connect(server.address, args.room_size)
+            sync_raw(load, args.timeout)
+            reach_all(load, load.clients, "marker", args.timeout)
+            server_ms = server_ms_per_message(load, server, load.clients, args.timeout)
+        finally:
+            load.close()
+    return {"scenario": "connections", "design": "raw", "room_size": args.room_size,
+            "connect_and_join_s": None, "kib_per_client": None,
+            "server_cpu_ms_per_message_to_room": server_ms}
 
 
 def reach_all(load: LoadGenerator, members: list[LoadClient], text: str,
