@@ -97,6 +97,20 @@ BROKEN: dict[str, tuple[set[str], set[str]]] = {
 }
 
 
+@pytest.mark.timeout(10)
+def test_a_retransmission_is_one_delivery_a_new_counter_another() -> None:
+    session = UdpSession("127.0.0.1", 9, TIMEOUT_S)     # nothing is sent
+    try:
+        peer = session.open()
+        said = {"type": "message", "text": "hi", "seq": 5}
+        peer.received += [{**said, "n": 3}, {**said, "n": 3}]      # an ack came late
+        assert peer.count(lambda m: m.get("text") == "hi") == 1
+        peer.received.append({**said, "n": 4})                     # sent again: a bug
+        assert peer.count(lambda m: m.get("text") == "hi") == 2
+    finally:
+        session.close()
+
+
 def test_every_switch_is_tested() -> None:
     assert set(BROKEN) == set(FLAGS)
 

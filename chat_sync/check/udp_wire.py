@@ -178,8 +178,21 @@ class UdpPeer(Conversation):
         return seen
 
     def count(self, match: Match) -> int:
-        """How many of the messages received so far ``match``."""
-        return sum(1 for message in self.received if match(message))
+        """How many of the messages received so far ``match``, a retransmission (a
+        stream counter ``n`` seen before) not counted again: the server sends its
+        datagram again until the ack reaches it, and that is one delivery."""
+        times = 0
+        counters: set[int] = set()
+        for message in self.received:
+            if not match(message):
+                continue
+            n = message.get("n")
+            if is_n(n) and message.get("type") != T.ACK:
+                if n in counters:
+                    continue
+                counters.add(n)
+            times += 1
+        return times
 
     # -- the socket ------------------------------------------------------------
     def _next_datagram(self, until: float) -> bytes | None:
