@@ -124,7 +124,7 @@ class Connection:
 
     def deadline(self) -> float | None:
         """When a timer must look at this connection next, or None."""
-        if self.phase in (Phase.CLOSING, Phase.LINGER):
+        if self.close_by is not None:           # CLOSING or LINGER (no enum lookup: hot)
             return self.close_by
         return self.guard.deadline()
 
