@@ -1,6 +1,7 @@
 """The ``chat-sync`` command: subcommands dispatch to each program's own ``main``."""
 from __future__ import annotations
 
+import gc
 import shutil
 import signal
 import socket
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from chat_sync import __version__, cli, protocol
+from chat_sync import __version__, cli, protocol, serving
 
 
 def chat_sync_command() -> list[str]:
@@ -80,3 +81,34 @@ def test_bad_config_value_names_the_flag() -> None:
     result = run("tcp-server", "--port", "70000")
     assert result.returncode == 2
     assert "port" in result.stderr
+
+
+class _Serves:
+    """A server that records, as it starts serving, how many objects are frozen."""
+
+    address = ("127.0.0.1", 0)
+
+    def __init__(self) -> None:
+        self.frozen = 0
+
+    def serve_forever(self) -> None:
+        self.frozen = gc.get_freeze_count()
+
+    def stop(self) -> None:
+        pass
+
+
+@pytest.mark.timeout(10)
+def test_a_server_program_freezes_what_it_built_before_it_serves(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    gc.unfreeze()
+    server = _Serves()
+    try:
+        assert serving.run_in_foreground(server) == 0
+    finally:
+        gc.unfreeze()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert server.frozen > 10_000               # the modules, at least: not walked again
+    assert capsys.readouterr().out == "listening on 127.0.0.1:0\n"
