@@ -46,6 +46,12 @@ def is_n(value: object) -> TypeGuard[int]:
     return is_seq(value) and value >= 1
 
 
+def stream_counter(message: Message) -> int | None:
+    """The ``n`` a server datagram carries on its reliable stream (an ack carries none)."""
+    n = message.get("n")
+    return n if is_n(n) and message.get("type") != T.ACK else None
+
+
 def acks_of(rid: int) -> Match:
     """The server's ack of request ``rid``."""
     return lambda m: m.get("type") == T.ACK and m.get("id") == rid and "n" not in m
@@ -151,8 +157,8 @@ class UdpPeer(Conversation):
         sid = message.get("sid")
         if kind == T.WELCOME and self.sid is None and isinstance(sid, str):
             self.sid, self.welcome = sid, message
-        n = message.get("n")
-        if is_n(n) and kind != T.ACK:
+        n = stream_counter(message)
+        if n is not None:
             self.stream.append(n)
             if self.auto_ack:
                 self.ack(n, self.sid or (sid if isinstance(sid, str) else None))
@@ -186,8 +192,8 @@ class UdpPeer(Conversation):
         for message in self.received:
             if not match(message):
                 continue
-            n = message.get("n")
-            if is_n(n) and message.get("type") != T.ACK:
+            n = stream_counter(message)
+            if n is not None:
                 if n in counters:
                     continue
                 counters.add(n)
