@@ -277,8 +277,11 @@ class ClusterChat:
                     mine.append(Reply(conn, output.message))
                 continue
             to = tuple(c for c in map(self._mine, output.to) if c is not None)
+            own = None
+            if output.own is not None and (sender := self._mine(output.own[0])) is not None:
+                own = (sender, output.own[1])
             # The chat log wants every broadcast once, even to a room with no one here.
-            mine.append(Broadcast(to, output.message, output.room))
+            mine.append(Broadcast(to, output.message, output.room, own))
         return mine
 
     def _mine(self, conn: ConnId) -> int | None:

@@ -266,6 +266,14 @@ def encode(message: dict[str, Any]) -> bytes:
     return (_ENCODER.encode(message) + "\n").encode("utf-8")
 
 
+def with_id(line: bytes, rid: RequestId) -> bytes:
+    """An encoded message's ``line`` with ``"id": rid`` as its last key: the bytes
+    ``encode({**message, "id": rid})`` would make, without encoding it all again
+    (a sender's own copy of a broadcast).
+    """
+    return b'%s,"id":%s}\n' % (line[:-2], _ENCODER.encode(rid).encode("utf-8"))
+
+
 def encode_datagram(message: dict[str, Any]) -> bytes:
     """One message as a UDP datagram: the same JSON, no newline."""
     return _ENCODER.encode(message).encode("utf-8")

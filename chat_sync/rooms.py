@@ -7,9 +7,14 @@ by an opaque, hashable id (an ``int`` for TCP, a ``(host, port)`` for UDP)
 and returns what to send as a list of outputs:
 
 - ``Reply(to, message)``: one message for one connection.
-- ``Broadcast(to, message, room)``: one message for many. The shell encodes
-  it once and hands the same bytes to every member, and writes it to the
-  chat log. ``to`` may be empty (a message to a room of one still counts).
+- ``Broadcast(to, message, room, own)``: one message for many. The shell
+  encodes it once and hands the same bytes to every member, and writes it
+  to the chat log. ``to`` may be empty (a message to a room of one still
+  counts). ``own`` is ``(sender, id)`` when the request had an id: the
+  sender, one of ``to``, gets the message with ``"id": id`` added, so its
+  client can tell which request it answers. (A broadcast to a room is to
+  the whole room, so the shell can queue a run of them to the same members
+  together: ``tcp_server_core.Batch``.)
 
 Invariants:
 
@@ -76,9 +81,22 @@ class Broadcast:
     to: tuple[ConnId, ...]
     message: dict[str, Any]
     room: str | None
+    own: tuple[ConnId, p.RequestId] | None = None   # (sender, id): its copy carries the id
 
 
 Output = Union[Reply, Broadcast]
+
+
+def deliveries(output: Output) -> list[tuple[ConnId, dict[str, Any]]]:
+    """Each connection ``output`` is for, with the message it gets: the rule of
+    ``Broadcast.own`` spelled out, for tests and readers (a shell encodes once)."""
+    if isinstance(output, Reply):
+        return [(output.to, output.message)]
+    if output.own is None:
+        return [(conn, output.message) for conn in output.to]
+    sender, rid = output.own
+    return [(conn, {**output.message, "id": rid} if conn == sender else output.message)
+            for conn in output.to]
 
 
 @dataclass(slots=True)
@@ -439,7 +457,5 @@ class ChatCore:
         if len(room.history) == room.history.maxlen:   # the oldest falls out: remember it
             room.forgotten = room.history[0]["seq"] if room.history else message["seq"]
         room.history.append(message)
-        if rid is None or sender is None:
-            return [Broadcast(tuple(room.members), message, room.name)]
-        others = tuple(conn for conn in room.members if conn != sender)
-        return [Broadcast(others, message, room.name), Reply(sender, {**message, "id": rid})]
+        own = None if rid is None or sender is None else (sender, rid)
+        return [Broadcast(tuple(room.members), message, room.name, own)]

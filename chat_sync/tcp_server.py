@@ -54,10 +54,10 @@ from .cluster import ClusterChat
 from .framing import LineTooLong
 from .guard import Breach, Guard
 from .logs import ChatLog
-from .rooms import ChatCore, ConnId, Output, Reply
+from .rooms import Broadcast, ChatCore, ConnId, Output, Reply
 from .serving import (ServerHandle, accepted, fit_descriptor_limit, run_in_foreground,
                       run_program)
-from .tcp_server_core import (CLOSING_S, LINGER_BYTES, LINGER_S, AcceptGate, Connection,
+from .tcp_server_core import (CLOSING_S, LINGER_BYTES, LINGER_S, AcceptGate, Batch, Connection,
                               Connections, ErrorReply, Phase, Replays, TimerHeap, check_settings,
                               guard_limits, socket_options)
 from .wakeup import Stoppable
@@ -122,6 +122,7 @@ class TcpServer(Stoppable):
         self._socket_options = socket_options(config)
         self.stopped = threading.Event()
         self._replays = Replays()                   # history lines, encoded once
+        self._batch = Batch()                       # this turn's run of broadcasts
 
     def _bus_events(self) -> None:
         """Apply what the bus brought: the loop's share of the cluster's work."""
@@ -269,6 +270,7 @@ class TcpServer(Stoppable):
             return
         if conn.guard.strikes == 1:            # once per episode, not once per line
             log.info("[%s] rate limited: %s", conn.peer, breach.text)
+        self._settle()
         self._queue(p.encode(p.error(breach.code, breach.text, id=p.peek_id(line))),
                     (conn.id,))
 
@@ -293,14 +295,31 @@ class TcpServer(Stoppable):
             if isinstance(output, Reply):
                 data = (self._replays.encode(message) if message.get("history") is True
                         else p.encode(message))     # a replay: once, for every joiner
+                self._settle()                  # after the broadcasts made before it
                 self._queue(data, (output.to,))
                 continue
-            data = p.encode(message)            # once, for every member
-            self._queue(data, output.to)
+            self._broadcast(output)
             if self.chat_log is not None and output.room is not None:
                 self.chat_log.add(message["ts"], output.room,
                                   message["user"] if message["type"] == "message" else None,
                                   message["text"])
+
+    def _broadcast(self, output: Broadcast) -> None:
+        """Encode ``output`` once for every member, and add it to the run (``Batch``)."""
+        data = p.encode(output.message)
+        own = None
+        if output.own is not None:              # the sender's copy: with its request's id
+            sender, rid = output.own
+            own = (sender, p.with_id(data, rid))
+        if not self._batch.joins(output.to):
+            self._settle()
+        self._batch.add(data, output.to, own)
+
+    def _settle(self) -> None:
+        """Queue the run of broadcasts (``Batch``): before any other output, and at
+        the end of the turn's reading."""
+        for data, to in self._batch.take():
+            self._queue(data, to)
 
     def _queue(self, data: bytes, to: tuple[ConnId, ...]) -> None:
         """Queue ``data`` for each of ``to`` that still accepts output.
@@ -332,10 +351,12 @@ class TcpServer(Stoppable):
             self._schedule(conn)                # its grace period ends at a deadline
 
     def _flush_dirty(self) -> None:
+        self._settle()
         while self._dirty:
             self._flush(self._dirty.pop())
             if self._doomed:
-                self._reap()
+                self._reap()                    # their rooms hear they left: ...
+                self._settle()                  # ... queued now
 
     def _flush(self, conn: Connection) -> None:
         """Send what ``conn`` has queued, as far as the kernel takes it.
@@ -510,6 +531,7 @@ class TcpServer(Stoppable):
         """
         if conn.closed or conn.phase in (Phase.CLOSING, Phase.LINGER):
             return
+        self._settle()                          # what it was sent before the error
         if error is not None:
             conn.last_words(p.encode(p.error(*error)), drop_unsent=drop_unsent)
         conn.start_closing(reason, self._now + CLOSING_S)
@@ -555,6 +577,7 @@ class TcpServer(Stoppable):
         log.info("shutting down: %d clients", len(self.conns))
         self._stop_listening()
         self._dispatch([self.core.shutdown_notice(time.time())])
+        self._settle()                          # before they stop accepting output
         self._now = time.monotonic()
         for conn in list(self.conns.values()):
             if conn.phase is Phase.OPEN:     # flush, then shut

@@ -569,9 +569,14 @@ class UdpChat:
                     actions += self._reply(peer, output.message)
                 continue
             body = p.encode_datagram(output.message)       # once, for every member
+            sender, rid = output.own if output.own is not None else (None, None)
             for sid in output.to:
                 peer = self.sessions.get(cast(str, sid))
-                if peer is not None:
+                if peer is None:
+                    continue
+                if sid == sender:                           # its copy carries the id
+                    actions += self._reply(peer, {**output.message, "id": rid})
+                else:
                     actions += self._stamp(peer, body)
             if output.room is not None:
                 message = output.message

@@ -432,16 +432,15 @@ def check_transcript(block: Block) -> None:
 
 def _replay_core(block: Block) -> None:
     from chat_sync import protocol
-    from chat_sync.rooms import Broadcast, ChatCore, Output
+    from chat_sync.rooms import ChatCore, Output, deliveries
 
     core = ChatCore()
     inbox: dict[str, collections.deque[str]] = {}
 
     def deliver(outputs: list[Output]) -> None:
         for output in outputs:
-            line = protocol.encode(output.message).decode("utf-8").rstrip("\n")
-            for name in (output.to if isinstance(output, Broadcast) else (output.to,)):
-                inbox[str(name)].append(line)
+            for name, message in deliveries(output):
+                inbox[str(name)].append(protocol.encode(message).decode("utf-8").rstrip("\n"))
 
     conversation = steps(block)
     for name, _, _ in conversation:

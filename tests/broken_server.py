@@ -226,7 +226,7 @@ class BrokenServer:
 
     def _deliver(self, outputs: list[Output]) -> None:
         """Send each output to its connections, through the flags that bend it. Hold the lock."""
-        for output in outputs:
+        for output in (part for whole in outputs for part in _apart(whole)):
             message = dict(output.message)
             to = list(output.to) if isinstance(output, Broadcast) else [output.to]
             kind = message.get("type")
@@ -257,6 +257,17 @@ class BrokenServer:
     def _reply(self, conn: int, message: dict[str, Any]) -> None:
         with self.lock:
             self._deliver([Reply(conn, message)])
+
+
+def _apart(output: Output) -> list[Output]:
+    """A broadcast with the sender's copy as two outputs: to the others, and to the sender
+    (so each flag bends both as it would any other)."""
+    if isinstance(output, Reply) or output.own is None:
+        return [output]
+    sender, rid = output.own
+    others = tuple(conn for conn in output.to if conn != sender)
+    return [Broadcast(others, output.message, output.room),
+            Reply(sender, {**output.message, "id": rid})]
 
 
 def _peek(line: bytes) -> dict[str, Any]:

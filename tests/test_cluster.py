@@ -9,7 +9,7 @@ import pytest
 from chat_sync import protocol as p
 from chat_sync.cluster import (SEQ_GAP_AFTER_RESET, Applied, BusDown, BusUp, ClusterChat, Entry,
                                Kind, ResetWanted, Unsent)
-from chat_sync.rooms import Broadcast, ChatCore, Output, Reply
+from chat_sync.rooms import Broadcast, ChatCore, Output, Reply, deliveries
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -59,10 +59,9 @@ class Server:
 
     def deliver(self, outputs: list[Output]) -> None:
         for output in outputs:
-            targets = (output.to,) if isinstance(output, Reply) else output.to
-            for conn in targets:
+            for conn, message in deliveries(output):
                 assert isinstance(conn, int)
-                self.inbox.setdefault(conn, []).append(output.message)
+                self.inbox.setdefault(conn, []).append(message)
 
     def send(self, conn: int, **request: Any) -> None:
         self.deliver(self.chat.receive(conn, json.dumps(request).encode(), 1795600000.0))

@@ -31,7 +31,7 @@ from helpers import LineClient, StreamLines, connect, request_line, wait_for
 
 from chat_sync import protocol as p
 from chat_sync.guard import Guard, GuardLimits, TokenBucket
-from chat_sync.rooms import ChatCore, Reply
+from chat_sync.rooms import ChatCore, Reply, deliveries
 from chat_sync.config import TcpServerConfig
 from chat_sync.serving import ServerHandle
 from chat_sync.tcp_server import TcpServer, serve
@@ -550,7 +550,8 @@ def test_a_member_that_resets_while_output_is_queued_for_it_costs_nobody() -> No
 def join(core: ChatCore, conn: int, user: str, room: str = "lobby") -> dict[str, Any]:
     """The answer (to ``conn``) of a join with an id."""
     outputs = core.receive(conn, request_line(type="join", room=room, user=user, id="j"), 1.0)
-    return next(o.message for o in outputs if isinstance(o, Reply) and o.to == conn)
+    return next(message for output in outputs for to, message in deliveries(output)
+                if to == conn and message.get("id") == "j")
 
 
 @pytest.mark.parametrize("original, look_alike", [

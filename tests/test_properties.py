@@ -382,10 +382,8 @@ class CoreRun:
                 seq = output.message["seq"]
                 assert seq > self.last_seq, f"seq {seq} after {self.last_seq}"
                 self.last_seq = seq
-                for other in outputs:            # the sender's copy, if it had an id
-                    if isinstance(other, Reply) and "id" in other.message and \
-                            {**other.message, "id": None} == {**output.message, "id": None}:
-                        assert other.to not in output.to, f"{other.to} got {output} twice"
+                if output.own is not None:       # the sender's copy, if it had an id
+                    assert output.own[0] in output.to, f"{output.own[0]} is not of {output}"
         self.check_state()
 
     def check_join_notices(self, conn: Hashable, line: bytes, outputs: list[Output]) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from chat_sync import __version__
 from chat_sync import protocol as p
-from chat_sync.rooms import Broadcast, ChatCore, ConnId, Output, Reply
+from chat_sync.rooms import Broadcast, ChatCore, ConnId, Output, Reply, deliveries
 
 from helpers import request_line
 
@@ -50,11 +50,8 @@ class Chat:
 def inboxes(outputs: list[Output]) -> dict[ConnId, list[dict[str, Any]]]:
     received: dict[ConnId, list[dict[str, Any]]] = defaultdict(list)
     for output in outputs:
-        if isinstance(output, Reply):
-            received[output.to].append(output.message)
-        else:
-            for conn in output.to:
-                received[conn].append(output.message)
+        for conn, message in deliveries(output):
+            received[conn].append(message)
     return received
 
 

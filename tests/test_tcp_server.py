@@ -25,7 +25,8 @@ from chat_sync import protocol as p
 from chat_sync.config import TcpServerConfig
 from chat_sync.guard import Guard
 from chat_sync.tcp_server import serve
-from chat_sync.tcp_server_core import Connection, Phase, Replays, guard_limits
+from chat_sync.tcp_server_core import (BATCH_BYTES, Batch, Connection, Phase, Replays,
+                                      guard_limits)
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -483,6 +484,47 @@ def test_accepting_follows_the_phase_and_the_doom() -> None:
 
 
 @pytest.mark.timeout(10)
+def test_a_run_of_broadcasts_is_one_shared_chunk_and_a_chunk_of_its_own_for_each_sender(
+        ) -> None:
+    batch, room = Batch(), (1, 2, 3)
+    first, second = b'{"n":1}\n', b'{"n":2}\n'
+    batch.add(first, room, (1, p.with_id(first, "a")))
+    assert batch.joins(room) and not batch.joins((1, 2))      # another audience: take first
+    batch.add(second, room, None)
+    taken = batch.take()
+    assert taken == [(first + second, (2, 3)), (b'{"n":1,"id":"a"}\n' + second, (1,))]
+    assert batch.take() == [] and batch.joins((1, 2))         # empty again: anything joins
+
+
+def test_a_run_ends_at_its_size_so_a_queue_grows_by_no_more_at_a_time() -> None:
+    batch, line = Batch(), b"x" * 1000 + b"\n"
+    while batch.joins((1,)):
+        batch.add(line, (1,), None)
+    assert BATCH_BYTES <= batch.size < BATCH_BYTES + len(line)
+
+
+def test_a_turns_broadcasts_and_replies_reach_each_member_in_the_order_made() -> None:
+    with serve(port=0) as server:
+        with connect(server.host, server.port) as alice, \
+                connect(server.host, server.port) as bob:
+            alice.join("lobby", "alice")
+            bob.join("lobby", "bob")
+            alice.recv_message()                                 # bob joined
+            alice.send_raw(b'{"type":"message","text":"one","id":1}\n'
+                           b'{"type":"ping","id":2}\n'
+                           b'{"type":"message","text":"two"}\n'
+                           b'{"type":"who","id":4}\n'
+                           b'{"type":"message","text":"three","id":5}\n')
+            mine = [alice.recv_message() for _ in range(5)]
+            assert [(m["type"], m.get("text"), m.get("id")) for m in mine] == [
+                ("message", "one", 1), ("pong", None, 2), ("message", "two", None),
+                ("who", None, 4), ("message", "three", 5)]
+            heard = [bob.recv_message() for _ in range(3)]
+            assert [m["text"] for m in heard] == ["one", "two", "three"]
+            assert all("id" not in m for m in heard)
+            assert [m["seq"] for m in heard] == [m["seq"] for m in mine if "seq" in m]
+
+
 def test_a_history_line_is_encoded_once_for_every_joiner_and_the_cache_is_bounded() -> None:
     replays = Replays(max_bytes=1000)
     line = {"type": "message", "room": "r", "user": "u", "text": "hi", "seq": 7, "ts": 1.0,

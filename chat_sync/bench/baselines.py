@@ -116,10 +116,12 @@ async def _asyncio_chat(host: str, port: int) -> None:
         for output in outputs:
             line = p.encode(output.message)
             targets = (output.to,) if isinstance(output, Reply) else output.to
+            sender, rid = (None, None) if isinstance(output, Reply) or output.own is None \
+                else output.own
             for conn in targets:
                 writer = writers.get(conn)
                 if writer is not None and not writer.is_closing():
-                    writer.write(line)
+                    writer.write(p.with_id(line, rid) if conn == sender else line)
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = next(ids)

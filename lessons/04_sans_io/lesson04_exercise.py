@@ -36,7 +36,8 @@ def fan_out(outputs: list[Output]) -> dict[ConnId, list[bytes]]:
     Return a dict from connection id to its lines (``protocol.encode`` of
     each message), in the order of ``outputs``. A ``Reply`` goes to its
     ``to``; a ``Broadcast`` to every id in its ``to``, and is encoded once:
-    every member gets the very same ``bytes`` object. A connection that gets
-    nothing is not in the dict.
+    every member gets the very same ``bytes`` object, except the sender its
+    ``own`` names, ``(sender, id)``, which gets the line with that id
+    (``protocol.with_id``). A connection that gets nothing is not in the dict.
     """
     raise NotImplementedError("exercise: write fan_out")

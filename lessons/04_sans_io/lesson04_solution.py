@@ -40,9 +40,10 @@ def fan_out(outputs: list[Output]) -> dict[ConnId, list[bytes]]:
     for output in outputs:
         data = protocol.encode(output.message)
         if isinstance(output, Reply):
-            recipients: tuple[ConnId, ...] = (output.to,)
-        else:
-            recipients = output.to
-        for conn in recipients:
-            lines.setdefault(conn, []).append(data)
+            lines.setdefault(output.to, []).append(data)
+            continue
+        sender, rid = output.own if output.own is not None else (None, None)
+        for conn in output.to:
+            line = protocol.with_id(data, rid) if conn == sender else data
+            lines.setdefault(conn, []).append(line)
     return lines

@@ -70,6 +70,16 @@ def test_fan_out_encodes_a_broadcast_once_for_every_member() -> None:
     assert json.loads(lines["alice"][0]) == notice
 
 
+def test_fan_out_gives_the_sender_its_copy_with_the_id() -> None:
+    message = {"type": "message", "room": "lobby", "user": "bob", "text": "hi", "seq": 4,
+               "ts": 1.0}
+    lines = target.fan_out([Broadcast(("alice", "bob", "carol"), message, "lobby",
+                                      own=("bob", "m1"))])
+    assert lines["alice"][0] is lines["carol"][0], "encoded once, shared by the others"
+    assert json.loads(lines["alice"][0]) == message
+    assert json.loads(lines["bob"][0]) == {**message, "id": "m1"}
+
+
 def test_fan_out_keeps_order_and_skips_empty_broadcasts() -> None:
     outputs = [Broadcast(("bob",), {"type": "system", "text": "1"}, "lobby"),
                Broadcast((), {"type": "system", "text": "2"}, "lobby"),

@@ -18,8 +18,10 @@ def for_this_server(outputs: list[Output], server: str) -> list[Output]:
     to its number alone; and each ``Broadcast``, with ``to`` cut to the
     numbers of ``server``'s connections (in the order they were) and the
     same ``message`` and ``room`` - even when none of them is left, since
-    the chat log wants every broadcast once. Replies to other servers'
-    connections are left out: their own server sends them.
+    the chat log wants every broadcast once - and its ``own``, the sender's
+    ``(connection, id)``, as ``(number, id)`` if the sender is one of
+    ``server``'s, else None. Replies to other servers' connections are left
+    out: their own server sends them.
     """
     raise NotImplementedError("exercise: write for_this_server")
 

@@ -17,7 +17,12 @@ def for_this_server(outputs: list[Output], server: str) -> list[Output]:
         for to_server, number in output.to:
             if to_server == server:
                 numbers.append(number)
-        mine.append(Broadcast(tuple(numbers), output.message, output.room))
+        own = None
+        if output.own is not None:
+            (to_server, number), rid = output.own
+            if to_server == server:
+                own = (number, rid)
+        mine.append(Broadcast(tuple(numbers), output.message, output.room, own))
     return mine
 
 

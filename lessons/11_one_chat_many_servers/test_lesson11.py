@@ -64,6 +64,13 @@ def test_server_gone_disconnects_that_server_only_in_member_order() -> None:
     assert core.user_named("bob") is None          # the name is free
 
 
+def test_the_senders_copy_stays_with_the_senders_server() -> None:
+    message = {"type": "message", "text": "hi", "seq": 3}
+    outputs = [Broadcast((("a", 1), ("b", 1)), message, "lobby", own=(("b", 1), 4))]
+    assert target.for_this_server(outputs, "b") == [Broadcast((1,), message, "lobby", (1, 4))]
+    assert target.for_this_server(outputs, "a") == [Broadcast((1,), message, "lobby")]
+
+
 def test_server_gone_twice_changes_nothing() -> None:
     core = replica_with(("a", 1, "alice"), ("b", 1, "bob"))
     target.server_gone(core, "b", TS)
@@ -101,6 +108,8 @@ def expected_for(outputs: list, server: str) -> list:  # type: ignore[type-arg]
             if output.to[0] == server:
                 kept.append(Reply(output.to[1], output.message))
         else:
+            own = output.own
             kept.append(Broadcast(tuple(n for s, n in output.to if s == server),
-                                  output.message, output.room))
+                                  output.message, output.room,
+                                  (own[0][1], own[1]) if own and own[0][0] == server else None))
     return kept
