@@ -70,13 +70,13 @@ def new_resume_token() -> str:
 _SYSTEM_LOOKS = p.skeletons(p.SYSTEM_USER)   # nor may a user look like the log's "system"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)     # slots: built per message, twice as fast
 class Reply:
     to: ConnId
     message: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Broadcast:
     to: tuple[ConnId, ...]
     message: dict[str, Any]

@@ -312,6 +312,15 @@ def test_every_server_message_round_trips(message: dict[str, Any]) -> None:
     assert p.decode(p.encode_datagram(message)) == message
 
 
+@pytest.mark.timeout(TIMEOUT_S)
+@profile(400)
+@given(SERVER_MESSAGES, REQUEST_IDS.filter(lambda rid: rid is not None))
+def test_a_senders_copy_spliced_is_the_copy_encoded(message: dict[str, Any],
+                                                    rid: p.RequestId) -> None:
+    message = {key: value for key, value in message.items() if key != "id"}
+    assert p.with_id(p.encode(message), rid) == p.encode({**message, "id": rid})
+
+
 # -- ChatCore ---------------------------------------------------------------------------
 CONNS = st.integers(1, 4)
 CORE_NAMES = st.sampled_from(["ann", "Ann", "ＡＮＮ", "bob", "ｂｏｂ", "system", "SYSTEM",
