@@ -394,7 +394,9 @@ class TcpServer(Stoppable):
         """One send of the queue's head; returns (bytes sent, chunks offered)."""
         if not isinstance(conn.sock, ssl.SSLSocket):
             chunks = conn.out[:IOV_MAX]
-            sent = conn.sock.sendmsg(chunks)
+            # One chunk, usually (a turn's broadcasts are one run): send, which skips
+            # the 0.6 us sendmsg takes to read its list and build the iovec.
+            sent = conn.sock.send(chunks[0]) if len(chunks) == 1 else conn.sock.sendmsg(chunks)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("[%s] <- %r", conn.peer, b"".join(chunks)[:sent])
             return sent, len(chunks)
