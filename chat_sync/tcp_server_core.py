@@ -19,7 +19,9 @@ broadcast to 1,000 members is 1,000 references to one ``bytes``. What the
 kernel took is dropped from the front (``consume``); a chunk partly sent is
 ``started`` and is finished first. History replays are shared too
 (``Replays``): every joiner of a room is sent the same lines, so each is
-encoded once, not once per joiner.
+encoded once, not once per joiner. A turn's run of broadcasts to the same
+members is one chunk, joined once and shared (``Batch``), so queuing it is
+one step per member, not one per member per message.
 
 Timers: one heap of ``(deadline, order, connection)`` for every connection
 (``TimerHeap``), and ``select()`` sleeps exactly until the earliest. A
