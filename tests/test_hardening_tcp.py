@@ -489,6 +489,9 @@ class BrokenSocket:
     def sendmsg(self, *args: Any) -> int:
         raise self._error("the peer is gone (test)")
 
+    def send(self, *args: Any) -> int:         # a queue of one chunk goes with send
+        raise self._error("the peer is gone (test)")
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
