@@ -79,14 +79,37 @@ RECONNECT_MAX_S = 2.0       # the longest wait between reconnect attempts
 SNAPSHOT_WAIT_S = 5.0       # how long a reset waits for the loop's snapshot
 
 # Store a snapshot and trim the log behind it, only if the log is still the
-# generation the snapshot was built from (one script: Redis runs it at once).
+# generation the snapshot was built from (one script: Redis runs it at once). Trim
+# only what every live server has read: each one's heartbeat holds the position its
+# reader has reached, and a reader that lags behind the snapshot (a busy CPU starves
+# its thread) would otherwise find the entries it had not read gone, and skip them.
+# A heartbeat that is not a position (an older server) stops the trim.
 STORE_SNAPSHOT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    redis.call('SET', KEYS[2], ARGV[2])
-    redis.call('XTRIM', KEYS[3], 'MINID', ARGV[3])
-    return 1
+local function before(a, b)
+    local am, as = string.match(a, '^(%d+)-(%d+)$')
+    local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+    if not am then return true end
+    am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+    return am < bm or (am == bm and as < bs)
 end
-return 0
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+redis.call('SET', KEYS[2], ARGV[2])
+local lowest = ARGV[3]
+local cursor = '0'
+repeat
+    local reply = redis.call('SCAN', cursor, 'MATCH', ARGV[4] .. '*', 'COUNT', 100)
+    cursor = reply[1]
+    for _, key in ipairs(reply[2]) do
+        local read = redis.call('GET', key)
+        if read and before(read, lowest) then
+            lowest = string.match(read, '^%d+-%d+$') and read or '0-0'
+        end
+    end
+until cursor == '0'
+redis.call('XTRIM', KEYS[3], 'MINID', lowest)
+return 1
 """
 
 
@@ -145,7 +168,8 @@ class RedisBus:
             self.generation = _text(self._writer_redis.get(GENERATION_KEY))
             self._applied_generation = self.generation   # of the entries the loop applies
             self._store_snapshot = self._writer_redis.register_script(STORE_SNAPSHOT)
-            self._writer_redis.set(ALIVE_KEY + server, 1, px=HEARTBEAT_TTL_MS)
+            # Its heartbeat holds what its reader has read (see STORE_SNAPSHOT): nothing yet.
+            self._writer_redis.set(ALIVE_KEY + server, "0-0", px=HEARTBEAT_TTL_MS)
             snapshot = self._writer_redis.get(SNAPSHOT_KEY)
             self.snapshot = snapshot if isinstance(snapshot, bytes) else None
         except redis.RedisError as exc:
@@ -245,10 +269,11 @@ class RedisBus:
         if snapshot is not None:
             state, position, generation = snapshot
             self._store_snapshot(keys=[GENERATION_KEY, SNAPSHOT_KEY, LOG_KEY],
-                                 args=[generation or "", state, position], client=pipe)
+                                 args=[generation or "", state, position, ALIVE_KEY],
+                                 client=pipe)
         watched: list[str] = []
         if beat:
-            pipe.set(ALIVE_KEY + self.server, 1, px=HEARTBEAT_TTL_MS)
+            pipe.set(ALIVE_KEY + self.server, self.position, px=HEARTBEAT_TTL_MS)
             with self._cond:
                 watched = sorted(self._servers - self._reported)
             for other in watched:

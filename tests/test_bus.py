@@ -333,3 +333,36 @@ def test_a_snapshot_of_an_old_log_does_not_overwrite_the_new_logs(redis_server: 
     finally:
         bus.stop()
         store.close()
+
+
+def test_a_snapshot_trims_only_what_every_live_server_has_read(redis_server: Redis) -> None:
+    """A server whose reader lags (its CPU busy) must still find every entry it has
+    not read: another server's snapshot trims the log behind the slowest reader."""
+    import redis
+
+    from chat_sync import bus as bus_module
+    from chat_sync.cluster import Entry, Kind
+    store = redis.Redis.from_url(redis_server.url)
+    bus = bus_module.RedisBus(redis_server.url, "a", "e", lambda: None)
+    try:
+        bus.start("0-0", ())
+        for number in range(5):
+            assert bus.publish(Entry(Kind.LINE, "a", number, 0.0, b"x"))
+        wait_for(lambda: store.xlen(bus_module.LOG_KEY) == 5, timeout=10, what="five entries")
+        ids = [entry_id.decode() for entry_id, _ in store.xrange(bus_module.LOG_KEY)]
+        wait_for(lambda: store.get(bus_module.ALIVE_KEY + "a") == ids[4].encode(),
+                 timeout=10, what="a's heartbeat with its reader's position")
+        store.set(bus_module.ALIVE_KEY + "slow", ids[1], px=60_000)   # has read two
+
+        def first_after_snapshot(state: bytes) -> str:
+            bus.save_snapshot(state, ids[4])
+            wait_for(lambda: store.get(bus_module.SNAPSHOT_KEY) == state, timeout=10,
+                     what="the snapshot stored")
+            return str(store.xrange(bus_module.LOG_KEY)[0][0].decode())
+
+        assert first_after_snapshot(b"one") == ids[1]      # slow's next entries are kept
+        store.delete(bus_module.ALIVE_KEY + "slow")          # it is gone (or caught up)
+        assert first_after_snapshot(b"two") == ids[4]
+    finally:
+        bus.stop()
+        store.close()
