@@ -316,16 +316,16 @@ class TcpServer(Stoppable):
         self._batch.add(data, output.to, own)
 
     def _settle(self) -> None:
-        """Queue the run of broadcasts (``Batch``): before any other output, and at
-        the end of the turn's reading."""
+        """Queue the run of broadcasts (``Batch``): before any other output, and
+        before the turn's flush."""
         for data, to in self._batch.take():
             self._queue(data, to)
 
     def _queue(self, data: bytes, to: tuple[ConnId, ...]) -> None:
         """Queue ``data`` for each of ``to`` that still accepts output.
 
-        A broadcast runs this loop once per delivery, so a delivery costs only
-        this: an append, a set add, a compare (no call, no property).
+        A run of broadcasts runs this loop once per member, so a member costs
+        only this: an append, a set add, a compare (no call, no property).
         """
         size = len(data)
         for conn_id in to:
