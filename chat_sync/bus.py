@@ -39,7 +39,9 @@ different messages. A server that comes back after the new generation was
 set just restores its snapshot. The ``epoch`` the clients see stays.
 The periodic snapshot that lets the log be trimmed is stored only while
 the log is still the generation it was built from (checked in Redis, by one
-script), so a lagging server cannot put an old replica under a new log.
+script), so a lagging server cannot put an old replica under a new log; and
+the trim stops at the slowest live reader (each heartbeat holds how far its
+server has read), so no server finds entries gone that it has not read.
 """
 from __future__ import annotations
 
