@@ -270,9 +270,7 @@ class TcpServer(Stoppable):
             return
         if conn.guard.strikes == 1:            # once per episode, not once per line
             log.info("[%s] rate limited: %s", conn.peer, breach.text)
-        self._settle()
-        self._queue(p.encode(p.error(breach.code, breach.text, id=p.peek_id(line))),
-                    (conn.id,))
+        self._reply(p.encode(p.error(breach.code, breach.text, id=p.peek_id(line))), conn.id)
 
     def _end_of_input(self, conn: Connection) -> None:
         """The peer shut its sending side: it may still read (a half-close), so what
@@ -295,8 +293,7 @@ class TcpServer(Stoppable):
             if isinstance(output, Reply):
                 data = (self._replays.encode(message) if message.get("history") is True
                         else p.encode(message))     # a replay: once, for every joiner
-                self._settle()                  # after the broadcasts made before it
-                self._queue(data, (output.to,))
+                self._reply(data, output.to)
                 continue
             self._broadcast(output)
             if self.chat_log is not None and output.room is not None:
@@ -314,6 +311,11 @@ class TcpServer(Stoppable):
         if not self._batch.joins(output.to):
             self._settle()
         self._batch.add(data, output.to, own)
+
+    def _reply(self, data: bytes, to: ConnId) -> None:
+        """Queue ``data`` for one connection, after the broadcasts made before it."""
+        self._settle()
+        self._queue(data, (to,))
 
     def _settle(self) -> None:
         """Queue the run of broadcasts (``Batch``): before any other output, and
