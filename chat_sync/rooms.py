@@ -89,7 +89,8 @@ Output = Union[Reply, Broadcast]
 
 def deliveries(output: Output) -> list[tuple[ConnId, dict[str, Any]]]:
     """Each connection ``output`` is for, with the message it gets: the rule of
-    ``Broadcast.own`` spelled out, for tests and readers (a shell encodes once)."""
+    ``Broadcast.own`` spelled out. The others' message is ``output.message``
+    itself, so a shell can encode it once (the TCP one splices the id instead)."""
     if isinstance(output, Reply):
         return [(output.to, output.message)]
     if output.own is None:

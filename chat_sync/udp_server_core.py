@@ -59,7 +59,7 @@ from . import protocol as p
 from .guard import TokenBucket
 from .receiving import DedupWindow
 from .retransmit import RetransmitStats
-from .rooms import ChatCore, Output, Reply
+from .rooms import ChatCore, Output, Reply, deliveries
 # The actions, re-exported ("as"): the shell and the tests import them from here.
 from .udp_server_actions import DROP_REASONS as DROP_REASONS
 from .udp_server_actions import (Acked as Acked, Action as Action, Cancel as Cancel,
@@ -569,15 +569,14 @@ class UdpChat:
                     actions += self._reply(peer, output.message)
                 continue
             body = p.encode_datagram(output.message)       # once, for every member
-            sender, rid = output.own if output.own is not None else (None, None)
-            for sid in output.to:
+            for sid, message in deliveries(output):
                 peer = self.sessions.get(cast(str, sid))
                 if peer is None:
                     continue
-                if sid == sender:                           # its copy carries the id
-                    actions += self._reply(peer, {**output.message, "id": rid})
-                else:
+                if message is output.message:
                     actions += self._stamp(peer, body)
+                else:                                       # the sender's, with its id
+                    actions += self._reply(peer, message)
             if output.room is not None:
                 message = output.message
                 user = message["user"] if message["type"] == p.MessageType.MESSAGE else None
