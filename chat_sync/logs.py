@@ -71,6 +71,8 @@ def _escape_char(match: re.Match[str]) -> str:
 
 def escape(text: str) -> str:
     """``text`` with every character that could forge or disguise a line escaped."""
+    if text.isascii() and text.isprintable():   # most chat: nothing to look for (0.1 us, not 0.5)
+        return text
     return _UNSAFE.sub(_escape_char, text)
 
 

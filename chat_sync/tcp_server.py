@@ -113,6 +113,7 @@ class TcpServer(Stoppable):
         self._per_ip = self._table.per_ip           # how many from each address
         self._recv_buffer = memoryview(bytearray(RECV_BYTES))
         self._now = time.monotonic()                # this turn's time, for every rule
+        self._debug = log.isEnabledFor(logging.DEBUG)   # this turn's: asked per send, it costs
         self._dirty: set[Connection] = set()        # got output this turn
         self._ready: set[Connection] = set()        # TLS: decrypted bytes wait in OpenSSL
         self._doomed: collections.deque[tuple[Connection, str, ErrorReply | None]] = \
@@ -146,6 +147,7 @@ class TcpServer(Stoppable):
     def _turn(self, timeout: float | None) -> None:
         ready = self.selector.select(0 if self._ready else timeout)
         self._now = time.monotonic()        # one clock read a turn; every rule uses it
+        self._debug = log.isEnabledFor(logging.DEBUG)
         for key, mask in ready:
             if key.data == "listener":
                 self._accept()
@@ -228,7 +230,7 @@ class TcpServer(Stoppable):
         if not data:
             self._end_of_input(conn)
             return
-        if log.isEnabledFor(logging.DEBUG):
+        if self._debug:
             log.debug("[%s] -> %r", conn.peer, bytes(data))
         held = conn.lines.pending
         too_long: LineTooLong | None = None
@@ -372,16 +374,14 @@ class TcpServer(Stoppable):
         if not conn.accepting and conn.phase is Phase.HANDSHAKE:   # it waits to write that
             self._handshake(conn)
             return
-        while conn.out:
-            try:
-                sent, offered = self._send(conn)
-            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                break
-            except OSError as exc:
-                self._doom(conn, f"send failed: {exc}")
-                return
-            if not conn.consume(sent, offered):
-                break                           # the kernel's buffer is full
+        try:
+            while conn.out and self._send(conn):
+                pass                            # all it offered went: offer the rest
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            pass                                # the kernel's buffer is full
+        except OSError as exc:
+            self._doom(conn, f"send failed: {exc}")
+            return
         events = selectors.EVENT_WRITE if conn.out else 0    # write only while output waits
         if not conn.eof:                        # at EOF a socket stays readable for ever
             events |= selectors.EVENT_READ
@@ -392,21 +392,22 @@ class TcpServer(Stoppable):
         elif conn.phase is Phase.CLOSING and not conn.out:
             self._start_linger(conn)
 
-    def _send(self, conn: Connection) -> tuple[int, int]:
-        """One send of the queue's head; returns (bytes sent, chunks offered)."""
+    def _send(self, conn: Connection) -> bool:
+        """One send of the queue's head; True if all it offered went (else the
+        kernel's buffer is full)."""
         if not isinstance(conn.sock, ssl.SSLSocket):
             chunks = conn.out[:IOV_MAX]
             # One chunk, usually (a turn's broadcasts are one run): send, which skips
             # the 0.6 us sendmsg takes to read its list and build the iovec.
             sent = conn.sock.send(chunks[0]) if len(chunks) == 1 else conn.sock.sendmsg(chunks)
-            if log.isEnabledFor(logging.DEBUG):
+            if self._debug:
                 log.debug("[%s] <- %r", conn.peer, b"".join(chunks)[:sent])
-            return sent, len(chunks)
+            return conn.consume(sent, len(chunks))
         head = conn.tls_head()                  # TLS has no sendmsg
         sent = conn.sock.send(head)
-        if log.isEnabledFor(logging.DEBUG):
+        if self._debug:
             log.debug("[%s] <- %r", conn.peer, head[:sent])
-        return sent, 1
+        return conn.consume(sent, 1)
 
     def _watch(self, conn: Connection, events: int) -> None:
         """Have the selector watch ``conn`` for ``events``, if that is a change."""

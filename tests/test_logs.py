@@ -52,6 +52,14 @@ def test_escape_covers_every_control_format_and_separator_character() -> None:
     assert missed == []
 
 
+def test_escape_of_each_ascii_character_is_the_rule_s() -> None:
+    """Printable ASCII skips the search (a fast path): it must agree with it."""
+    from chat_sync.logs import _UNSAFE, _escape_char
+    ascii_text = "".join(map(chr, range(128)))
+    assert escape(ascii_text) == _UNSAFE.sub(_escape_char, ascii_text)
+    assert [c for c in map(chr, range(32, 127)) if escape(c) != c] == []
+
+
 def test_escape_shows_astral_characters_with_eight_digits() -> None:
     assert escape("a\U000e0041b") == "a\\U000e0041b"            # an invisible tag "A"
 

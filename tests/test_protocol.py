@@ -77,6 +77,12 @@ def test_bad_json(data: bytes) -> None:
     p.encode(error.to_message())              # the error itself is always sendable
 
 
+def test_a_duplicate_key_is_named_the_first_that_came_twice() -> None:
+    error = refused(b'{"type":"ping","b":1,"a":2,"b":3,"a":4}')
+    assert error.code is ErrorCode.BAD_JSON
+    assert "duplicate key 'b'" in error.text
+
+
 def test_deep_nesting_is_bad_json_not_recursion_error() -> None:
     data = b"[" * 50000
     assert len(data) < p.MAX_LINE_BYTES     # fits in one legal line
