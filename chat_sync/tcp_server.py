@@ -9,15 +9,19 @@ on ``SelectorKey.data``. Each turn of the loop has three steps:
 1. **read**: ``select()`` says which sockets are ready; each readable one
    gets one ``recv``, its ``LineBuffer`` yields complete lines.
 2. **handle**: each line goes to ``ChatCore.receive``, which returns replies
-   and broadcasts. A broadcast is encoded once and the same ``bytes`` object
-   is appended to every member's output list: a reference, not a copy, so
-   a message to a room of 1,000 costs 1,000 pointers, not 1,000 copies.
-3. **send**: every connection that got output this turn is flushed once
-   with ``sendmsg``, which hands the kernel the queued chunks as they are
-   (scatter/gather, no joining); what it did not take stays queued and the
-   socket is registered for ``EVENT_WRITE`` until the queue is empty. A
-   socket is never registered for writing with nothing to write: that would
-   wake the loop for nothing, forever.
+   and broadcasts. A broadcast is encoded once, and a turn's broadcasts to
+   the same members are joined into one chunk (``Batch``) that the same
+   ``bytes`` object carries to every member: a room of 1,000 costs 1,000
+   references, not 1,000 copies.
+3. **send**: when such a run ends (before any other output, or when the
+   reading is done), each member with nothing queued is sent its chunk at
+   once (``_write``); the rest, replies, and what the kernel did not take
+   are queued, and every connection with queued output is flushed once at
+   the end of the turn with ``sendmsg``, which hands the kernel the chunks
+   as they are (scatter/gather, no joining). What it did not take stays
+   queued and the socket is registered for ``EVENT_WRITE`` until the queue
+   is empty. A socket is never registered for writing with nothing to
+   write: that would wake the loop for nothing, forever.
 
 What a connection is and the rules it lives by, without a socket, are in
 ``tcp_server_core``: its phases (TLS hello and handshake, open, closing,
@@ -320,17 +324,45 @@ class TcpServer(Stoppable):
         self._queue(data, (to,))
 
     def _settle(self) -> None:
-        """Queue the run of broadcasts (``Batch``): before any other output, and
+        """End the run of broadcasts (``Batch``): before any other output, and
         before the turn's flush."""
         for data, to in self._batch.take():
-            self._queue(data, to)
+            self._write(data, to)
+
+    def _write(self, data: bytes, to: tuple[ConnId, ...]) -> None:
+        """Send ``data`` at once to each of ``to`` that has nothing queued; queue
+        it for the others, behind what waits, and queue what the kernel did not take.
+
+        This runs once per member per run of broadcasts, the hottest loop there
+        is. A member with nothing queued (most are) costs one send and a
+        compare: queued, the same bytes would cost an append, a set add and a
+        flush of four calls later in the turn. (asyncio's transports write the
+        same way.) TLS output is always queued: ``_send`` knows its rules.
+        """
+        size = len(data)
+        for conn_id in to:
+            target = self.conns.get(conn_id)
+            if target is None or not target.accepting:
+                continue
+            if target.out or isinstance(target.sock, ssl.SSLSocket):
+                self._queue(data, (conn_id,))
+                continue
+            try:
+                sent = target.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._doom(target, f"send failed: {exc}")
+                continue
+            if self._debug:
+                log.debug("[%s] <- %r", target.peer, data[:sent])
+            if sent < size:                     # the kernel's buffer is full
+                self._queue(data[sent:], (conn_id,))
+                target.started = sent > 0       # the rest of a line it has begun
 
     def _queue(self, data: bytes, to: tuple[ConnId, ...]) -> None:
-        """Queue ``data`` for each of ``to`` that still accepts output.
-
-        A run of broadcasts runs this loop once per member, so a member costs
-        only this: an append, a set add, a compare (no call, no property).
-        """
+        """Queue ``data`` for each of ``to`` that still accepts output; the turn's
+        flush sends it."""
         size = len(data)
         for conn_id in to:
             target = self.conns.get(conn_id)

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import selectors
 import signal
 import socket
 import struct
@@ -24,7 +25,7 @@ from helpers import LineClient, StreamLines, connect, wait_for
 from chat_sync import protocol as p
 from chat_sync.config import TcpServerConfig
 from chat_sync.guard import Guard
-from chat_sync.tcp_server import serve
+from chat_sync.tcp_server import TcpServer, serve
 from chat_sync.tcp_server_core import (BATCH_BYTES, Batch, Connection, Phase, Replays,
                                       guard_limits)
 
@@ -523,6 +524,61 @@ def test_a_turns_broadcasts_and_replies_reach_each_member_in_the_order_made() ->
             assert [m["text"] for m in heard] == ["one", "two", "three"]
             assert all("id" not in m for m in heard)
             assert [m["seq"] for m in heard] == [m["seq"] for m in mine if "seq" in m]
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    sock.settimeout(5)
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "closed early"
+        data += chunk
+    return data
+
+
+def test_a_run_is_sent_at_once_where_nothing_waits_and_queued_behind_what_does() -> None:
+    """``_write``: an empty queue is sent to now; a queue keeps its order; what the
+    kernel does not take is queued, marked begun, and the flush finishes it."""
+    server = TcpServer(TcpServerConfig(port=0))
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        conns = []
+        for n, (ours, _) in enumerate(pairs):
+            ours.setblocking(False)
+            conn = server._table.add(ours, ("127.0.0.1", n + 1),
+                                     Guard(guard_limits(server.config), 0.0), Phase.OPEN)
+            conn.open()
+            server.selector.register(ours, selectors.EVENT_READ, conn)
+            conns.append(conn)
+        idle, behind, full = conns
+        pairs[2][0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        server._queue(b"waiting\n", (behind.id,))
+        server._dirty.clear()                   # as after a flush the kernel refused
+        data = b"".join(b"%05d %s\n" % (i, b"x" * 90) for i in range(2000))    # 194 KB
+        server._write(data, (idle.id, behind.id, full.id))
+
+        assert idle.out == [] and idle not in server._dirty      # sent, no flush needed
+        assert read_exactly(pairs[0][1], len(data)) == data
+        assert behind.out == [b"waiting\n", data]               # behind what waits
+        assert not behind.started and behind in server._dirty
+        assert full.started and full in server._dirty and len(full.out) == 1
+        taken = len(data) - full.out_bytes
+        assert 0 < taken < len(data) and full.out[0] == data[taken:]
+        assert full.events & selectors.EVENT_WRITE == 0     # until a flush says it must
+        received, theirs = b"", pairs[2][1]
+        theirs.settimeout(5)
+        while len(received) < len(data):        # the flushes send the rest, in order
+            server._dirty.add(full)             # as the loop does when it is writable
+            server._flush_dirty()
+            received += theirs.recv(65536)
+        assert received == data and full.out == [] and not full.started
+        assert full.events == selectors.EVENT_READ                 # nothing left to write
+        server._flush_dirty()
+        assert read_exactly(pairs[1][1], 8 + len(data)) == b"waiting\n" + data
+    finally:
+        server._close_all()
+        for _, theirs in pairs:
+            theirs.close()
 
 
 def test_a_history_line_is_encoded_once_for_every_joiner_and_the_cache_is_bounded() -> None:
