@@ -337,14 +337,18 @@ class TcpServer(Stoppable):
         is. A member with nothing queued (most are) costs one send and a
         compare: queued, the same bytes would cost an append, a set add and a
         flush of four calls later in the turn. (asyncio's transports write the
-        same way.) TLS output is always queued: ``_send`` knows its rules.
+        same way.) TLS output is always queued (a TLS server has only TLS
+        connections open): ``_send`` knows its rules.
         """
+        if self.tls is not None:
+            self._queue(data, to)
+            return
         size = len(data)
         for conn_id in to:
             target = self.conns.get(conn_id)
             if target is None or not target.accepting:
                 continue
-            if target.out or isinstance(target.sock, ssl.SSLSocket):
+            if target.out:
                 self._queue(data, (conn_id,))
                 continue
             try:
