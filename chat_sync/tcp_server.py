@@ -117,7 +117,7 @@ class TcpServer(Stoppable):
         self._per_ip = self._table.per_ip           # how many from each address
         self._recv_buffer = memoryview(bytearray(RECV_BYTES))
         self._now = time.monotonic()                # this turn's time, for every rule
-        self._debug = log.isEnabledFor(logging.DEBUG)   # this turn's: asked per send, it costs
+        self._debug = log.isEnabledFor(logging.DEBUG)   # log every read and send? (once a turn)
         self._dirty: set[Connection] = set()        # got output this turn
         self._ready: set[Connection] = set()        # TLS: decrypted bytes wait in OpenSSL
         self._doomed: collections.deque[tuple[Connection, str, ErrorReply | None]] = \
@@ -433,8 +433,8 @@ class TcpServer(Stoppable):
         kernel's buffer is full)."""
         if not isinstance(conn.sock, ssl.SSLSocket):
             chunks = conn.out[:IOV_MAX]
-            # One chunk, usually (a turn's broadcasts are one run): send, which skips
-            # the 0.6 us sendmsg takes to read its list and build the iovec.
+            # One chunk, often (a reply; a run queued behind nothing else): send, which
+            # skips the 0.6 us sendmsg takes to read its list and build the iovec.
             sent = conn.sock.send(chunks[0]) if len(chunks) == 1 else conn.sock.sendmsg(chunks)
             if self._debug:
                 log.debug("[%s] <- %r", conn.peer, b"".join(chunks)[:sent])
