@@ -137,11 +137,17 @@ def plot(figures: Figures, path: str) -> None:
             ylabel="server CPU per delivery (µs)", title="CPU per delivery")
     rate.set(xscale="log", xlabel="room size (members)", ylabel="deliveries per second",
              title="throughput")
-    rss.set(ylim=(0, None), xlabel="clients connected", ylabel="server RSS per client (KiB)",
+    top = max((p[name] for points in figures["memory"].values() for p in points
+               for name in ("kib_per_client_connected", "kib_per_client_joined") if name in p),
+              default=1.0)
+    rss.set(ylim=(0, top * 1.6), xlabel="clients connected",      # room above for the legend
+            ylabel="server RSS per client (KiB)",
             title=f"memory (joined: rooms of {figures['join_room_size']})")
-    for axes in (cpu, rate, rss):
+    for axes in (cpu, rate):
         axes.grid(True, alpha=0.3)
         axes.legend(fontsize=8)
+    rss.grid(True, alpha=0.3)
+    rss.legend(fontsize=8, loc="upper left", ncol=2)
     fig.suptitle(f"chat-sync bench curves ({figures['pinning']})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
