@@ -13,14 +13,14 @@ on ``SelectorKey.data``. Each turn of the loop has three steps:
    the same members are joined into one chunk (``Batch``) that the same
    ``bytes`` object carries to every member: a room of 1,000 costs 1,000
    references, not 1,000 copies.
-3. **send**: when such a run ends (before any other output, or when the
-   reading is done), each member with nothing queued is sent its chunk at
-   once (``_write``); the rest, replies, and what the kernel did not take
-   are queued, and every connection with queued output is flushed once at
-   the end of the turn with ``sendmsg``, which hands the kernel the chunks
-   as they are (scatter/gather, no joining). What it did not take stays
-   queued and the socket is registered for ``EVENT_WRITE`` until the queue
-   is empty. A socket is never registered for writing with nothing to
+3. **send**: the turn's last run, when the reading is done, is sent at
+   once (``_write``) to each member with nothing queued; replies, runs that
+   other output ended earlier in the turn, and what the kernel did not take
+   are queued, and every connection with queued output is flushed once with
+   ``sendmsg``, which hands the kernel the chunks as they are
+   (scatter/gather, no joining): one send per connection a turn. What it
+   did not take stays queued and the socket is registered for
+   ``EVENT_WRITE`` until the queue is empty. A socket is never registered for writing with nothing to
    write: that would wake the loop for nothing, forever.
 
 What a connection is and the rules it lives by, without a socket, are in
@@ -323,20 +323,25 @@ class TcpServer(Stoppable):
         self._settle()
         self._queue(data, (to,))
 
-    def _settle(self) -> None:
-        """End the run of broadcasts (``Batch``): before any other output, and
-        before the turn's flush."""
+    def _settle(self, send: bool = False) -> None:
+        """End the run of broadcasts (``Batch``): before any other output, queued,
+        so that a member still gets one send a turn however many runs it is in;
+        and at the turn's flush, ``send``: sent at once where nothing is queued.
+        """
         for data, to in self._batch.take():
-            self._write(data, to)
+            if send:
+                self._write(data, to)
+            else:
+                self._queue(data, to)
 
     def _write(self, data: bytes, to: tuple[ConnId, ...]) -> None:
         """Send ``data`` at once to each of ``to`` that has nothing queued; queue
         it for the others, behind what waits, and queue what the kernel did not take.
 
-        This runs once per member per run of broadcasts, the hottest loop there
-        is. A member with nothing queued (most are) costs one send and a
-        compare: queued, the same bytes would cost an append, a set add and a
-        flush of four calls later in the turn. (asyncio's transports write the
+        This runs once per member for a turn's last run of broadcasts, in a
+        busy room the hottest loop there is. A member with nothing queued (most
+        are) costs one send and a compare: queued, the same bytes would cost an
+        append, a set add and a flush of four calls. (asyncio's transports write the
         same way.) TLS output is always queued (a TLS server has only TLS
         connections open): ``_send`` knows its rules.
         """
@@ -391,12 +396,12 @@ class TcpServer(Stoppable):
             self._schedule(conn)                # its grace period ends at a deadline
 
     def _flush_dirty(self) -> None:
-        self._settle()
+        self._settle(send=True)
         while self._dirty:
             self._flush(self._dirty.pop())
             if self._doomed:
                 self._reap()                    # their rooms hear they left: ...
-                self._settle()                  # ... queued now
+                self._settle(send=True)         # ... sent now
 
     def _flush(self, conn: Connection) -> None:
         """Send what ``conn`` has queued, as far as the kernel takes it.

@@ -581,6 +581,63 @@ def test_a_run_is_sent_at_once_where_nothing_waits_and_queued_behind_what_does()
             theirs.close()
 
 
+class CountingSocket:
+    """A socket that counts the sends made on it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.sends = sock, 0
+
+    def send(self, data: bytes) -> int:
+        self.sends += 1
+        return self.sock.send(data)
+
+    def sendmsg(self, chunks: list[bytes]) -> int:
+        self.sends += 1
+        return self.sock.sendmsg(chunks)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def test_a_reply_between_runs_still_leaves_each_member_one_send_a_turn() -> None:
+    """A run a reply ends mid-turn is queued, not sent: one send per member a turn."""
+    server = TcpServer(TcpServerConfig(port=0))
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        members = []
+        for n, ((ours, theirs), name) in enumerate(zip(pairs, ("alice", "bob"))):
+            ours.setblocking(False)
+            conn = server._table.add(CountingSocket(ours), ("127.0.0.1", n + 1),   # type: ignore[arg-type]
+                                     Guard(guard_limits(server.config), 0.0), Phase.OPEN)
+            server.selector.register(ours, selectors.EVENT_READ, conn)
+            server._open(conn)
+            theirs.sendall(p.encode({"type": "join", "room": "lobby", "user": name}))
+            server._read(conn)
+            server._flush_dirty()
+            members.append((conn, StreamLines(theirs.makefile("r", encoding="utf-8"))))
+        (alice, alice_in), (bob, bob_in) = members
+        for conn, _ in members:
+            conn.sock.sends = 0
+        pairs[0][1].sendall(b'{"type":"message","text":"one","id":1}\n'
+                            b'{"type":"ping","id":2}\n'
+                            b'{"type":"message","text":"two"}\n')
+        server._read(alice)
+        server._flush_dirty()
+        assert (alice.sock.sends, bob.sock.sends) == (1, 1)
+        heard = []
+        while len(heard) < 2:
+            line = bob_in.readline()
+            assert line is not None, "bob heard nothing more"
+            message = json.loads(line)
+            if message["type"] == "message":
+                heard.append(message["text"])
+        assert heard == ["one", "two"]
+    finally:
+        server._close_all()
+        for _, theirs in pairs:
+            theirs.close()
+
+
 def test_a_history_line_is_encoded_once_for_every_joiner_and_the_cache_is_bounded() -> None:
     replays = Replays(max_bytes=1000)
     line = {"type": "message", "room": "r", "user": "u", "text": "hi", "seq": 7, "ts": 1.0,
