@@ -20,8 +20,9 @@ on ``SelectorKey.data``. Each turn of the loop has three steps:
    ``sendmsg``, which hands the kernel the chunks as they are
    (scatter/gather, no joining): one send per connection a turn. What it
    did not take stays queued and the socket is registered for
-   ``EVENT_WRITE`` until the queue is empty. A socket is never registered for writing with nothing to
-   write: that would wake the loop for nothing, forever.
+   ``EVENT_WRITE`` until the queue is empty. A socket is never registered
+   for writing with nothing to write: that would wake the loop for nothing,
+   forever.
 
 What a connection is and the rules it lives by, without a socket, are in
 ``tcp_server_core``: its phases (TLS hello and handshake, open, closing,

@@ -536,20 +536,25 @@ def read_exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
+def plain_connection(server: TcpServer, sock: Any, n: int) -> Connection:
+    """``sock`` as the server's connection from port ``n``, watched for reading; the
+    caller opens it (``open``, or ``_open`` for its welcome too)."""
+    sock.setblocking(False)
+    conn = server._table.add(sock, ("127.0.0.1", n), Guard(guard_limits(server.config), 0.0),
+                             Phase.OPEN)
+    server.selector.register(sock, selectors.EVENT_READ, conn)
+    return conn
+
+
 def test_a_run_is_sent_at_once_where_nothing_waits_and_queued_behind_what_does() -> None:
     """``_write``: an empty queue is sent to now; a queue keeps its order; what the
     kernel does not take is queued, marked begun, and the flush finishes it."""
     server = TcpServer(TcpServerConfig(port=0))
     pairs = [socket.socketpair() for _ in range(3)]
     try:
-        conns = []
-        for n, (ours, _) in enumerate(pairs):
-            ours.setblocking(False)
-            conn = server._table.add(ours, ("127.0.0.1", n + 1),
-                                     Guard(guard_limits(server.config), 0.0), Phase.OPEN)
+        conns = [plain_connection(server, ours, n + 1) for n, (ours, _) in enumerate(pairs)]
+        for conn in conns:
             conn.open()
-            server.selector.register(ours, selectors.EVENT_READ, conn)
-            conns.append(conn)
         idle, behind, full = conns
         pairs[2][0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         server._queue(b"waiting\n", (behind.id,))
@@ -606,10 +611,7 @@ def test_a_reply_between_runs_still_leaves_each_member_one_send_a_turn() -> None
     try:
         members = []
         for n, ((ours, theirs), name) in enumerate(zip(pairs, ("alice", "bob"))):
-            ours.setblocking(False)
-            conn = server._table.add(CountingSocket(ours), ("127.0.0.1", n + 1),   # type: ignore[arg-type]
-                                     Guard(guard_limits(server.config), 0.0), Phase.OPEN)
-            server.selector.register(ours, selectors.EVENT_READ, conn)
+            conn = plain_connection(server, CountingSocket(ours), n + 1)
             server._open(conn)
             theirs.sendall(p.encode({"type": "join", "room": "lobby", "user": name}))
             server._read(conn)
