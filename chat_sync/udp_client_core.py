@@ -119,6 +119,7 @@ class UdpClientCore:
         self.stale = 0                      # broadcasts of an older session, ignored
         self.forged = 0                     # datagrams without our session id, or far ahead
         self.sid: str | None = None         # our session id, from the welcome
+        self._early_ack: dict[str, Any] | None = None   # an ack that came before it
         self._next_id = 1                   # ids are given when a request goes out
         self._queue: collections.deque[dict[str, Any]] = collections.deque()   # its turn next
         self._unacked: dict[int, dict[str, Any]] = {}    # rid -> request: out, not acked
@@ -225,6 +226,9 @@ class UdpClientCore:
         if refuses_entry(obj, self.state is ClientState.JOINING, self._pending_join):
             self.state = ClientState.FAILED
             return [JoinRefused(str(obj.get("code")), str(obj.get("text")))]
+        if (self.sid is None and isinstance(obj.get("sid"), str)
+                and obj.get("type") != p.MessageType.WELCOME):
+            return self._before_welcome(obj)
         if (self.sid is not None and obj.get("sid") != self.sid
                 and not opens_session(obj, self.sid, self.state is ClientState.JOINING)):
             self.forged += 1                # forged, or a new session's before its welcome:
@@ -233,13 +237,7 @@ class UdpClientCore:
         self._last_heard = now
         self._trying_at = None
         if obj.get("type") == p.MessageType.ACK:
-            rid = obj.get("id")
-            if not is_count(rid):
-                self.bad_datagrams += 1
-                return []
-            if self._forget(rid) is None:
-                return []                   # a duplicate ack, or one for a request given up
-            return [Acked(rid)] + self._pump(now)
+            return self._acked(obj.get("id")) + self._pump(now)
         n = obj.get("n")
         if not is_count(n):
             self.bad_datagrams += 1
@@ -258,7 +256,29 @@ class UdpClientCore:
             return []
         actions: list[Action] = [self._ack(n, now)]
         actions += self._stream(n, obj, now)
+        early, self._early_ack = self._early_ack, None
+        if early is not None and early.get("sid") == self.sid:
+            actions += self._acked(early.get("id"))       # it was ours
         return actions + self._pump(now)    # a rejoin queued while handling it goes now
+
+    def _acked(self, rid: object) -> list[Action]:
+        if not is_count(rid):
+            self.bad_datagrams += 1
+            return []
+        if self._forget(rid) is None:
+            return []                       # a duplicate ack, or one for a request given up
+        return [Acked(rid)]
+
+    def _before_welcome(self, obj: dict[str, Any]) -> list[Action]:
+        """A datagram of a session whose welcome we have not had: our new session's,
+        overtaking it, or the old session's at our address, if we restarted on the same
+        port (``udp_probes``). An ack waits for the welcome to say whose it is; the
+        rest is not acked, so that ours comes again and the old one's probe fails."""
+        if obj.get("type") == p.MessageType.ACK:
+            self._early_ack = obj
+        else:
+            self.forged += 1
+        return []
 
     def given_up(self, rid: int, now: float) -> list[Action]:
         """The retransmit timer gave up on request ``rid``: the server never acked it.

@@ -12,7 +12,11 @@ Session ids (``udp_sessions`` on the server says why). The welcome gives
 ``sid``; every datagram we send carries it from then on, and a datagram
 from the server without it is dropped unacked (counted ``forged``): forged,
 or a new session's sent before its welcome, which the server sends again.
-So is an ``n`` more than ``STREAM_WINDOW`` ahead of the one expected.
+So is an ``n`` more than ``STREAM_WINDOW`` ahead of the one expected. Before
+the first welcome, a datagram *with* a session id is not known to be ours
+either (it may be the old session's, if we restarted on its port:
+``udp_probes``): an ack waits for the welcome to name its sid, and the rest
+is dropped unacked.
 
 A new session. The server forgets us after a restart, a timeout or a
 give-up; our next datagram opens a new session whose welcome names the id

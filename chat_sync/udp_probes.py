@@ -20,6 +20,18 @@ has one probe out at a time, however many joins wait on it. Trade-off: a
 live client that misses every try (p = 0.36^4, about 1 in 60, at 20% loss
 each way) loses its name to the joiner.
 
+A client restarted on the *same* address and port (a fixed source port, a
+NAT that maps it back) has no session id either, and its first join comes
+from its old session's address. The server cannot tell it from a late copy
+of the old session's own first join, or from a forgery, so once the session
+has been silent ``RESTART_SILENCE_S`` it probes the session the same way
+(``own_join``), and the join waits unacked. Answered, the join was the
+session's own late copy and is acked; unanswered, the session is dropped
+and the client's next copy opens a new one. Before that silence the join is
+acked again, as any used id is, with the old session's id, which tells the
+new client nothing: it keeps sending. The silence keeps a blind forger to
+one probe per silence of a session, since an answer ends the silence.
+
 ``Probes`` is the table of probes out, one per holder, and of those settled
 (answered or given up), which ``UdpChat`` settles when its step ends: it
 drops a silent holder and applies the joins that waited.
@@ -34,6 +46,7 @@ from .rooms import ChatCore
 from .udp_sessions import Peer
 
 PROBE_TIMEOUT_S = 2.0            # how long a name's holder has to answer a probe
+RESTART_SILENCE_S = 2.0          # a session silent this long may have restarted (below)
 
 
 @dataclass(eq=False)
@@ -45,6 +58,7 @@ class Probe:
     deadline: float              # monotonic: silent until then, the holder is gone
     waiting: list[Peer] = field(default_factory=list)   # whose requests wait on the answer
     alive: bool | None = None    # None until answered (True) or given up (False)
+    own_join: bool = False       # a first join without a session id came from its address
 
 
 class Probes:

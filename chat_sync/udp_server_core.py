@@ -44,7 +44,9 @@ Rules (the README's UDP section is the spec):
   client says goodbye.
 - A first join for a name another session holds waits until that session
   answers a ``ping`` (``Probe``) or stays silent ``probe_timeout_s``: then
-  it is dropped and the join applies (``udp_sessions``).
+  it is dropped and the join applies (``udp_sessions``). So does a first
+  join without a session id from the address of a session silent for
+  ``RESTART_SILENCE_S``: its client may have restarted on the same port.
 
 Sessions, session ids and the defences against forged addresses and floods
 are ``udp_sessions``'s: its module comment is the essay.
@@ -69,7 +71,7 @@ from .udp_sessions import MAX_DEFERRED as MAX_DEFERRED
 from .udp_sessions import MAX_UNACKED as MAX_UNACKED
 from .udp_server_actions import Address as Address
 from .udp_server_actions import Key as Key
-from .udp_probes import PROBE_TIMEOUT_S, Probe, Probes, holder_of
+from .udp_probes import PROBE_TIMEOUT_S, RESTART_SILENCE_S, Probe, Probes, holder_of
 from .udp_sessions import (Peer, Tombstone, check_fits, copy_window,
                            datagram_id, defer, fit, new_session_id, server_full,
                            session_id)
@@ -248,7 +250,7 @@ class UdpChat:
             return self._over_limit(peer, now)
         sids = (peer.sid, peer.forgot or peer.sid)    # ours, or the one it had before us
         if peer.verified and not opened and session_id(obj) not in sids:
-            return self._without_session(peer, rid)
+            return self._without_session(peer, rid, obj, now)
         self._heard(peer, now)
         if peer.verified:
             self.probes.settle(peer, alive=True)  # a probe it owes is answered
@@ -336,9 +338,24 @@ class UdpChat:
                 actions += [Cancel((old, n)), Send(addr, peer.sent[n], (addr, n))]
         return actions
 
-    def _without_session(self, peer: Peer, rid: int) -> list[Action]:
+    def _without_session(self, peer: Peer, rid: int, obj: dict[str, Any],
+                         now: float) -> list[Action]:
         """A request from a verified peer's address without its session id: an id it
-        used is acked again (that tells and changes nothing); others may be forged."""
+        used is acked again (that tells and changes nothing); others may be forged.
+
+        A first join with no session id at all, once the session has been silent
+        ``RESTART_SILENCE_S``, may be its client restarted on the same address and
+        port: the session is probed, and the join waits unacked (the client sends it
+        again) until the probe decides. Answered, it was the session's own late
+        copy, and is acked; unanswered, the session is dropped and the next copy
+        opens a new one. Forged, it costs the session a ping, once per silence.
+        """
+        if (rid == 1 and obj.get("type") == p.MessageType.JOIN and session_id(obj) is None
+                and now - peer.last_heard >= RESTART_SILENCE_S):
+            probe, actions = self._probe_out(peer, now, "a first join without a session id "
+                                                       "came from its address")
+            probe.own_join = True
+            return actions
         if peer.dedup.has(rid):
             return [self._send_ack(peer, rid)]
         self.dropped["bad_sid"] += 1
@@ -437,16 +454,20 @@ class UdpChat:
         return self._probe(holder, peer, now)
 
     def _probe(self, holder: Peer, peer: Peer, now: float) -> list[Action]:
-        """Ask ``holder`` whether it is there (``ping``, reliable); ``peer`` waits on it."""
-        probe = self.probes.out.get(holder.sid)
-        actions: list[Action] = []
-        if probe is None:
-            actions = self._stamp(holder, p.encode_datagram({"type": p.MessageType.PING.value}))
-            probe = self.probes.start(holder, holder.next_n - 1 if actions else 0, now)
-            actions.append(Report(holder.addr, logging.INFO,
-                                  f"probed: {peer.addr[0]}:{peer.addr[1]} asks for its name"))
+        """Ask ``holder`` whether it is there; ``peer`` waits on the answer."""
+        probe, actions = self._probe_out(holder, now, f"{peer.addr[0]}:{peer.addr[1]} asks "
+                                                      f"for its name")
         self.probes.wait(probe, peer)
         return actions
+
+    def _probe_out(self, holder: Peer, now: float, why: str) -> tuple[Probe, list[Action]]:
+        """The probe out to ``holder``: the one already out, or a new ``ping``, reliable."""
+        probe = self.probes.out.get(holder.sid)
+        if probe is not None:
+            return probe, []
+        actions = self._stamp(holder, p.encode_datagram({"type": p.MessageType.PING.value}))
+        probe = self.probes.start(holder, holder.next_n - 1 if actions else 0, now)
+        return probe, actions + [Report(holder.addr, logging.INFO, f"probed: {why}")]
 
     def _settle(self, probe: Probe, wall: float) -> list[Action]:
         """The holder answered (the waiting joins get ``name_taken``), or did not: it
@@ -460,6 +481,8 @@ class UdpChat:
                                   f"dropped: no answer to a probe within "
                                   f"{self.probes.timeout_s:g} s; its name goes to another"))
             actions += self._drop(holder, wall, tombstone=True)
+        elif probe.own_join and holder.dedup.has(1) and self.sessions.get(holder.sid) is holder:
+            actions.append(self._send_ack(holder, 1))     # a late copy of its first join
         for peer in probe.waiting:
             if peer.probe is not probe or self.sessions.get(peer.sid) is not peer:
                 continue

@@ -989,6 +989,51 @@ def test_a_killed_client_restarted_is_back_in_its_room_and_a_live_name_stays_tak
         end_process(again)
 
 
+class BoundTo:
+    """The socket module as ``udp_client`` sees it, except that a new socket is bound
+    to ``port`` first: a client restarted on the port its old process had."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(socket, name)
+
+    def socket(self, *args: Any) -> socket.socket:
+        sock = socket.socket(*args)
+        sock.bind(("127.0.0.1", self.port))
+        return sock
+
+
+@pytest.mark.timeout(40)
+def test_a_client_killed_and_restarted_on_its_old_port_is_back_once_the_probe_fails(
+        servers: Servers, clients: Clients, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = servers.start()
+    bob = clients.connect(address(server), "bob")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as spare:
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]
+    monkeypatch.setattr(udp_client, "socket", BoundTo(port))
+    patient = {"base_delay": 0.2, "max_delay": 1.0, "max_retries": 12}   # ~11 s of tries
+    first = clients.connect(address(server), "alice", **patient)
+    until(bob, system("join", "alice"))
+    peers = server.server.chat.peers
+    old = first.address
+    wait_for(lambda: not peers[old].unacked, WAIT, "alice acked everything")
+    first._stopping.set()                       # killed: no leave, the session lingers
+    first.close()
+    again = clients.connect(address(server), "alice", **patient)   # the same address
+    events = until(bob, system("join", "alice"))
+    presence = [(e.message["event"], e.message["user"]) for e in events
+                if isinstance(e, Received) and e.message.get("type") == "system"]
+    assert presence == [("leave", "alice"), ("join", "alice")]
+    assert again.address == old and again.state is ClientState.JOINED
+    assert server.server.chat.dropped["probe_unanswered"] == 1
+    assert again.stats["forged"] >= 1           # the probe of its old session, not acked
+    again.say("back")
+    until(bob, message_from("alice", "back"))
+
+
 # == Issue 8 items 4 and 7, issue 11 item 4: the client core trusts only its session ====
 
 SID = "5e55105e55105e55"
@@ -1017,6 +1062,41 @@ def test_core_a_forged_datagram_without_our_session_id_is_neither_shown_nor_acke
     assert core.counters()["forged"] == 3
     assert sent(core.request({"type": "message", "text": "hi"}, 2.0)) == [
         {"type": "message", "text": "hi", "id": 2, "sid": SID}]        # and we send it
+
+
+OLD_SID = "01d5e5510401d5e5"      # the session our address had before we restarted
+
+
+def welcome_of(sid: str) -> bytes:
+    return datagram(1, type="welcome", server="chat_sync", version="0.1.0", protocol=1,
+                    seq=0, epoch=EPOCH, sid=sid)
+
+
+@pytest.mark.timeout(10)
+def test_core_an_ack_before_the_welcome_waits_for_it_to_say_whose_it_is() -> None:
+    core = UdpClientCore("alice", "lobby")
+    core.start(0.0)
+    assert core.receive(b'{"type":"ack","id":1,"sid":"%s"}' % SID.encode(), 0.1) == []
+    assert core.in_flight == 1                                  # not yet ours
+    actions = core.receive(welcome_of(SID), 0.1)
+    assert udp_client.Acked(1) in actions and core.in_flight == 0
+
+
+@pytest.mark.timeout(10)
+def test_core_restarted_on_its_old_address_ignores_the_old_sessions_ack_and_probe() -> None:
+    """The server acks a first join from a session's address with that session's id,
+    and probes it; a client that restarted there must take neither as its own."""
+    core = UdpClientCore("alice", "lobby")
+    core.start(0.0)
+    assert core.receive(b'{"type":"ack","id":1,"sid":"%s"}' % OLD_SID.encode(), 0.1) == []
+    assert core.receive(datagram(7, type="ping", sid=OLD_SID), 0.2) == []   # not acked
+    assert core.counters()["forged"] == 1
+    actions = core.receive(welcome_of(SID), 2.5)                # the new session, at last
+    assert [a.n for a in actions if isinstance(a, udp_client.SendAck)] == [1]
+    assert udp_client.Acked(1) not in actions and core.in_flight == 1   # the join: still out
+    core.receive(b'{"type":"ack","id":1,"sid":"%s"}' % SID.encode(), 2.5)
+    core.receive(notice(2, "join", "alice", 1, id=1, sid=SID), 2.5)
+    assert core.state is ClientState.JOINED and core.in_flight == 0
 
 
 @pytest.mark.timeout(10)

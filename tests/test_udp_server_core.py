@@ -18,6 +18,7 @@ from chat_sync import protocol as p
 from chat_sync.udp_server_core import (AMPLIFICATION_FACTOR, MAX_DEFERRED, MAX_UNACKED, Acked,
                                  Action, Address, Cancel, Log, Report, Send, UdpChat)
 from chat_sync.guard import TokenBucket
+from chat_sync.udp_probes import RESTART_SILENCE_S
 from chat_sync.rooms import ChatCore
 
 ALICE: Address = ("127.0.0.1", 40001)
@@ -920,6 +921,66 @@ def test_a_holder_that_leaves_during_the_probe_frees_the_name_at_once() -> None:
     actions = net.send(ALICE, type="leave")
     assert of_type("ack", to(RESTARTED, actions)) == [{"type": "ack", "id": 1}]
     assert net.chat.core.user_named("alice") == "alice" and not net.chat.probes.out
+
+
+# A client restarted on the same address and port: its first join has no session id.
+
+def first_join_again(net: Net, addr: Address = ALICE) -> list[Action]:
+    return net.send(addr, type="join", room="lobby", user="alice", id=1, sid=None)
+
+
+@pytest.mark.timeout(10)
+def test_a_first_join_without_a_session_id_soon_after_the_session_spoke_is_acked_again() -> None:
+    net = joined_pair()
+    net.now += RESTART_SILENCE_S - 0.1
+    again = first_join_again(net)
+    assert with_sid(ALICE, again) == [{"type": "ack", "id": 1, "sid": net.sid(ALICE)}]
+    assert not net.chat.probes.out                             # a late copy, most likely
+
+
+@pytest.mark.timeout(10)
+def test_a_restart_on_the_same_address_probes_the_silent_session_then_opens_a_new_one() -> None:
+    net = joined_pair()
+    old = net.sid(ALICE)
+    net.now += RESTART_SILENCE_S
+    actions = first_join_again(net)
+    [ping] = with_sid(ALICE, actions)                          # to the old session, unacked
+    assert ping == {"type": "ping", "sid": old, "n": ping["n"]}
+    assert first_join_again(net) == []                         # one probe out at a time
+    net.now += 2.0
+    settled = net.chat.expire(net.now, WALL)
+    assert [(m["event"], m["user"]) for m in of_type("system", to(BOB, settled))] == [
+        ("leave", "alice")]
+    assert ALICE not in net.chat.peers and net.chat.dropped["probe_unanswered"] == 1
+    fresh = net.join(ALICE, "alice")                           # its next copy: a new session
+    welcome = of_type("welcome", with_sid(ALICE, fresh))[0]
+    assert welcome["sid"] not in (None, old) and "forgot" not in welcome
+    assert ("join", "alice") in [(m["event"], m["user"]) for m in of_type("system", to(BOB, fresh))]
+
+
+@pytest.mark.timeout(10)
+def test_a_silent_session_that_answers_the_probe_stays_and_its_late_first_join_is_acked() -> None:
+    net = joined_pair()
+    net.now += RESTART_SILENCE_S
+    [ping] = with_sid(ALICE, first_join_again(net))
+    answered = net.ack(ALICE, ping["n"])
+    assert with_sid(ALICE, answered) == [{"type": "ack", "id": 1, "sid": net.sid(ALICE)}]
+    assert to(BOB, answered) == [] and net.chat.core.user_named("alice") == "alice"
+    assert not net.chat.probes.out and net.chat.dropped["probe_unanswered"] == 0
+    net.now += 1.0                                             # the answer ended the silence
+    assert with_sid(ALICE, first_join_again(net)) == [
+        {"type": "ack", "id": 1, "sid": net.sid(ALICE)}]
+
+
+@pytest.mark.timeout(10)
+def test_only_a_first_join_without_any_session_id_probes_a_silent_session() -> None:
+    net = joined_pair()
+    net.now += RESTART_SILENCE_S
+    for fields in ({"type": "join", "room": "lobby", "user": "alice", "id": 2},
+                   {"type": "ping", "id": 1},
+                   {"type": "join", "room": "lobby", "user": "alice", "id": 1, "sid": "0" * 16}):
+        assert not of_type("ping", to(ALICE, net.send(ALICE, **{"sid": None, **fields})))
+    assert not net.chat.probes.out
 
 
 @pytest.mark.timeout(10)
