@@ -18,6 +18,7 @@ import threading
 from types import TracebackType
 from typing import Any
 
+from broken_server import LoudRooms
 from chat_sync import config as cfg
 from chat_sync.receiving import DedupWindow
 from chat_sync.serving import ServerHandle
@@ -35,8 +36,10 @@ FLAGS = {
     "no_size_limit": "reads and sends datagrams of any size",
     "no_id_window": "takes ids however far ahead (and then drops the real ones)",
     "no_forgot": "never says forgot in a welcome",
+    "loud_rooms": "announces every join and leave to the room, past presence_limit too",
 }
 MODES = ("silent", "garbage", "echo")
+PRESENCE_LIMIT = 3             # small enough for the checker to fill a room past it
 ANY_SIZE = 65_000
 
 
@@ -88,9 +91,12 @@ class BrokenUdpServer(UdpServer):
         if unknown:
             raise ValueError(f"unknown flags {sorted(unknown)}")
         delays = {"base_delay": 0.2, "max_delay": 0.2} if "no_backoff" in flags else {}
-        super().__init__(cfg.UdpServerConfig(host="127.0.0.1", port=0, **delays))
+        super().__init__(cfg.UdpServerConfig(host="127.0.0.1", port=0,
+                                             presence_limit=PRESENCE_LIMIT, **delays))
         self.flags = frozenset(flags)
         self.chat.__class__ = BrokenChat         # the same core, its flags switched on
+        if "loud_rooms" in self.flags:
+            self.chat.core.__class__ = LoudRooms
         self.chat.flags = self.flags
         if "no_size_limit" in self.flags:
             self.chat.max_datagram_bytes = ANY_SIZE

@@ -14,6 +14,7 @@ As for TCP (``test_check.py``), three kinds of server meet the checker:
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from broken_udp_server import FLAGS, NonsenseUdpServer, broken
+from broken_udp_server import FLAGS, PRESENCE_LIMIT, NonsenseUdpServer, broken
 from test_check import failed, report
 from chat_sync.check import rules as r
 from chat_sync.check.runner import PASS, SKIP, Outcome, run, select
@@ -41,7 +42,9 @@ KNOWN_VIOLATIONS: dict[str, str] = {}
 
 
 def check(port: int, timeout: float = TIMEOUT_S) -> list[Outcome]:
-    return list(run(r.UDP_RULES, "127.0.0.1", port, timeout, UdpSession))
+    """Every UDP rule, told the presence_limit every server here runs with."""
+    session = functools.partial(UdpSession, presence_limit=PRESENCE_LIMIT)
+    return list(run(r.UDP_RULES, "127.0.0.1", port, timeout, session))
 
 
 def command(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -72,7 +75,7 @@ def test_every_udp_error_code_has_a_rule() -> None:
 
 @pytest.mark.timeout(60)
 def test_every_rule_passes_on_chat_sync_udp_server() -> None:
-    with serve(port=0) as server:
+    with serve(port=0, presence_limit=PRESENCE_LIMIT) as server:
         outcomes = check(server.port, timeout=5.0)
     assert failed(outcomes) <= set(KNOWN_VIOLATIONS), report(outcomes)
     assert not [o for o in outcomes if o.result == SKIP], report(outcomes)
@@ -94,6 +97,7 @@ BROKEN: dict[str, tuple[set[str], set[str]]] = {
                       {"udp-limits.fits"}),
     "no_id_window": ({"udp-limits.id-window"}, set()),
     "no_forgot": ({"udp-session.forgot"}, set()),
+    "loud_rooms": ({"udp-stream.presence"}, set()),
 }
 
 
@@ -221,6 +225,29 @@ def test_config_names_the_udp_server(tmp_path: Path) -> None:
         result = command("--config", str(config), "--rule", r.UDP_WELCOME)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith(f"PASS {r.UDP_WELCOME}")
+
+
+@pytest.mark.timeout(30)
+def test_presence_is_checked_once_the_checker_is_told_the_servers_limit(
+        tmp_path: Path) -> None:
+    """The UDP welcome has no limits: --presence-limit or --config says it."""
+    rule = ("--rule", "udp-stream.presence")
+    with serve(port=0, presence_limit=PRESENCE_LIMIT) as server:
+        where = f"127.0.0.1:{server.port}"
+        untold = command(where, *rule)
+        told = command(where, *rule, "--presence-limit", str(PRESENCE_LIMIT))
+        wrong = command(where, *rule, "--presence-limit", "2")    # a room of 3 is not quiet
+        config = tmp_path / "server.yaml"
+        config.write_text(f"port: {server.port}\npresence_limit: {PRESENCE_LIMIT}\n")
+        configured = command("--config", str(config), *rule)
+    assert untold.returncode == 0 and untold.stdout.startswith("SKIP udp-stream.presence")
+    assert "--presence-limit N" in untold.stdout
+    assert told.stdout.startswith("PASS") and configured.stdout.startswith("PASS"), (
+        told.stdout + configured.stdout)
+    assert wrong.returncode == 1 and "was told" in wrong.stdout, wrong.stdout
+    tcp = subprocess.run([sys.executable, "-m", "chat_sync", "check", "--presence-limit", "3",
+                          "127.0.0.1:9"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert tcp.returncode == 2 and "a TCP server's welcome says its own" in tcp.stderr
 
 
 def test_the_readme_counts_the_udp_rules() -> None:

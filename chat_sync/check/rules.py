@@ -174,6 +174,8 @@ UDP_RULES: tuple[Rule[UdpSession], ...] = (
          u.join_notice),
     _udp("udp-stream.broadcast", "a message reaches its whole room and no other",
          u.broadcast),
+    _udp("udp-stream.presence", "past presence_limit members the room is not told of joins "
+         "and leaves", u.presence),
     _udp("udp-stream.history", "a joiner gets the room's history before its join notice",
          u.history),
     _udp("udp-stream.seq", "seq is one counter for the server: broadcasts increase", u.seq),

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import io
 import json
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Generic, Iterable, Iterator, Sequence
 
 from .. import config as cfg
@@ -173,14 +174,33 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def address_from_config(path: str, transport: Transport[Any]) -> tuple[str, int]:
-    """Where the server that ``path`` configures listens (an any-address means here)."""
+def server_config(path: str,
+                  transport: Transport[Any]) -> cfg.TcpServerConfig | cfg.UdpServerConfig:
+    """The settings of the server that ``path`` configures."""
     try:
-        server = cfg.load(transport.config, path)
+        return cfg.load(transport.config, path)
     except cfg.ConfigError as exc:
         raise UsageError(str(exc)) from None
+
+
+def address_from_config(path: str, transport: Transport[Any]) -> tuple[str, int]:
+    """Where the server that ``path`` configures listens (an any-address means here)."""
+    server = server_config(path, transport)
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(server.host, server.host)
     return host, server.port
+
+
+def presence_limit(args: argparse.Namespace, transport: Transport[Any]) -> int | None:
+    """The UDP server's presence_limit, which its welcome leaves out: --presence-limit,
+    or its config file's, or None (unknown)."""
+    if args.presence_limit is not None:
+        if not args.udp or args.presence_limit < 0:
+            raise UsageError("--presence-limit is a UDP server's (its welcome does not say "
+                             "it), 0 or more; a TCP server's welcome says its own")
+        return int(args.presence_limit)
+    if args.udp and args.config is not None:
+        return server_config(args.config, transport).presence_limit
+    return None
 
 
 def address(args: argparse.Namespace, transport: Transport[Any]) -> tuple[str, int]:
@@ -218,6 +238,10 @@ def parser() -> argparse.ArgumentParser:
                                                  f"{p.DEFAULT_UDP_PORT} with --udp)")
     parser.add_argument("--config", metavar="FILE",
                         help="check the server this config file sets up (its host and port)")
+    parser.add_argument("--presence-limit", type=int, metavar="N",
+                        help="with --udp: the server's presence_limit, which the UDP welcome "
+                             "does not say (default: what --config says; without either, "
+                             "udp-stream.presence is not checked)")
     parser.add_argument("--stage", metavar="STAGE",
                         help=f"run this stage and those before it: {', '.join(TCP_STAGES)}; "
                              f"with --udp: {', '.join(UDP_STAGES)}")
@@ -242,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
             _list(rules, transport)
             return 0
         host, port = address(args, transport)
+        limit = presence_limit(args, transport)
+        if args.udp:
+            transport = replace(transport, session=functools.partial(UdpSession,
+                                                                     presence_limit=limit))
         if not args.timeout > 0:
             raise UsageError(f"--timeout must be more than 0, not {args.timeout:g}")
     except UsageError as exc:

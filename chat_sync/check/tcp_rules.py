@@ -12,8 +12,8 @@ rules of the errors and limits stages are in ``tcp_error_rules.py``.
 from __future__ import annotations
 
 from .. import protocol as p
-from .wire import (FLOOR_LIMITS, Failed, Message, NotChecked, Peer, Session, chat, is_seq,
-                   notice, of_type, pong, same_name, shorten)
+from .wire import (FLOOR_LIMITS, Failed, Message, Peer, Session, chat, is_seq, notice,
+                   of_type, pong, presence_limit, same_name, shorten, told_nothing)
 
 T = p.MessageType
 
@@ -267,21 +267,10 @@ def join_id(s: Session) -> None:
         raise Failed(f"expected the join notice to carry id 'join-1'\n{a.exchange(a.joined)}")
 
 
-PRESENCE_CHECKED = 8   # the largest presence_limit the checker fills a room past
-
-
 def presence(s: Session) -> None:
     """Past presence_limit members a room is quiet: a join or leave reaches that member alone;
     back at the limit, a leave is heard again."""
-    limits = (s.connect().welcome or {}).get("limits") or {}
-    limit = limits.get("presence_limit")
-    if not is_seq(limit):
-        raise Failed(f"expected a whole number presence_limit in the welcome's limits\n"
-                     f"got limits {shorten(limits)}")
-    if limit > PRESENCE_CHECKED:
-        raise NotChecked(f"presence_limit is {limit}: the checker opens at most "
-                         f"{PRESENCE_CHECKED + 1} connections to a room; run the server "
-                         f"with --presence-limit 3 to check this rule")
+    limit = presence_limit(s.connect().welcome)
     room = s.name("r")
     members = [s.join(room) for _ in range(limit)]
     quiet = s.join(room, id="quiet-join")        # one past the limit
@@ -293,12 +282,7 @@ def presence(s: Session) -> None:
     if own.get("id") != "quiet-leave":
         raise Failed(f"expected the leaver's notice to carry id 'quiet-leave'\n"
                      f"{quiet.exchange(own)}")
-    for peer in members:
-        heard = [m for m in peer.ping() if m.get("type") == T.SYSTEM
-                 and same_name(m.get("user"), quiet.user)]
-        if heard:
-            raise Failed(f"{quiet.user} joined and left a room of {limit + 1} (presence_limit "
-                         f"{limit}); {peer.user} was told\ngot {shorten(heard[0])}")
+    told_nothing(members, quiet, limit)
     if len(members) >= 2:
         last = members[-1]
         last.send(type="leave")

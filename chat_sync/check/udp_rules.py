@@ -19,7 +19,8 @@ from typing import Any
 
 from .. import protocol as p
 from .udp_wire import T, UdpPeer, UdpSession, acks_of, is_n
-from .wire import Failed, Match, Message, chat, is_seq, notice, of_type, shorten
+from .wire import (Failed, Match, Message, NotChecked, chat, checkable_presence_limit, is_seq,
+                   notice, of_type, shorten, told_nothing)
 
 E = p.ErrorCode
 SID = re.compile(r"[0-9a-f]{16}")
@@ -268,6 +269,31 @@ def join_notice(s: UdpSession) -> None:
         raise Failed(f"expected the joiner's notice to carry id {b.join_id}\n"
                      f"got {shorten(b.joined)}")
     a.expect(f"{b.user}'s join notice", notice("join", b.user, room))
+
+
+def presence(s: UdpSession) -> None:
+    """Past presence_limit members a room is quiet: a join reaches the joiner alone, a
+    leave nobody (its session is over); back at the limit, a leave is heard again.
+
+    The UDP welcome leaves ``limits`` out (it must stay small), so the limit is the
+    one the checker is told (``--presence-limit`` or ``--config``).
+    """
+    if s.presence_limit is None:
+        raise NotChecked("the UDP welcome does not say presence_limit: give the checker "
+                         "the server's with --presence-limit N (or --config FILE)")
+    limit = checkable_presence_limit(s.presence_limit)
+    room = s.name("r")
+    members = [s.join(room) for _ in range(limit)]
+    quiet = s.join(room)                          # one past the limit: its own notice
+    quiet.send(type="leave")
+    quiet.left = True
+    told_nothing(members, quiet, limit)
+    if len(members) >= 2:
+        last = members[-1]
+        last.send(type="leave")
+        last.left = True
+        members[0].expect(f"{last.user}'s leave notice in a room of {limit}",
+                          notice("leave", last.user, room))
 
 
 def broadcast(s: UdpSession) -> None:

@@ -60,9 +60,11 @@ def acks_of(rid: int) -> Match:
 class UdpSession(RuleSession):
     """What one UDP rule works with: a ``RuleSession`` and its peers."""
 
-    def __init__(self, host: str, port: int, timeout: float) -> None:
+    def __init__(self, host: str, port: int, timeout: float,
+                 presence_limit: int | None = None) -> None:
         super().__init__(host, port, timeout)
         self.peers: list[UdpPeer] = []
+        self.presence_limit = presence_limit    # the server's, if told: the welcome has none
 
     def open(self) -> UdpPeer:
         """A peer with a socket of its own, which has sent nothing yet."""
@@ -79,7 +81,7 @@ class UdpSession(RuleSession):
         peer = self.open()
         peer.user, peer.room = user or self.name(), room
         peer.join_id = peer.send(type="join", room=room, user=peer.user, **extra)
-        peer.expect("a welcome, in answer to a join", of_type(T.WELCOME))
+        peer.welcome = peer.expect("a welcome, in answer to a join", of_type(T.WELCOME))
         seen = peer.until(f"{peer.user}'s own join notice", notice("join", peer.user, room))
         peer.joined = seen[-1]
         peer.replay = [m for m in seen[:-1] if m.get("type") in (T.MESSAGE, T.SYSTEM)]

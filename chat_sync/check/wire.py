@@ -33,7 +33,7 @@ import secrets
 import socket
 import time
 from collections import deque
-from typing import Any, Callable, TypeGuard
+from typing import Any, Callable, Sequence, TypeGuard
 
 from .. import protocol as p
 from ..framing import LineBuffer, LineTooLong
@@ -51,6 +51,7 @@ CLIENT_ONLY = frozenset({p.MessageType.JOIN, p.MessageType.LEAVE, p.MessageType.
 # (presence_limit is no size a client relies on: any value is allowed; see rooms.presence.)
 FLOOR_LIMITS = {key: value for key, value in p.Limits().to_dict().items()
                 if key != "presence_limit"}
+PRESENCE_CHECKED = 8   # the largest presence_limit the checker fills a room past
 # The most the checker believes: a rule sends a line, a text or a name of the length
 # announced, so an absurd one must not make it build a gigabyte.
 CEILING_LIMITS = {"max_line_bytes": 1 << 24, "max_text_chars": 1 << 20,
@@ -168,6 +169,10 @@ class Conversation:
 
     def next_message(self) -> Message:
         """The next message; Failed if none comes by the deadline. Each transport's own."""
+        raise NotImplementedError
+
+    def ping(self) -> list[Message]:
+        """Ping and read up to the pong; returns what arrived before it. Each transport's."""
         raise NotImplementedError
 
     def expect(self, what: str, match: Match, errors_ok: bool = False) -> Message:
@@ -399,6 +404,35 @@ def chat(text: str | None = None, room: str | None = None, live: bool = True) ->
 def same_name(a: object, b: object) -> bool:
     """Names compare as the README says: NFKC, case-folded."""
     return isinstance(a, str) and isinstance(b, str) and p.name_key(a) == p.name_key(b)
+
+
+def presence_limit(welcome: Message | None) -> int:
+    """The welcome's presence_limit, if the checker can fill a room past it."""
+    limits = (welcome or {}).get("limits") or {}
+    limit = limits.get("presence_limit")
+    if not is_seq(limit):
+        raise Failed(f"expected a whole number presence_limit in the welcome's limits\n"
+                     f"got limits {shorten(limits)}")
+    return checkable_presence_limit(limit)
+
+
+def told_nothing(members: Sequence[Conversation], quiet: Conversation, limit: int) -> None:
+    """No member heard of ``quiet`` joining and leaving a room one past ``limit``."""
+    for peer in members:
+        heard = [m for m in peer.ping() if m.get("type") == p.MessageType.SYSTEM
+                 and same_name(m.get("user"), quiet.user)]
+        if heard:
+            raise Failed(f"{quiet.user} joined and left a room of {limit + 1} (presence_limit "
+                         f"{limit}); {peer.user} was told\ngot {shorten(heard[0])}")
+
+
+def checkable_presence_limit(limit: int) -> int:
+    """``limit``, if the checker fills a room that far (NotChecked past ``PRESENCE_CHECKED``)."""
+    if limit > PRESENCE_CHECKED:
+        raise NotChecked(f"presence_limit is {limit}: the checker puts at most "
+                         f"{PRESENCE_CHECKED + 1} clients in a room; run the server "
+                         f"with --presence-limit 3 to check this rule")
+    return limit
 
 
 def is_seq(value: object) -> TypeGuard[int]:
