@@ -1,6 +1,7 @@
 """Every code block of every lesson README is checked (see ``lesson_snippets``)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,10 @@ DIAGRAMS = [
     ("07_udp_datagrams/README.md", "Ids, acks and retransmissions, with a loss each way"),
     ("09_hostile_clients/README.md", "A slow reader's output queue, against two limits"),
 ]
+
+
+# What a lesson's shell blocks run besides Python; .ci/run installs each of them.
+PROGRAMS = {"11_one_chat_many_servers": ("redis-server",)}
 
 
 def of_kind(kind: str, excerpt: bool = False) -> list[Block]:
@@ -54,7 +59,16 @@ def test_transcript_replays(block: Block) -> None:
 @pytest.mark.parametrize("readme", [r for r in readmes() if any(b.kind == "sh" for b in blocks(r))],
                          ids=name)
 def test_shell_blocks_run(readme: Path) -> None:
+    missing = [program for program in PROGRAMS.get(name(readme), ())
+               if shutil.which(program) is None]
+    if missing:
+        pytest.skip(f"{missing[0]} is not installed (.ci/run installs it)")
     check_shell(readme)
+
+
+def test_each_program_a_lesson_needs_is_one_ci_installs() -> None:
+    ci = (LESSONS.parent / ".ci" / "run").read_text(encoding="utf-8")
+    assert all(program in ci for programs in PROGRAMS.values() for program in programs)
 
 
 @pytest.mark.parametrize(("readme", "title"), DIAGRAMS, ids=[t for _, t in DIAGRAMS])
