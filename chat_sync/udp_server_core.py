@@ -348,10 +348,12 @@ class UdpChat:
         port: the session is probed, and the join waits unacked (the client sends it
         again) until the probe decides. Answered, it was the session's own late
         copy, and is acked; unanswered, the session is dropped and the next copy
-        opens a new one. Forged, it costs the session a ping, once per silence.
+        opens a new one. Forged, it costs the session a ping, once per silence. Every
+        copy is counted ``bad_sid``: it is not applied.
         """
         if (rid == 1 and obj.get("type") == p.MessageType.JOIN and session_id(obj) is None
                 and now - peer.last_heard >= RESTART_SILENCE_S):
+            self.dropped["bad_sid"] += 1
             probe, actions = self._probe_out(peer, now, "a first join without a session id "
                                                        "came from its address")
             probe.own_join = True

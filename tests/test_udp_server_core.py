@@ -947,6 +947,7 @@ def test_a_restart_on_the_same_address_probes_the_silent_session_then_opens_a_ne
     [ping] = with_sid(ALICE, actions)                          # to the old session, unacked
     assert ping == {"type": "ping", "sid": old, "n": ping["n"]}
     assert first_join_again(net) == []                         # one probe out at a time
+    assert net.chat.dropped["bad_sid"] == 2                    # both copies: not applied
     net.now += 2.0
     settled = net.chat.expire(net.now, WALL)
     assert [(m["event"], m["user"]) for m in of_type("system", to(BOB, settled))] == [
