@@ -36,12 +36,18 @@ CLIENT = ("127.0.0.1", 40000)
 TCP_SERVER = ("127.0.0.1", protocol.DEFAULT_TCP_PORT)
 UDP_SERVER = ("127.0.0.1", protocol.DEFAULT_UDP_PORT)
 SEP = "|"                     # between two messages' values in one packet
+# A recorded session's ports are random, and Wireshark gives a port another protocol
+# registered (EtherNet/IP's 44818, say) to that protocol first; the README says so.
+HEURISTICS_FIRST = ("-o", "udp.try_heuristic_first:TRUE", "-o", "tcp.try_heuristic_first:TRUE")
 
 
 def run_tshark(args: list[str], env: dict[str, str] | None = None,
-               cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+               cwd: Path | None = None,
+               prefs: tuple[str, ...] = HEURISTICS_FIRST) -> subprocess.CompletedProcess[str]:
     assert TSHARK is not None
-    return subprocess.run([TSHARK, *args], capture_output=True, text=True, timeout=60,
+    if args[:1] == ["-G"]:
+        prefs = ()                            # -G must come first, and reads no capture
+    return subprocess.run([TSHARK, *prefs, *args], capture_output=True, text=True, timeout=60,
                           env=env, cwd=cwd)
 
 
@@ -236,6 +242,20 @@ def test_the_readmes_udp_summary_is_what_tshark_shows(
     assert lines and len({sid for line in lines for sid in re.findall(r"sid=(\w+)", line)}) == 1
     missing = [line for line in lines if info_part(line) not in shown]
     assert not missing, f"README lines tshark did not show: {missing}\nit showed {shown}"
+
+
+@pytest.mark.timeout(60)
+def test_on_a_port_another_protocol_owns_the_heuristic_must_go_first(tmp_path: Path) -> None:
+    """As the README says: EtherNet/IP's 44818 is a port the system may hand out."""
+    enip = ("127.0.0.1", 44818)
+    path = tmp_path / "enip.pcap"
+    pcap.write_pcap([Datagram(1.0, "->", b'{"type":"join","room":"lobby","user":"al","id":1}',
+                              enip, UDP_SERVER[:1] + (40001,))], path)
+    args = ["-X", f"lua_script:{dissector.path()}", "-r", str(path)]
+    by_port, heuristic_first = run_tshark(args, prefs=()), run_tshark(args)
+    assert "ENIP" in by_port.stdout and "CHATSYNC" not in by_port.stdout, by_port.stdout
+    assert "CHATSYNC" in heuristic_first.stdout and "join [lobby] al" in heuristic_first.stdout
+    assert "udp.try_heuristic_first:TRUE" in readme_section("Watching the wire")
 
 
 # -- Framing and fields, on hand-made captures on the default ports --------------------------
