@@ -250,7 +250,7 @@ def test_on_a_port_another_protocol_owns_the_heuristic_must_go_first(tmp_path: P
     enip = ("127.0.0.1", 44818)
     path = tmp_path / "enip.pcap"
     pcap.write_pcap([Datagram(1.0, "->", b'{"type":"join","room":"lobby","user":"al","id":1}',
-                              enip, UDP_SERVER[:1] + (40001,))], path)
+                              enip, ("127.0.0.1", 40001))], path)
     args = ["-X", f"lua_script:{dissector.path()}", "-r", str(path)]
     by_port, heuristic_first = run_tshark(args, prefs=()), run_tshark(args)
     assert "ENIP" in by_port.stdout and "CHATSYNC" not in by_port.stdout, by_port.stdout

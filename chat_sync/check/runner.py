@@ -190,14 +190,16 @@ def address_from_config(path: str, transport: Transport[Any]) -> tuple[str, int]
     return host, server.port
 
 
-def presence_limit(args: argparse.Namespace, transport: Transport[Any]) -> int | None:
+def udp_presence_limit(args: argparse.Namespace, transport: Transport[Any]) -> int | None:
     """The UDP server's presence_limit, which its welcome leaves out: --presence-limit,
     or its config file's, or None (unknown)."""
     if args.presence_limit is not None:
-        if not args.udp or args.presence_limit < 0:
-            raise UsageError("--presence-limit is a UDP server's (its welcome does not say "
-                             "it), 0 or more; a TCP server's welcome says its own")
-        return int(args.presence_limit)
+        if not args.udp:
+            raise UsageError("--presence-limit is for a UDP server, whose welcome does not "
+                             "say it; a TCP server's welcome says its own")
+        if args.presence_limit < 0:
+            raise UsageError(f"--presence-limit must be 0 or more, not {args.presence_limit}")
+        return int(args.presence_limit)          # argparse gives Any
     if args.udp and args.config is not None:
         return server_config(args.config, transport).presence_limit
     return None
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             _list(rules, transport)
             return 0
         host, port = address(args, transport)
-        limit = presence_limit(args, transport)
+        limit = udp_presence_limit(args, transport)
         if args.udp:
             transport = replace(transport, session=functools.partial(UdpSession,
                                                                      presence_limit=limit))
